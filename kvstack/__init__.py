@@ -1,0 +1,41 @@
+"""kvstack: compress the KV cache of any Hugging Face causal LM by stacking techniques.
+
+    import kvstack
+    cache = kvstack.compress(model, context_ids, recipe="streaming:sink=4,window=512 > int8")
+    cache.nbytes, cache.dense_nbytes
+    out_ids = kvstack.generate(model, cache, question_ids, max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvstack import errors
+
+__version__ = "0.1.0"
+__all__ = ["KVCache", "KVLayer", "Recipe", "compress", "errors", "generate", "parse_recipe"]
+
+_LAZY = {
+    "compress": ("kvstack.api", "compress"),
+    "generate": ("kvstack.api", "generate"),
+    "KVCache": ("kvstack.kv", "KVCache"),
+    "KVLayer": ("kvstack.kv", "KVLayer"),
+    "Recipe": ("kvstack.stack", "Recipe"),
+}
+
+
+def parse_recipe(text: str):
+    """Parse a recipe string into a :class:`Recipe` (raises RecipeError listing stages)."""
+    from kvstack.stack import Recipe
+
+    return Recipe.parse(text)
+
+
+def __getattr__(name: str) -> Any:
+    # torch and transformers load only when a compression API is used (`kvstack plan` stays fast).
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'kvstack' has no attribute {name!r}")

@@ -1,0 +1,129 @@
+"""The public entry points: :func:`compress` a context, :func:`generate` from the result."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from kvstack.errors import InputError, ModelError
+from kvstack.kv import KVCache
+from kvstack.stack import NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES, Recipe, StageContext
+
+
+def _as_ids(ids, what: str) -> torch.Tensor:
+    if ids is None:
+        raise InputError(f"{what} is missing: pass token ids (a list of ints or a 1-D/[1, T] tensor)")
+    t = torch.as_tensor(ids)
+    if t.dim() == 2:
+        if t.shape[0] != 1:
+            raise InputError(
+                f"{what} has batch size {t.shape[0]}; a kvstack cache holds one sequence - compress each "
+                "context separately"
+            )
+        t = t[0]
+    if t.dim() != 1:
+        raise InputError(f"{what} must be 1-D token ids (or shape [1, T]); got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise InputError(f"{what} is empty: give at least one token (did the tokenizer get an empty string?)")
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise InputError(f"{what} must hold integer token ids, not {t.dtype}")
+    return t.long()
+
+
+def compress(
+    model,
+    context_ids,
+    recipe: str | Recipe = "identity",
+    question_ids=None,
+    *,
+    chunk_size: int = 1024,
+    progress: bool = False,
+) -> KVCache:
+    """Prefill ``context_ids`` with ``model`` and compress its KV cache with ``recipe``.
+
+    ``question_ids=None`` builds a question-agnostic cache reusable for many questions;
+    passing the question lets query-aware stages (Q2C) score tokens by it. The question
+    itself is not stored: pass it again to :func:`generate`.
+    """
+    from kvstack.hf.model import model_info
+    from kvstack.hf.prefill import prefill
+
+    info = model_info(model)
+    recipe_obj = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
+    ctx_ids = _as_ids(context_ids, "context_ids")
+    q_ids = None if question_ids is None else _as_ids(question_ids, "question_ids")
+    if recipe_obj.needs_question and q_ids is None:
+        raise InputError(
+            f"recipe '{recipe_obj.text}' is query-aware and needs question_ids; pass the question, or "
+            "use a question-agnostic stage (snapkv, streaming)"
+        )
+    window = max((getattr(s, "window", 0) or 0 for s in recipe_obj.stages if NEED_WINDOW_QUERIES in s.needs), default=0)
+    pre = prefill(
+        model, info, ctx_ids, recipe_obj.needs, q_ids, window_queries=window, chunk_size=chunk_size, progress=progress
+    )
+    ctx = StageContext(
+        num_query_heads=info.num_query_heads,
+        num_kv_heads=info.num_kv_heads,
+        head_dim=info.head_dim,
+        num_layers=info.num_layers,
+        captures=pre.captures,
+        question_ids=q_ids if NEED_QUESTION_QUERIES in recipe_obj.needs else None,
+    )
+    start = time.perf_counter()
+    cache = recipe_obj.apply(pre.cache, ctx)
+    cache.stats.update(prefill_seconds=pre.seconds, compress_seconds=time.perf_counter() - start)
+    return cache
+
+
+def check_model(model, cache: KVCache) -> None:
+    """Raise ModelError if ``cache`` was built by a different model (config fingerprint)."""
+    from kvstack.hf.model import model_info
+
+    info = model_info(model)
+    if cache.model_fingerprint and cache.model_fingerprint != info.fingerprint:
+        raise ModelError(
+            f"this cache was built by another model (fingerprint {cache.model_fingerprint}, this model "
+            f"{info.fingerprint}); compress the context again with this model"
+        )
+
+
+@torch.no_grad()
+def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, **generate_kwargs) -> torch.Tensor:
+    """Answer ``question_ids`` from a compressed ``cache`` with ``model.generate``; greedy by default.
+
+    Returns only the new token ids (1-D). ``cache`` is not modified, so it can be reused.
+    Extra keyword arguments go to ``model.generate`` (e.g. ``do_sample=True``).
+    """
+    from kvstack.hf.attention import enable
+    from kvstack.hf.cache import CompressedCache
+    from kvstack.hf.model import model_info
+
+    if not isinstance(cache, KVCache):
+        raise InputError(f"cache must be a kvstack.KVCache from kvstack.compress, not {type(cache).__name__}")
+    check_model(model, cache)
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
+    q_ids = _as_ids(question_ids, "question_ids")
+    info = model_info(model)
+    device = next(model.parameters()).device
+    input_ids = torch.cat([cache.context_ids.long(), q_ids]).view(1, -1).to(device)
+    hf_cache = CompressedCache(cache, info.dtype)
+    generate_kwargs.setdefault("do_sample", False)
+    if not generate_kwargs["do_sample"]:
+        for key in ("temperature", "top_p", "top_k"):
+            generate_kwargs.setdefault(key, None)
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.generation_config, "eos_token_id", None)
+        pad = pad[0] if isinstance(pad, list) else pad
+    with enable(model):
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            past_key_values=hf_cache,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad if pad is not None else 0,
+            **generate_kwargs,
+        )
+    return out[0, input_ids.shape[1] :].cpu()

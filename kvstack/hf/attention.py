@@ -1,0 +1,215 @@
+"""One attention hook, two jobs: masks from *true* token positions, and prefill captures.
+
+kvstack registers ``kvstack_sdpa`` / ``kvstack_eager`` with transformers' attention
+interface. Each wraps the model's own implementation and, only when asked, changes
+what it sees:
+
+* keys coming from a :class:`~kvstack.hf.cache.CompressedCache` carry a ``_kvstack``
+  attribute with each row's original position and validity (ragged heads are padded
+  for the call). The hook builds the causal / sliding-window mask from those positions,
+  per KV head, so attention after eviction is exact.
+* during prefill, a :class:`CaptureSession` records what stages asked for: question
+  queries, last-window queries, or the attention each key received - the latter
+  scored in query chunks, never as a T x T matrix.
+
+Without either, the call goes straight to the wrapped implementation: same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from kvstack.errors import ModelError
+
+_SESSION: contextvars.ContextVar[CaptureSession | None] = contextvars.ContextVar("kvstack_capture", default=None)
+_SCORE_BUDGET = 1 << 25  # elements of one scoring block (128 MiB of fp32)
+
+
+@dataclass
+class RowMeta:
+    """Attached to the key tensor a compressed cache returns: where each row came from."""
+
+    positions: torch.Tensor  # [H_kv, S] int64 original positions
+    valid: torch.Tensor  # [H_kv, S] bool (False = padding of a shorter head)
+    query_positions: torch.Tensor  # [q] int64 positions of the tokens being processed
+    window: int | None  # sliding window of this layer
+
+    def mask(self, num_query_heads: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask ``[1, Hq, q, S]`` from true positions (0 keep, dtype-min drop)."""
+        return additive_mask(self.positions, self.valid, self.query_positions, self.window, num_query_heads, dtype)
+
+
+def allowed(
+    key_pos: torch.Tensor, valid: torch.Tensor, query_pos: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Boolean ``[H, q, S]``: may query at ``query_pos[i]`` see key row ``s`` of head ``h``."""
+    qp = query_pos.view(1, -1, 1)
+    kp = key_pos.unsqueeze(1)
+    ok = valid.unsqueeze(1) & (kp <= qp)
+    if window is not None:
+        ok &= (qp - kp) < window
+    return ok
+
+
+def additive_mask(
+    key_pos: torch.Tensor,
+    valid: torch.Tensor,
+    query_pos: torch.Tensor,
+    window: int | None,
+    num_query_heads: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    ok = allowed(key_pos, valid, query_pos, window)
+    groups = num_query_heads // ok.shape[0]
+    if groups > 1:
+        ok = ok.repeat_interleave(groups, dim=0)
+    zero = torch.zeros((), dtype=dtype, device=ok.device)
+    low = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=ok.device)
+    return torch.where(ok, zero, low).unsqueeze(0)
+
+
+@dataclass
+class CaptureSession:
+    """What the prefill driver collects while the model runs over the context and question.
+
+    ``q_start`` is the position of the first token of the forward pass in flight (the
+    driver sets it before each chunk); ``phase`` is ``"context"`` or ``"question"``.
+    """
+
+    context_length: int
+    want_attention: bool = False
+    window_queries: int = 0
+    want_question: bool = False
+    q_start: int = 0
+    phase: str = "context"
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hq, T] fp32
+    window: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> [Hq, n, D] parts
+    question: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hq, q, D]
+
+    def observe(self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
+        layer = int(module.layer_idx)
+        q = query[0].detach()
+        n_q = q.shape[1]
+        if self.phase == "question":
+            if self.want_question:
+                self.question[layer] = q.float().clone()
+            return
+        if self.window_queries:
+            first = self.context_length - self.window_queries
+            lo = max(first - self.q_start, 0)
+            if lo < n_q:
+                self.window.setdefault(layer, []).append(q[:, lo:].float().clone())
+        if self.want_attention:
+            self._accumulate_attention(layer, q, key[0].detach(), kwargs)
+
+    def _accumulate_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, kwargs: dict) -> None:
+        hq, n_q, d = q.shape
+        hk, s, _ = k.shape
+        kq = k.float().repeat_interleave(hq // hk, dim=0)  # [Hq, S, D]
+        scaling = kwargs.get("scaling") or d**-0.5
+        softcap = kwargs.get("softcap")
+        window = kwargs.get("sliding_window")
+        key_pos = torch.arange(s, device=k.device)
+        total = self.attention.get(layer)
+        if total is None:
+            total = torch.zeros(hq, self.context_length, dtype=torch.float32, device=k.device)
+            self.attention[layer] = total
+        step = max(1, _SCORE_BUDGET // max(hq * s, 1))
+        for a in range(0, n_q, step):
+            b = min(a + step, n_q)
+            logits = torch.einsum("hqd,hsd->hqs", q[:, a:b].float(), kq) * scaling
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            qpos = torch.arange(self.q_start + a, self.q_start + b, device=k.device)
+            ok = allowed(key_pos.expand(1, s), torch.ones(1, s, dtype=torch.bool, device=k.device), qpos, window)
+            logits = logits.masked_fill(~ok, float("-inf"))
+            total[:, :s] += torch.softmax(logits, dim=-1).sum(dim=1)
+
+    def window_queries_of(self, layer: int) -> torch.Tensor:
+        return torch.cat(self.window[layer], dim=1)
+
+
+def _wrap(base_name: str):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        meta = getattr(key, "_kvstack", None)
+        if meta is not None:
+            attention_mask = meta.mask(query.shape[1], query.dtype)
+        session = _SESSION.get()
+        if session is not None:
+            session.observe(module, query, key, kwargs)
+        if base_name == "eager":
+            base = _eager_for(module)
+        else:
+            base = ALL_ATTENTION_FUNCTIONS[base_name]
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+def _eager_for(module):
+    """The eager attention function of the module's own model file (it may add softcapping)."""
+    import sys
+
+    mod = sys.modules[type(module).__module__]
+    fn = getattr(mod, "eager_attention_forward", None)
+    if fn is None:
+        raise ModelError(f"{type(module).__name__} has no eager attention function kvstack can wrap")
+    return fn
+
+
+_REGISTERED = False
+SUPPORTED_BASES = ("sdpa", "eager")
+
+
+def _register() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import AttentionInterface
+
+    for base in SUPPORTED_BASES:
+        AttentionInterface.register(f"kvstack_{base}", _wrap(base))
+        ALL_MASK_ATTENTION_FUNCTIONS.register(f"kvstack_{base}", ALL_MASK_ATTENTION_FUNCTIONS[base])
+    _REGISTERED = True
+
+
+@contextlib.contextmanager
+def enable(model) -> Iterator[None]:
+    """Route the model's attention through kvstack's hook for the duration of the block.
+
+    The previous implementation is restored afterwards, so the model is left as it was.
+    Flash-attention models fall back to SDPA inside the block (same math).
+    """
+    _register()
+    before = model.config._attn_implementation
+    if before.startswith("kvstack_"):
+        yield
+        return
+    base = before if before in SUPPORTED_BASES else "sdpa"
+    model.set_attn_implementation(f"kvstack_{base}")
+    if not model.config._attn_implementation.startswith("kvstack_"):
+        raise ModelError(
+            f"{type(model).__name__} does not let kvstack set its attention implementation "
+            "(it does not use transformers' AttentionInterface); this architecture is not supported yet"
+        )
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
+def capturing(session: CaptureSession) -> Iterator[CaptureSession]:
+    token = _SESSION.set(session)
+    try:
+        yield session
+    finally:
+        _SESSION.reset(token)

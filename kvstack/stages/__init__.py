@@ -1,0 +1,1 @@
+"""The techniques, one family per module; importing a module registers its stages."""

@@ -1,0 +1,65 @@
+"""Token selection: which (layer, head, token) entries to keep.
+
+Selection stages only decide *which rows* survive; :meth:`KVLayer.select_rows` does the
+mechanics, so kept positions stay exact and any row encoding works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from kvstack.errors import BudgetError
+from kvstack.kv import KVCache, KVLayer
+from kvstack.stack import Param, Stage, StageContext, as_bool, register
+
+
+def streaming_keep(positions: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """Indices (into ``positions``) of the sink tokens and the ``window`` most recent ones, in order."""
+    order = torch.argsort(positions)
+    recent = order[max(order.numel() - window, 0):] if window > 0 else order[:0]
+    sinks = torch.nonzero(positions < sink).flatten()
+    keep = torch.unique(torch.cat([sinks, recent]))
+    return keep[torch.argsort(positions[keep])]
+
+
+@register
+class StreamingLLM(Stage):
+    name = "streaming"
+    summary = "StreamingLLM: keep the first `sink` tokens (attention sinks) and the last `window`"
+    family = "select"
+    params = (
+        Param("window", int, 512, "recent tokens kept"),
+        Param("sink", int, 4, "initial tokens kept as attention sinks"),
+        Param("decode", as_bool, False, "also hold the budget while generating (evict as tokens arrive)"),
+    )
+
+    def validate(self) -> None:
+        if self.window < 0 or self.sink < 0:
+            raise BudgetError(
+                f"streaming: window={self.window} and sink={self.sink} must be >= 0 "
+                "(they count tokens to keep)"
+            )
+        if self.window + self.sink == 0:
+            raise BudgetError("streaming: window=0 and sink=0 keep no tokens; give a window of at least 1")
+
+    def check_context(self, cache: KVCache) -> None:
+        if self.sink + self.window >= cache.context_length:
+            raise BudgetError(
+                f"streaming keeps sink+window={self.sink + self.window} tokens but the context has only "
+                f"{cache.context_length}: nothing would be evicted. Use a smaller window "
+                f"(e.g. window={max(cache.context_length // 4, 1)}) or the 'identity' recipe."
+            )
+
+    def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
+        pos = layer.row_positions()
+        offsets = layer.head_offsets()
+        keep = [
+            streaming_keep(pos[off : off + n], self.sink, self.window)
+            for off, n in zip(offsets, layer.lengths)
+        ]
+        out = layer.select_rows(keep)
+        if self.decode:
+            out = replace(out, meta={**out.meta, "decode_budget": (self.sink, self.window)})
+        return out
