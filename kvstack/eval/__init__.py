@@ -1,0 +1,1 @@
+"""Evaluation: texts, tasks, runners and reports."""

@@ -1,0 +1,89 @@
+"""Recipe grammar, stage registry, scoping and typed errors (no model needed)."""
+
+import pytest
+import torch
+
+from kvstack.errors import BudgetError, RecipeError
+from kvstack.kv import KVCache, KVLayer
+from kvstack.stack import Recipe, StageContext, describe_stages, parse_stage
+from kvstack.kv import DenseRows
+
+
+def test_parse_positional_keyword_shorthand_and_scope():
+    s = parse_stage("streaming:128,sink=2")
+    assert (s.window, s.sink, s.decode) == (128, 2, False)
+    s = parse_stage("int8:g32@layers1-3")
+    assert s.group == 32 and s.layers == {1, 2, 3}
+    s = parse_stage("fp16@layer0")
+    assert s.layers == {0}
+    r = Recipe.parse(" streaming:window=8 > int8 > fp16@layer0 ")
+    assert [st.name for st in r.stages] == ["streaming", "int8", "fp16"]
+
+
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("nosuch:1", "unknown stage 'nosuch'"),
+        ("streaming:window=abc", "not a valid int"),
+        ("streaming:bogus=1", "has no parameter 'bogus'"),
+        ("int8 >  > fp16", "empty stage"),
+        ("int8@layerz", "bad layer scope"),
+        ("int8@layers3-1", "is empty"),
+        ("streaming:1,2,true,4", "too many values"),
+        ("", "empty recipe"),
+        ("int8:g0", "positive"),
+    ],
+)
+def test_bad_recipes_raise_typed_errors_that_say_what_to_do(text, phrase):
+    with pytest.raises(RecipeError, match=phrase):
+        Recipe.parse(text)
+
+
+def test_unknown_stage_lists_known_ones():
+    with pytest.raises(RecipeError) as exc:
+        Recipe.parse("snapkvv:0.5")
+    assert "streaming" in str(exc.value) and "int8" in str(exc.value)
+
+
+@pytest.mark.parametrize("text", ["streaming:window=-1", "streaming:window=0,sink=0", "streaming:sink=-4"])
+def test_negative_or_empty_budgets_are_budget_errors(text):
+    with pytest.raises(BudgetError):
+        Recipe.parse(text)
+
+
+def _cache(layers=3, heads=2, tokens=10, dim=8):
+    torch.manual_seed(0)
+    ls = [KVLayer.from_dense(torch.randn(heads, tokens, dim), torch.randn(heads, tokens, dim)) for _ in range(layers)]
+    return KVCache(layers=ls, context_ids=torch.arange(tokens, dtype=torch.int32), dense_dtype=torch.float32,
+                   dense_layout=[(heads, dim, None)] * layers)
+
+
+def _ctx():
+    return StageContext(num_query_heads=4, num_kv_heads=2, head_dim=8, num_layers=3)
+
+
+def test_scoped_stage_overrides_its_family_on_its_layers():
+    cache = Recipe.parse("int8 > fp16@layer0").apply(_cache(), _ctx())
+    assert cache.layers[0].keys.dtype == torch.float16
+    assert isinstance(cache.layers[0].keys, DenseRows)
+    # the other layers hold int8 codes: 1 byte per element plus fp16 scales, not floats
+    for layer in cache.layers[1:]:
+        assert not isinstance(layer.keys, DenseRows)
+        assert layer.keys.nbytes == 2 * 10 * 8 + 2 * 10 * 2
+    assert cache.recipe == "int8 > fp16@layer0"
+
+
+def test_scope_beyond_the_model_is_an_error():
+    with pytest.raises(RecipeError, match="names layer 7"):
+        Recipe.parse("int8@layer7").apply(_cache(), _ctx())
+
+
+def test_budget_larger_than_context_is_an_error():
+    with pytest.raises(BudgetError, match="context has only 10"):
+        Recipe.parse("streaming:sink=4,window=8").apply(_cache(), _ctx())
+
+
+def test_every_stage_is_described():
+    names = {row[0] for row in describe_stages()}
+    assert {"identity", "streaming", "int8", "fp16", "bf16", "fp32"} <= names
+    assert all(row[2] for row in describe_stages())  # one-line summary for each
