@@ -1,0 +1,76 @@
+"""The command line, end to end on a local model directory built here (no downloads)."""
+
+import re
+
+import pytest
+import torch
+
+from kvstack.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random Llama plus a real BPE tokenizer trained on the spot, saved as an HF directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    text = ["the quick brown fox jumps over the lazy dog " * 4, "startup founders visa ten thousand " * 4]
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, eos_token_id=2, bos_token_id=1)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    ctx = d / "context.txt"
+    ctx.write_text("the quick brown fox jumps over the lazy dog. " * 12)
+    return d
+
+
+def test_run_prints_the_memory_table_and_both_answers(model_dir, capsys):
+    code = main(["run", "--model", str(model_dir), "--context-file", str(model_dir / "context.txt"),
+                 "--question", "what jumps?", "--recipe", "streaming:sink=2,window=16 > int8",
+                 "--max-new-tokens", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "full (identity)" in out and "streaming:sink=2,window=16 > int8" in out
+    ratios = [float(m) for m in re.findall(r"(\d+\.\d+)x", out)]
+    assert ratios[0] == 1.0 and ratios[1] > 4.0  # int8 of ~18 of ~100 tokens, fp32 model
+    assert out.count("[") >= 2 and "Q: what jumps?" in out
+
+
+@pytest.mark.parametrize(
+    "argv, phrase",
+    [
+        (["run", "--recipe", "nosuch"], "unknown stage"),
+        (["run", "--context-file", "/nonexistent.txt"], "does not exist"),
+        (["run", "--model", "/nonexistent-model-dir"], "neither a bundled name"),
+    ],
+)
+def test_run_errors_exit_2_with_a_message(argv, phrase, capsys):
+    assert main(argv) == 2
+    assert phrase in capsys.readouterr().err
+
+
+def test_model_dir_without_config_is_explained(tmp_path, capsys):
+    assert main(["run", "--model", str(tmp_path), "--context-file", __file__]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_recipes_lists_every_stage_with_parameters(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("identity", "streaming", "int8", "fp16"):
+        assert re.search(rf"^{name}\s", out, re.M)
+    assert "window=512" in out
+
+
+def test_help_documents_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("run", "recipes"):
+        assert cmd in out

@@ -1,0 +1,71 @@
+"""The real pretrained SmolLM2-135M-Instruct (GGUF inside the PyPI package), on a real essay.
+
+Kept short: one model load for the module, a few hundred context tokens.
+"""
+
+import pytest
+import torch
+
+import kvstack
+from kvstack.errors import InputError, ModelNotInstalledError
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from kvstack.zoo import load
+
+    try:
+        return load("smollm2-135m")
+    except ModelNotInstalledError as exc:  # pragma: no cover - make installs it
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def prompt(smol):
+    from kvstack.eval.texts import essay
+    from kvstack.prompting import split_prompt
+
+    _, tok = smol
+    from kvstack.cli import DEFAULT_QUESTION
+
+    return split_prompt(tok, essay("foundervisa"), DEFAULT_QUESTION)
+
+
+def test_identity_cache_generates_exactly_what_the_model_does(smol, prompt):
+    model, _ = smol
+    ctx, q = prompt
+    cache = kvstack.compress(model, ctx, "identity")
+    ours = kvstack.generate(model, cache, q, max_new_tokens=8)
+    full = torch.cat([ctx, q])[None]
+    ref = model.generate(full, attention_mask=torch.ones_like(full), max_new_tokens=8, do_sample=False,
+                         temperature=None, top_p=None, top_k=None)[0, full.shape[1]:]
+    assert torch.equal(ours, ref)
+
+
+def test_int8_cache_keeps_the_answer_and_halves_fp16_bytes(smol, prompt):
+    model, tok = smol
+    ctx, q = prompt
+    full = kvstack.compress(model, ctx, "identity")
+    small = kvstack.compress(model, ctx, "int8")
+    # fp32 model: int8 codes + one fp16 scale per 64 channels = 4 / (1 + 2/64) smaller
+    assert small.dense_nbytes / small.nbytes == pytest.approx(4 / (1 + 2 / 64), rel=1e-9)
+    a = tok.decode(kvstack.generate(model, full, q, max_new_tokens=12), skip_special_tokens=True)
+    b = tok.decode(kvstack.generate(model, small, q, max_new_tokens=12), skip_special_tokens=True)
+    assert "10,000" in a and "10,000" in b
+
+
+def test_cache_is_reusable_for_several_questions(smol, prompt):
+    model, tok = smol
+    ctx, q = prompt
+    cache = kvstack.compress(model, ctx, "int8")
+    before = cache.nbytes
+    first = kvstack.generate(model, cache, q, max_new_tokens=6)
+    kvstack.generate(model, cache, q[:3], max_new_tokens=6)
+    assert torch.equal(kvstack.generate(model, cache, q, max_new_tokens=6), first)
+    assert cache.nbytes == before
+
+
+def test_empty_context_is_an_input_error(smol):
+    model, _ = smol
+    with pytest.raises(InputError, match="empty"):
+        kvstack.compress(model, torch.tensor([], dtype=torch.long), "int8")
