@@ -128,10 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"example: kvstack run --model {DEFAULT_MODEL} --recipe '{DEFAULT_RECIPE}' "
         "--context-file essay.txt --question 'Who ...?'",
     )
-    run.add_argument("--model", default=DEFAULT_MODEL, help=f"bundled model name or local HF model dir (default {DEFAULT_MODEL})")
-    run.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"compression recipe (default '{DEFAULT_RECIPE}'; see `kvstack recipes`)")
+    run.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"bundled model name or local HF model dir (default {DEFAULT_MODEL})"
+    )
+    run.add_argument(
+        "--recipe", default=DEFAULT_RECIPE, help=f"recipe (default '{DEFAULT_RECIPE}'; see `kvstack recipes`)"
+    )
     run.add_argument("--context-file", help="text file holding the context (default: a bundled Paul Graham essay)")
-    run.add_argument("--essay", default=DEFAULT_ESSAY, help=f"bundled essay used when no --context-file (default {DEFAULT_ESSAY})")
+    run.add_argument(
+        "--essay", default=DEFAULT_ESSAY, help=f"bundled essay used when no --context-file (default {DEFAULT_ESSAY})"
+    )
     run.add_argument("--question", default=DEFAULT_QUESTION, help="the question to answer from the context")
     run.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate (default 24)")
     run.add_argument("--no-baseline", action="store_true", help="skip the full-cache run")

@@ -15,8 +15,9 @@ casting it back.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from kvstack.errors import RecipeError
 from kvstack.kv import KVCache

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from kvstack.errors import BudgetError, RecipeError
-from kvstack.kv import KVCache, KVLayer
+from kvstack.kv import DenseRows, KVCache, KVLayer
 from kvstack.stack import Recipe, StageContext, describe_stages, parse_stage
-from kvstack.kv import DenseRows
 
 
 def test_parse_positional_keyword_shorthand_and_scope():

@@ -26,7 +26,9 @@ import torch
 
 from kvstack.errors import ModelError
 
-_SESSION: contextvars.ContextVar[CaptureSession | None] = contextvars.ContextVar("kvstack_capture", default=None)
+_SESSION: contextvars.ContextVar[CaptureSession | None] = contextvars.ContextVar(
+    "kvstack_capture", default=None
+)
 _SCORE_BUDGET = 1 << 25  # elements of one scoring block (128 MiB of fp32)
 
 
@@ -41,7 +43,9 @@ class RowMeta:
 
     def mask(self, num_query_heads: int, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask ``[1, Hq, q, S]`` from true positions (0 keep, dtype-min drop)."""
-        return additive_mask(self.positions, self.valid, self.query_positions, self.window, num_query_heads, dtype)
+        return additive_mask(
+            self.positions, self.valid, self.query_positions, self.window, num_query_heads, dtype
+        )
 
 
 def allowed(
@@ -126,7 +130,8 @@ class CaptureSession:
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
             qpos = torch.arange(self.q_start + a, self.q_start + b, device=k.device)
-            ok = allowed(key_pos.expand(1, s), torch.ones(1, s, dtype=torch.bool, device=k.device), qpos, window)
+            every = torch.ones(1, s, dtype=torch.bool, device=k.device)
+            ok = allowed(key_pos.expand(1, s), every, qpos, window)
             logits = logits.masked_fill(~ok, float("-inf"))
             total[:, :s] += torch.softmax(logits, dim=-1).sum(dim=1)
 

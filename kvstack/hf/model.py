@@ -73,7 +73,9 @@ def model_info(model) -> ModelInfo:
         layer_types = ["sliding_attention" if window else "full_attention"] * layers
     windows = tuple(int(window) if t == "sliding_attention" and window else None for t in layer_types)
     if any(t not in ("sliding_attention", "full_attention") for t in layer_types):
-        raise ModelError(f"unsupported attention layer types {sorted(set(layer_types))} in {config.model_type}")
+        raise ModelError(
+            f"unsupported attention layer types {sorted(set(layer_types))} in {config.model_type}"
+        )
     dtype = next(model.parameters()).dtype
     return ModelInfo(
         num_layers=layers,

@@ -78,7 +78,8 @@ def prefill(
                 bar.update(b - a)
         if session.want_question and question_ids is not None and question_ids.numel():
             session.phase, session.q_start = "question", total
-            model(input_ids=question_ids.to(device).view(1, -1), past_key_values=dc, use_cache=True, logits_to_keep=1)
+            q_ids = question_ids.to(device).view(1, -1)
+            model(input_ids=q_ids, past_key_values=dc, use_cache=True, logits_to_keep=1)
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
