@@ -27,6 +27,9 @@ NEED_QUESTION_QUERIES = "question_queries"  # post-RoPE queries of the question 
 NEED_WINDOW_QUERIES = "window_queries"  # post-RoPE queries of the last `window` context tokens
 NEED_ATTENTION = "attention"  # attention each key received, summed over all context queries
 
+# Families where at most one stage may act on a layer (a scoped one overrides an unscoped one).
+EXCLUSIVE_FAMILIES = frozenset({"quantize"})
+
 
 @dataclass(frozen=True)
 class Param:
@@ -125,8 +128,16 @@ class Stage:
         args = ",".join(f"{p.name}={getattr(self, p.name)}" for p in self.params)
         text = self.name + (f":{args}" if args else "")
         if self.layers is not None:
-            text += "@layers" + ",".join(str(i) for i in sorted(self.layers))
+            text += scope_text(self.layers)
         return text
+
+
+def scope_text(layers: set[int]) -> str:
+    """``@layer3`` / ``@layers0-3``: the suffix the parser reads back (scopes are contiguous ranges)."""
+    lo, hi = min(layers), max(layers)
+    if layers != set(range(lo, hi + 1)):
+        raise RecipeError(f"layer scope {sorted(layers)} is not a contiguous range; split it into several stages")
+    return f"@layer{lo}" if lo == hi else f"@layers{lo}-{hi}"
 
 
 REGISTRY: dict[str, type[Stage]] = {}
@@ -241,7 +252,22 @@ class Recipe:
                     mine -= other.layers
         return mine
 
+    def check_exclusive(self, num_layers: int) -> None:
+        """Two quantizers on the same layer would quantize already-quantized values: refuse."""
+        owner: dict[int, str] = {}
+        for i, stage in enumerate(self.stages):
+            if stage.family not in EXCLUSIVE_FAMILIES:
+                continue
+            for layer in self.layers_for(i, num_layers):
+                if (stage.family, layer) in owner:
+                    raise RecipeError(
+                        f"'{owner[(stage.family, layer)]}' and '{stage.spec()}' both {stage.family} layer {layer}; "
+                        f"keep one, or scope one with @layerN / @layersA-B so it overrides the other there"
+                    )
+                owner[(stage.family, layer)] = stage.spec()
+
     def apply(self, cache: KVCache, ctx: StageContext) -> KVCache:
+        self.check_exclusive(len(cache.layers))
         for i, stage in enumerate(self.stages):
             if stage.layers is not None and max(stage.layers) >= len(cache.layers):
                 raise RecipeError(

@@ -86,3 +86,19 @@ def test_every_stage_is_described():
     names = {row[0] for row in describe_stages()}
     assert {"identity", "streaming", "int8", "fp16", "bf16", "fp32"} <= names
     assert all(row[2] for row in describe_stages())  # one-line summary for each
+
+
+def test_scoped_spec_round_trips_through_the_parser():
+    r = Recipe.parse("int8:g32@layers1-2 > fp16@layer0")
+    again = Recipe([parse_stage(s.spec()) for s in r.stages])
+    assert [(s.name, s.layers, getattr(s, "group", None)) for s in again.stages] == [
+        ("int8", {1, 2}, 32),
+        ("fp16", {0}, None),
+    ]
+
+
+def test_two_quantizers_on_one_layer_are_refused():
+    with pytest.raises(RecipeError, match="both quantize layer 0"):
+        Recipe.parse("int8 > int8:g32").apply(_cache(), _ctx())
+    with pytest.raises(RecipeError, match="both quantize layer 1"):
+        Recipe.parse("int8@layers0-1 > fp16@layers1-2").apply(_cache(), _ctx())

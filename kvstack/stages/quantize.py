@@ -1,92 +1,111 @@
-"""Quantization: fewer bits per kept element, with codes really packed in integer tensors."""
+"""Quantization stages: fewer bits per kept element, with codes really packed in ``uint8``.
+
+``int8`` / ``int4`` / ``int3`` / ``int2`` are uniform round-to-nearest quantizers stored as
+:class:`~kvstack.stages.quant_rows.QuantRows` (packed codes + fp16 scales, + fp16 zeros
+when asymmetric). Parameters, in positional order:
+
+* ``group`` (``g64``; default 64): elements sharing one scale. ``axis=token``: channels
+  of one token, capped at head_dim and required to divide it (a RecipeError lists the
+  divisors; nothing is padded). ``axis=channel``: tokens of one channel within one head;
+  each head's last group may be shorter.
+* ``axis`` (``token`` | ``channel``; default token): per-token or per-channel (KIVI keys).
+* ``sym`` (``sym`` / ``asym``): symmetric scale only, or scale + zero. Default symmetric
+  for int8 (same bytes as before: int8 codes + fp16 scales) and asymmetric below 8 bits.
+
+Channel-axis rows are requantized when tokens are evicted afterwards (see
+``QuantRows.select``). ``kivi:2`` / ``kivi:4`` live in :mod:`kvstack.stages.quant_kivi`.
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Any, ClassVar
 
 import torch
 
 from kvstack.errors import RecipeError
-from kvstack.kv import KVLayer, tensor_nbytes
-from kvstack.stack import Param, Stage, StageContext, register
+from kvstack.kv import KVLayer
+from kvstack.stack import Param, Stage, StageContext, as_bool, register
+from kvstack.stages import quant_kivi  # noqa: F401  (registers kivi)
+from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group
+from kvstack.stages.quant_rows import AXES, QuantRows, check_settings
+
+_SHORT = {
+    "sym": ("sym", True),
+    "asym": ("sym", False),
+    "token": ("axis", "token"),
+    "channel": ("axis", "channel"),
+}
 
 
-@dataclass(frozen=True)
-class Int8Rows:
-    """Rows as symmetric INT8 codes with one fp16 scale per group of ``group`` channels of a token.
+def _params(sym: bool) -> tuple[Param, ...]:
+    return (
+        Param("group", int, 64, "elements per scale (g64): channels of a token, or tokens of a channel"),
+        Param("axis", parse_axis, "token", "token: groups along a token; channel: along a channel"),
+        Param("sym", as_bool, sym, "symmetric (sym: scale only) or asymmetric (asym: scale + zero)"),
+    )
 
-    Memory: ``n*d`` bytes of codes plus ``2*n*d/group`` bytes of scales; nothing else.
-    Per-token grouping means rows can be dropped later (eviction during decoding) without
-    requantizing.
-    """
 
-    codes: torch.Tensor  # int8 [n, d]
-    scales: torch.Tensor  # float16 [n, d // group]
-    group: int
-    out_dtype: torch.dtype
+class UniformQuant(Stage):
+    """Round-to-nearest ``bits``-bit quantization of keys and values with the same settings."""
+
+    family = "quantize"
+    bits: ClassVar[int] = 8
 
     @classmethod
-    def quantize(cls, rows: torch.Tensor, group: int) -> Int8Rows:
-        n, d = rows.shape
-        x = rows.float().reshape(n, d // group, group)
-        scale16 = (x.abs().amax(dim=-1) / 127.0).to(torch.float16)
-        s = scale16.float().unsqueeze(-1)
-        codes = torch.where(s > 0, torch.round(x / torch.where(s > 0, s, 1.0)), 0.0)
-        codes = codes.clamp_(-127, 127).to(torch.int8).reshape(n, d)
-        return cls(codes=codes, scales=scale16, group=group, out_dtype=rows.dtype)
+    def shorthand(cls, token: str) -> tuple[str, Any] | None:
+        return _SHORT.get(token.strip().lower()) or group_shorthand(token)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.codes.shape[0]), int(self.codes.shape[1]))
+    def validate(self) -> None:
+        if self.axis not in AXES:
+            raise RecipeError(f"{self.name}: axis={self.axis!r} is not one of {', '.join(AXES)}")
+        if not isinstance(self.sym, bool):
+            raise RecipeError(f"{self.name}: sym={self.sym!r} must be True (sym) or False (asym)")
+        try:
+            check_settings(self.bits, self.group, self.axis)
+        except RecipeError as exc:
+            raise RecipeError(f"{self.name}: {exc}") from None
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.out_dtype
+    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows:
+        """Quantize one layer's keys or values (``lengths``: rows per head)."""
+        if self.axis == "token":
+            group = token_axis_group(self.name, self.group, rows.shape[1])
+            return QuantRows.quantize(rows, self.bits, group, "token", self.sym)
+        return QuantRows.quantize(rows, self.bits, self.group, "channel", self.sym, segments=lengths)
 
-    @property
-    def nbytes(self) -> int:
-        return tensor_nbytes(self.codes) + tensor_nbytes(self.scales)
-
-    def decode(self) -> torch.Tensor:
-        n, d = self.codes.shape
-        x = self.codes.reshape(n, d // self.group, self.group).float() * self.scales.float().unsqueeze(-1)
-        return x.reshape(n, d).to(self.out_dtype)
-
-    def select(self, rows: torch.Tensor) -> Int8Rows:
-        rows = rows.to(self.codes.device)
-        return replace(self, codes=self.codes.index_select(0, rows), scales=self.scales.index_select(0, rows))
-
-
-_GROUP = re.compile(r"^g(\d+)$")
+    def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
+        keys = self.quantize(layer.keys.decode(), layer.lengths)
+        values = self.quantize(layer.values.decode(), layer.lengths)
+        return replace(layer, keys=keys, values=values)
 
 
 @register
-class Int8(Stage):
+class Int8(UniformQuant):
     name = "int8"
-    summary = "round-to-nearest symmetric INT8 per token, one fp16 scale per group of channels"
-    family = "quantize"
-    params = (Param("group", int, 64, "channels sharing one scale (short form g64); capped at head_dim"),)
+    summary = "round-to-nearest INT8 (symmetric per token by default), fp16 scale per group"
+    bits = 8
+    params = _params(sym=True)
 
-    @classmethod
-    def shorthand(cls, token: str):
-        m = _GROUP.match(token)
-        return ("group", int(m.group(1))) if m else None
 
-    def validate(self) -> None:
-        if self.group <= 0:
-            raise RecipeError(f"int8: group={self.group} must be a positive number of channels, e.g. g64")
+@register
+class Int4(UniformQuant):
+    name = "int4"
+    summary = "round-to-nearest INT4, two codes per byte, fp16 scale + zero per group"
+    bits = 4
+    params = _params(sym=False)
 
-    def _group_for(self, dim: int) -> int:
-        g = min(self.group, dim)
-        if dim % g:
-            raise RecipeError(f"int8: group={self.group} does not divide head_dim={dim}; pick a divisor of {dim}")
-        return g
 
-    def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
-        k, v = layer.keys.decode(), layer.values.decode()
-        return replace(
-            layer,
-            keys=Int8Rows.quantize(k, self._group_for(k.shape[1])),
-            values=Int8Rows.quantize(v, self._group_for(v.shape[1])),
-        )
+@register
+class Int3(UniformQuant):
+    name = "int3"
+    summary = "round-to-nearest INT3, eight codes in three bytes, fp16 scale + zero per group"
+    bits = 3
+    params = _params(sym=False)
+
+
+@register
+class Int2(UniformQuant):
+    name = "int2"
+    summary = "round-to-nearest INT2, four codes per byte, fp16 scale + zero per group"
+    bits = 2
+    params = _params(sym=False)

@@ -1,0 +1,89 @@
+"""KIVI (Liu et al., 2024): keys per-channel, values per-token, recent tokens in full precision.
+
+Keys have outlier *channels*, so they are quantized along tokens (a group is ``group``
+tokens of one channel within one head); values are quantized per token (a group is
+``group`` channels, capped at head_dim). The ``residual`` most recent tokens of each head
+(by original position) stay dense in the model's dtype. Both use asymmetric codes
+(fp16 scale + fp16 zero per group) packed in ``uint8``; storage is
+:class:`~kvstack.stages.quant_split.SplitRows`.
+
+Differences from the reference implementation: exactly ``residual`` tokens stay dense
+(KIVI keeps ``T mod residual`` keys dense so key groups are always full; here the oldest
+key group of a head may be partial instead), and tokens generated after compression stay
+dense (quantizing that tail as it fills needs a hook in the HF cache, not in a stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from kvstack.errors import RecipeError
+from kvstack.kv import KVLayer
+from kvstack.stack import Param, Stage, StageContext, register
+from kvstack.stages.quant_groups import segment_ids
+from kvstack.stages.quant_params import group_shorthand, token_axis_group
+from kvstack.stages.quant_rows import QuantRows
+from kvstack.stages.quant_split import SplitRows
+
+KIVI_BITS = (2, 4)
+
+
+def recent_mask(layer: KVLayer, residual: int) -> torch.Tensor:
+    """``[sum(lengths)]`` bool: the ``residual`` rows of each head with the latest positions."""
+    pos = layer.row_positions()
+    mask = torch.zeros(pos.numel(), dtype=torch.bool)
+    for off, n in zip(layer.head_offsets(), layer.lengths, strict=True):
+        r = min(residual, n)
+        if r:
+            mask[off + torch.topk(pos[off : off + n], r).indices] = True
+    return mask
+
+
+@register
+class Kivi(Stage):
+    name = "kivi"
+    summary = "KIVI: keys per-channel, values per-token (2 or 4 bits), last `residual` tokens dense"
+    family = "quantize"
+    params = (
+        Param("bits", int, 2, f"bits per code: {' or '.join(map(str, KIVI_BITS))}"),
+        Param("group", int, 32, "tokens per key group, channels per value group (g32)"),
+        Param("residual", int, 128, "most recent tokens of each head kept in full precision"),
+    )
+
+    @classmethod
+    def shorthand(cls, token: str) -> tuple[str, Any] | None:
+        return group_shorthand(token)
+
+    def validate(self) -> None:
+        if self.bits not in KIVI_BITS:
+            raise RecipeError(
+                f"kivi:{self.bits} does not exist; KIVI bit widths: {', '.join(map(str, KIVI_BITS))} "
+                "(for other widths use int8/int4/int3/int2 with axis=channel)"
+            )
+        if not isinstance(self.group, int) or self.group <= 0:
+            raise RecipeError(f"kivi: group={self.group!r} must be a positive number of elements, e.g. g32")
+        if not isinstance(self.residual, int) or self.residual < 0:
+            raise RecipeError(
+                f"kivi: residual={self.residual!r} must be >= 0 tokens (0 quantizes everything)"
+            )
+
+    def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
+        keys, values = layer.keys.decode(), layer.values.decode()
+        dense = recent_mask(layer, self.residual)
+        heads = segment_ids(layer.lengths)
+        vgroup = token_axis_group(self.name, self.group, values.shape[1])
+
+        def quant_keys(rows: torch.Tensor, per_head) -> QuantRows:
+            return QuantRows.quantize(rows, self.bits, self.group, "channel", False, segments=per_head)
+
+        def quant_values(rows: torch.Tensor, per_head) -> QuantRows:
+            return QuantRows.quantize(rows, self.bits, vgroup, "token", False)
+
+        return replace(
+            layer,
+            keys=SplitRows.build(keys, dense, heads, quant_keys),
+            values=SplitRows.build(values, dense, heads, quant_values),
+        )
