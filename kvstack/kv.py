@@ -167,7 +167,13 @@ class KVLayer:
         pos = self.row_positions().to(k.device)
         if self.uniform:
             valid = torch.ones(h, lmax, dtype=torch.bool, device=k.device)
-            return (k.reshape(h, lmax, -1), v.reshape(h, lmax, -1), pos.reshape(h, lmax), valid)
+            # explicit head_dim: a layer whose rows were all dropped (sliding window) has 0 rows
+            return (
+                k.reshape(h, lmax, k.shape[-1]),
+                v.reshape(h, lmax, v.shape[-1]),
+                pos.reshape(h, lmax),
+                valid,
+            )
         lengths = torch.tensor(self.lengths, device=k.device)
         valid = torch.arange(lmax, device=k.device)[None, :] < lengths[:, None]
         kp = k.new_zeros(h, lmax, k.shape[-1])
@@ -187,7 +193,8 @@ class KVLayer:
         if len(keep) != self.num_heads:
             raise InputError(f"select_rows needs one index tensor per head ({self.num_heads})")
         offsets = self.head_offsets()
-        rows = torch.cat([k.long() + off for k, off in zip(keep, offsets)]) if keep else torch.empty(0)
+        parts = [k.long() + off for k, off in zip(keep, offsets, strict=True)]
+        rows = torch.cat(parts) if keep else torch.empty(0)
         all_pos = self.row_positions()
         new_pos = all_pos[rows]
         lengths = tuple(int(k.numel()) for k in keep)

@@ -94,7 +94,8 @@ class CompressedLayer(CacheLayerMixin):
         keys = torch.cat([bk.to(self.tail_k.device), self.tail_k], dim=1)
         values = torch.cat([bv.to(self.tail_v.device), self.tail_v], dim=1)
         pos = torch.cat([bpos.to(self.tail_pos.device), self.tail_pos.expand(h, t)], dim=1)
-        valid = torch.cat([bvalid.to(keys.device), torch.ones(h, t, dtype=torch.bool, device=keys.device)], dim=1)
+        tail_valid = torch.ones(h, t, dtype=torch.bool, device=keys.device)
+        valid = torch.cat([bvalid.to(keys.device), tail_valid], dim=1)
         return keys, values, RowMeta(pos, valid, query_pos, self.window)
 
     def _trim(self) -> None:
@@ -105,25 +106,34 @@ class CompressedLayer(CacheLayerMixin):
             self._drop(lambda pos: pos >= floor)
         if budget is not None:
             sink, window = budget
-            # newest `window` tokens across base+tail, plus sinks
-            base_pos = self.base.row_positions()
-            all_pos = torch.cat([base_pos[: self.base.max_length], self.tail_pos.cpu()])
-            keep_pos = all_pos[streaming_keep(all_pos, sink, window)]
-            self._drop(lambda pos: torch.isin(pos, keep_pos.to(pos.device)))
+            # per KV head: its sinks and the newest `window` of its own rows (base + shared tail).
+            # The tail holds the newest tokens of every head, so its kept part is the same for all.
+            base_pos, tail_pos = self.base.row_positions(), self.tail_pos.cpu()
+            keep_rows = torch.zeros(base_pos.numel(), dtype=torch.bool)
+            tail_keep = torch.zeros(tail_pos.numel(), dtype=torch.bool)
+            for off, n in zip(self.base.head_offsets(), self.base.lengths, strict=True):
+                keep = streaming_keep(torch.cat([base_pos[off : off + n], tail_pos]), sink, window)
+                keep_rows[off + keep[keep < n]] = True
+                tail_keep[keep[keep >= n] - n] = True
+            self._drop_rows(keep_rows, tail_keep)
 
     def _drop(self, keep_fn) -> None:
-        tail_keep = keep_fn(self.tail_pos.cpu()).to(self.tail_pos.device)
+        self._drop_rows(keep_fn(self.base.row_positions()), keep_fn(self.tail_pos.cpu()))
+
+    def _drop_rows(self, keep_rows: torch.Tensor, tail_keep: torch.Tensor) -> None:
+        """Keep base rows where ``keep_rows`` (one flag per row) and tail tokens where ``tail_keep``."""
+        tail_keep = tail_keep.to(self.tail_pos.device)
         if not bool(tail_keep.all()):
             self.tail_k = self.tail_k[:, tail_keep]
             self.tail_v = self.tail_v[:, tail_keep]
             self.tail_pos = self.tail_pos[tail_keep]
-        pos = self.base.row_positions()
-        keep_rows = keep_fn(pos)
+        keep_rows = keep_rows.cpu()
         if bool(keep_rows.all()):
             return
         offsets = self.base.head_offsets()
         keep = [
-            torch.nonzero(keep_rows[off : off + n]).flatten() for off, n in zip(offsets, self.base.lengths)
+            torch.nonzero(keep_rows[off : off + n]).flatten()
+            for off, n in zip(offsets, self.base.lengths, strict=True)
         ]
         self.base = replace(self.base.select_rows(keep), meta=self.base.meta)
 

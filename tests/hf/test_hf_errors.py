@@ -1,0 +1,78 @@
+"""Bad input through the public API raises the typed error, with a message saying what to do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kvstack
+from kvstack.errors import BudgetError, InputError, KvstackError, ModelError
+
+
+def test_empty_context(tiny_model):
+    model = tiny_model("llama")
+    for empty in ([], torch.tensor([], dtype=torch.long), torch.zeros(1, 0, dtype=torch.long)):
+        with pytest.raises(InputError, match="give at least one token"):
+            kvstack.compress(model, empty, "identity")
+
+
+def test_batch_of_two_contexts(tiny_model, make_ids):
+    model = tiny_model("llama")
+    batch = torch.stack([make_ids(10, seed=1), make_ids(10, seed=2)])
+    with pytest.raises(InputError, match="compress each context separately"):
+        kvstack.compress(model, batch, "identity")
+
+
+def test_base_model_without_lm_head_is_refused(tiny_model, make_ids):
+    import transformers as tf
+
+    base = tf.LlamaModel(tiny_model("llama").config).eval()
+    with pytest.raises(ModelError, match="AutoModelForCausalLM"):
+        kvstack.compress(base, make_ids(10), "identity")
+
+
+def test_non_causal_lm_is_refused(make_ids):
+    import transformers as tf
+
+    cfg = tf.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    bert = tf.BertForMaskedLM(cfg).eval()
+    with pytest.raises(ModelError, match="ForCausalLM"):
+        kvstack.compress(bert, make_ids(10), "identity")
+    with pytest.raises(ModelError, match="not a Hugging Face model"):
+        kvstack.compress(torch.nn.Linear(4, 4), make_ids(10), "identity")
+
+
+def test_cache_from_another_model(tiny_model, make_ids):
+    llama = tiny_model("llama")
+    cache = kvstack.compress(llama, make_ids(20), "identity")
+    for other in (tiny_model("qwen2"), tiny_model("llama", num_hidden_layers=3)):
+        with pytest.raises(ModelError, match="compress the context again with this model"):
+            kvstack.generate(other, cache, make_ids(3), max_new_tokens=2)
+    # The same model is fine.
+    assert kvstack.generate(llama, cache, make_ids(3), max_new_tokens=2).numel() >= 1
+
+
+def test_streaming_budget_beyond_context(tiny_model, make_ids):
+    model = tiny_model("llama")
+    with pytest.raises(BudgetError, match="Use a smaller window") as info:
+        kvstack.compress(model, make_ids(20), "streaming:sink=4,window=32")
+    assert "e.g. window=5" in str(info.value)  # a concrete budget that fits 20 tokens
+    with pytest.raises(BudgetError, match="Use a smaller window"):
+        kvstack.compress(model, make_ids(20), "streaming:sink=4,window=16")  # keeps all 20: nothing evicted
+
+
+def test_errors_share_the_base_class(tiny_model):
+    with pytest.raises(KvstackError):
+        kvstack.compress(tiny_model("llama"), [], "identity")
+
+
+def test_generate_input_checks(tiny_model, make_ids):
+    model = tiny_model("llama")
+    cache = kvstack.compress(model, make_ids(12), "identity")
+    with pytest.raises(InputError, match="at least 1 token"):
+        kvstack.generate(model, cache, make_ids(3), max_new_tokens=0)
+    with pytest.raises(InputError, match="give at least one token"):
+        kvstack.generate(model, cache, [], max_new_tokens=2)
+    with pytest.raises(InputError, match="from kvstack.compress"):
+        kvstack.generate(model, {"not": "a cache"}, make_ids(3), max_new_tokens=2)
