@@ -94,9 +94,11 @@ class CaptureSession:
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hq, T] fp32
     window: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> [Hq, n, D] parts
     question: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hq, q, D]
+    params: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)  # (scaling, softcap)
 
     def observe(self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
         layer = int(module.layer_idx)
+        self.params[layer] = (kwargs.get("scaling"), kwargs.get("softcap"))
         q = query[0].detach()
         n_q = q.shape[1]
         if self.phase == "question":

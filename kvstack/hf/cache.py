@@ -20,6 +20,10 @@ from kvstack.kv import KVCache, KVLayer, tensor_nbytes
 from kvstack.stages.select import streaming_keep
 
 
+def _select_requantizes(layer: KVLayer) -> bool:
+    return any(getattr(enc, "select_requantizes", False) for enc in (layer.keys, layer.values))
+
+
 class CompressedLayer(CacheLayerMixin):
     """One layer: compressed base rows + dense tail of new tokens, masked by true positions."""
 
@@ -103,7 +107,7 @@ class CompressedLayer(CacheLayerMixin):
         budget = self.base.meta.get("decode_budget")
         if self.window is not None:
             floor = self.seen - (self.window - 1)
-            self._drop(lambda pos: pos >= floor)
+            self._drop(lambda pos: pos >= floor, lazy_base=_select_requantizes(self.base))
         if budget is not None:
             sink, window = budget
             # per KV head: its sinks and the newest `window` of its own rows (base + shared tail).
@@ -117,8 +121,14 @@ class CompressedLayer(CacheLayerMixin):
                 tail_keep[keep[keep >= n] - n] = True
             self._drop_rows(keep_rows, tail_keep)
 
-    def _drop(self, keep_fn) -> None:
-        self._drop_rows(keep_fn(self.base.row_positions()), keep_fn(self.tail_pos.cpu()))
+    def _drop(self, keep_fn, lazy_base: bool = False) -> None:
+        """Drop rows failing ``keep_fn(positions)``. ``lazy_base`` defers base rows (still masked
+        out by position) until half the base can go, so requantizing encodings are not
+        requantized - and their error compounded - at every step."""
+        keep_rows = keep_fn(self.base.row_positions())
+        if lazy_base and 2 * int((~keep_rows).sum()) < keep_rows.numel():
+            keep_rows = torch.ones_like(keep_rows)
+        self._drop_rows(keep_rows, keep_fn(self.tail_pos.cpu()))
 
     def _drop_rows(self, keep_rows: torch.Tensor, tail_keep: torch.Tensor) -> None:
         """Keep base rows where ``keep_rows`` (one flag per row) and tail tokens where ``tail_keep``."""

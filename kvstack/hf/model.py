@@ -27,9 +27,19 @@ class ModelInfo:
         return self.num_query_heads // self.num_kv_heads
 
 
+# Runtime switches and bookkeeping that do not change what the model computes into its cache.
+_VOLATILE = {
+    "use_cache", "output_attentions", "output_hidden_states", "return_dict", "transformers_version",
+    "dtype", "torch_dtype", "_attn_implementation", "_attn_implementation_internal", "architectures",
+    "_name_or_path", "chunk_size_feed_forward", "tie_word_embeddings",
+}
+
+
 def _config_fingerprint(config) -> str:
+    """Hash of what shapes the cache (geometry, RoPE, vocabulary), not of runtime switches."""
     try:
-        text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+        items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE}
+        text = json.dumps(items, sort_keys=True, default=str)
     except Exception:  # noqa: BLE001 - a config that cannot serialise still gets a (weaker) id
         text = repr(config)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

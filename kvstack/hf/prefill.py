@@ -16,7 +16,7 @@ from transformers.cache_utils import DynamicCache
 from kvstack.hf.attention import CaptureSession, capturing, enable
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import NEED_ATTENTION, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
+from kvstack.stack import ATTN_PARAMS, NEED_ATTENTION, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
 
 
 @dataclass
@@ -109,6 +109,8 @@ def prefill(
         captures[NEED_WINDOW_QUERIES] = {i: session.window_queries_of(i) for i in session.window}
     if session.want_question:
         captures[NEED_QUESTION_QUERIES] = session.question
+    if captures:
+        captures[ATTN_PARAMS] = session.params  # the model's own score scaling and softcap per layer
     return Prefill(cache=cache, captures=captures, seconds=seconds, last_logits=logits)
 
 

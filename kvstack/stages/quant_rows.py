@@ -65,6 +65,11 @@ class QuantRows:
     out_dtype: torch.dtype
     segments: tuple[int, ...] | None = None  # rows per head (axis="channel" only)
 
+    @property
+    def select_requantizes(self) -> bool:
+        """Channel-axis groups span tokens, so dropping rows means quantizing again (lossy)."""
+        return self.axis == "channel"
+
     @classmethod
     def quantize(
         cls,

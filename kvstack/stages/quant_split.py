@@ -47,6 +47,10 @@ class SplitRows:
         quant = quantize(rows.index_select(0, q_idx), run_lengths(head_of_row.to(rows.device)[q_idx]))
         return cls(quant, DenseRows(rows.index_select(0, d_idx)), _runs(dense_mask))
 
+    @property
+    def select_requantizes(self) -> bool:
+        return self.quant.select_requantizes
+
     def _dense_mask(self) -> torch.Tensor:
         flags = torch.tensor([d for d, _ in self.runs], dtype=torch.bool)
         counts = torch.tensor([c for _, c in self.runs], dtype=torch.long)

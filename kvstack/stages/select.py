@@ -2,6 +2,16 @@
 
 Selection stages only decide *which rows* survive; :meth:`KVLayer.select_rows` does the
 mechanics, so kept positions stay exact and any row encoding works.
+
+This module holds StreamingLLM. The score-and-keep methods, all written
+``name:fraction[,options]`` with the common options ``sink``, ``alloc`` and ``beta``, live in
+
+* :mod:`kvstack.stages.select_attention`: ``q2c``, ``snapkv``, ``tova``, ``h2o``, ``expected``;
+* :mod:`kvstack.stages.select_keys`: ``knorm``, ``keydiff``, ``random``;
+
+on top of :mod:`~kvstack.stages.select_base` (budgets, forced rows, eviction),
+:mod:`~kvstack.stages.select_alloc` (uniform / PyramidKV / Ada-KV budgets) and
+:mod:`~kvstack.stages.select_scores` (scoring helpers).
 """
 
 from __future__ import annotations
@@ -57,9 +67,13 @@ class StreamingLLM(Stage):
         offsets = layer.head_offsets()
         keep = [
             streaming_keep(pos[off : off + n], self.sink, self.window)
-            for off, n in zip(offsets, layer.lengths)
+            for off, n in zip(offsets, layer.lengths, strict=True)
         ]
         out = layer.select_rows(keep)
         if self.decode:
             out = replace(out, meta={**out.meta, "decode_budget": (self.sink, self.window)})
         return out
+
+
+# Score-and-keep methods live in their own modules; importing them registers their stages.
+from kvstack.stages import select_attention, select_keys  # noqa: E402, F401

@@ -76,3 +76,18 @@ def test_generate_input_checks(tiny_model, make_ids):
         kvstack.generate(model, cache, [], max_new_tokens=2)
     with pytest.raises(InputError, match="from kvstack.compress"):
         kvstack.generate(model, {"not": "a cache"}, make_ids(3), max_new_tokens=2)
+
+
+def test_runtime_switches_do_not_change_the_model_fingerprint(tiny_model, make_ids):
+    import kvstack
+
+    model = tiny_model("llama")
+    cache = kvstack.compress(model, make_ids(20), "identity")
+    model.config.use_cache = False
+    model.config.output_hidden_states = True
+    try:
+        out = kvstack.generate(model, cache, make_ids(3, seed=5), max_new_tokens=2)
+    finally:
+        model.config.use_cache = True
+        model.config.output_hidden_states = False
+    assert out.numel() == 2

@@ -1,0 +1,68 @@
+"""DeepSeek-V2/V3 (Multi-head Latent Attention) and GPT-2 presets, from the published configs."""
+
+_MLA = {
+    "num_attention_heads": 128,
+    "num_key_value_heads": 128,
+    "q_lora_rank": 1536,
+    "kv_lora_rank": 512,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 128,
+    "max_position_embeddings": 163840,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+DEEPSEEK_GPT2 = {
+    "deepseek-v2": {
+        "_source": "deepseek-ai/DeepSeek-V2",
+        "_params": 236_000_000_000,
+        **_MLA,
+        "model_type": "deepseek_v2",
+        "hidden_size": 5120,
+        "intermediate_size": 12288,
+        "moe_intermediate_size": 1536,
+        "num_hidden_layers": 60,
+        "n_routed_experts": 160,
+        "n_shared_experts": 2,
+        "num_experts_per_tok": 6,
+        "first_k_dense_replace": 1,
+        "vocab_size": 102400,
+    },
+    "deepseek-v3": {
+        "_source": "deepseek-ai/DeepSeek-V3",
+        "_params": 671_000_000_000,
+        "_note": "671B main model (the Hub's 685B adds the 14B multi-token-prediction module); "
+        "weights ship in fp8",
+        **_MLA,
+        "model_type": "deepseek_v3",
+        "hidden_size": 7168,
+        "intermediate_size": 18432,
+        "moe_intermediate_size": 2048,
+        "num_hidden_layers": 61,
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "first_k_dense_replace": 3,
+        "vocab_size": 129280,
+        "quantization_config": {
+            "quant_method": "fp8",
+            "fmt": "e4m3",
+            "activation_scheme": "dynamic",
+            "weight_block_size": [128, 128],
+        },
+    },
+    "gpt2": {
+        "_source": "openai-community/gpt2",
+        "_params": 124_439_808,
+        "_note": "torch_dtype added (float32, the dtype of the published weights)",
+        "model_type": "gpt2",
+        "n_layer": 12,
+        "n_head": 12,
+        "n_embd": 768,
+        "n_positions": 1024,
+        "n_ctx": 1024,
+        "vocab_size": 50257,
+        "torch_dtype": "float32",
+    },
+}

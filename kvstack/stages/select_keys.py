@@ -1,0 +1,51 @@
+"""Selection without queries: key norm, key diversity, and a seeded random baseline."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kvstack.stack import Param, StageContext, register
+from kvstack.stages.select_base import COMMON, FRACTION, ScoredSelect
+from kvstack.stages.select_scores import LayerRows
+
+
+@register
+class KNorm(ScoredSelect):
+    """K-norm (Devoto et al. 2024): keys with a low L2 norm draw more attention; keep the lowest.
+    RoPE preserves norms, so post-RoPE keys give the same ranking."""
+
+    name = "knorm"
+    summary = "K-norm: keep the tokens whose keys have the lowest L2 norm"
+
+    def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
+        return -rows.keys.norm(dim=-1)
+
+
+@register
+class KeyDiff(ScoredSelect):
+    """KeyDiff (Park et al. 2025): keep the keys least similar to the head's anchor, the mean of
+    its unit-normalized keys (as kvpress does): score ``-cos(k, anchor)``."""
+
+    name = "keydiff"
+    summary = "KeyDiff: keep the keys least similar (cosine) to the head's mean key"
+
+    def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
+        valid = rows.valid.to(rows.keys.device)
+        unit = F.normalize(rows.keys, dim=-1) * valid.unsqueeze(-1)
+        anchor = unit.sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp_min(1)
+        return -F.cosine_similarity(rows.keys, anchor.unsqueeze(1), dim=-1)
+
+
+@register
+class RandomSelect(ScoredSelect):
+    """Uniformly random rows per head: the baseline every method should beat. Reproducible: the
+    draw of layer ``i`` depends only on ``seed`` and ``i``."""
+
+    name = "random"
+    summary = "random baseline: keep a seeded uniform random share of each head's tokens"
+    params = (FRACTION, Param("seed", int, 0, "random seed (same seed, same rows)"), *COMMON)
+
+    def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.rand(rows.valid.shape, generator=gen)
