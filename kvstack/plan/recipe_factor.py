@@ -99,9 +99,15 @@ class StageEffect:
     def explain(self) -> str:
         where = "" if self.layers is None else f" on layers {self.layers[0]}-{self.layers[1]}"
         if self.name == "streaming":
-            what = f"keeps at most sink+window = {self.budget:,} tokens"
+            what = (
+                f"keeps at most sink+window = {self.budget:,} tokens "
+                "(+ one int32 position tag per kept token)"
+            )
         elif self.keep is not None:
-            what = f"keeps {float(self.keep):.4g} of the tokens (rounded half up, at least 1)"
+            what = (
+                f"keeps {float(self.keep):.4g} of the tokens (rounded half up, at least 1; "
+                "+ an int32 position tag per kept token per KV head)"
+            )
         elif self.precision is not None:
             what = f"stores {self.precision.label} ({_bits_text(self.precision)})"
             if self.residual:
