@@ -9,6 +9,7 @@ cache; the attention hook masks by each row's true position.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
@@ -17,7 +18,13 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kvstack.errors import ModelError
 from kvstack.hf.attention import RowMeta
 from kvstack.kv import KVCache, KVLayer, tensor_nbytes
+from kvstack.stack import parse_stage
 from kvstack.stages.select import streaming_keep
+
+
+@functools.lru_cache(maxsize=32)
+def _block_stage(spec: str):
+    return parse_stage(spec)
 
 
 def _select_requantizes(layer: KVLayer) -> bool:
@@ -25,11 +32,16 @@ def _select_requantizes(layer: KVLayer) -> bool:
 
 
 class CompressedLayer(CacheLayerMixin):
-    """One layer: compressed base rows + dense tail of new tokens, masked by true positions."""
+    """One layer: compressed segments + dense tail of new tokens, masked by true positions.
+
+    ``segments[0]`` is the compressed context; a quantizer that asks for it (KIVI, via
+    ``meta["decode_quantize"]``) gets later segments: blocks of generated tokens
+    quantized as the dense tail fills, so long generations stay compressed too.
+    """
 
     def __init__(self, base: KVLayer, seen: int, dtype: torch.dtype) -> None:
         super().__init__()
-        self.base = base
+        self.segments: list[KVLayer] = [base]
         self.seen = seen  # tokens ever processed (context + generated)
         self.window = base.sliding_window
         self.is_sliding = self.window is not None
@@ -58,12 +70,17 @@ class CompressedLayer(CacheLayerMixin):
             self.tail_pos = torch.cat([self.tail_pos.to(new_pos.device), new_pos])
         keys, values, meta = self._materialize(new_pos)
         self._trim()
+        self._quantize_tail()
         keys = keys.unsqueeze(0)
         keys._kvstack = meta  # read by kvstack's attention hook
         return keys, values.unsqueeze(0)
 
+    @property
+    def base(self) -> KVLayer:
+        return self.segments[0]
+
     def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
-        stored = self.base.max_length + (0 if self.tail_k is None else self.tail_k.shape[1])
+        stored = sum(seg.max_length for seg in self.segments) + (0 if self.tail_k is None else self.tail_k.shape[1])
         q = cache_position.shape[0]
         return stored + q, max(self.seen - stored, 0)
 
@@ -91,15 +108,14 @@ class CompressedLayer(CacheLayerMixin):
 
     # --- internals ---------------------------------------------------------------------
     def _materialize(self, query_pos: torch.Tensor):
-        bk, bv, bpos, bvalid = self.base.padded()
-        bk, bv = bk.to(self.dtype), bv.to(self.dtype)
-        h = bk.shape[0]
-        t = self.tail_k.shape[1]
-        keys = torch.cat([bk.to(self.tail_k.device), self.tail_k], dim=1)
-        values = torch.cat([bv.to(self.tail_v.device), self.tail_v], dim=1)
-        pos = torch.cat([bpos.to(self.tail_pos.device), self.tail_pos.expand(h, t)], dim=1)
-        tail_valid = torch.ones(h, t, dtype=torch.bool, device=keys.device)
-        valid = torch.cat([bvalid.to(keys.device), tail_valid], dim=1)
+        parts = [seg.padded() for seg in self.segments]
+        dev = self.tail_k.device
+        h, t = self.tail_k.shape[0], self.tail_k.shape[1]
+        keys = torch.cat([k.to(dev, self.dtype) for k, _, _, _ in parts] + [self.tail_k], dim=1)
+        values = torch.cat([v.to(dev, self.dtype) for _, v, _, _ in parts] + [self.tail_v], dim=1)
+        pos = torch.cat([p.to(dev) for _, _, p, _ in parts] + [self.tail_pos.expand(h, t)], dim=1)
+        tail_valid = torch.ones(h, t, dtype=torch.bool, device=dev)
+        valid = torch.cat([m.to(dev) for _, _, _, m in parts] + [tail_valid], dim=1)
         return keys, values, RowMeta(pos, valid, query_pos, self.window)
 
     def _trim(self) -> None:
@@ -107,49 +123,80 @@ class CompressedLayer(CacheLayerMixin):
         budget = self.base.meta.get("decode_budget")
         if self.window is not None:
             floor = self.seen - (self.window - 1)
-            self._drop(lambda pos: pos >= floor, lazy_base=_select_requantizes(self.base))
+            self._drop(lambda pos: pos >= floor)
         if budget is not None:
             sink, window = budget
-            # per KV head: its sinks and the newest `window` of its own rows (base + shared tail).
+            # per KV head: its sinks and the newest `window` of its own rows (segments + shared tail).
             # The tail holds the newest tokens of every head, so its kept part is the same for all.
-            base_pos, tail_pos = self.base.row_positions(), self.tail_pos.cpu()
-            keep_rows = torch.zeros(base_pos.numel(), dtype=torch.bool)
+            seg_pos = [seg.row_positions() for seg in self.segments]
+            keeps = [torch.zeros(p.numel(), dtype=torch.bool) for p in seg_pos]
+            tail_pos = self.tail_pos.cpu()
             tail_keep = torch.zeros(tail_pos.numel(), dtype=torch.bool)
-            for off, n in zip(self.base.head_offsets(), self.base.lengths, strict=True):
-                keep = streaming_keep(torch.cat([base_pos[off : off + n], tail_pos]), sink, window)
-                keep_rows[off + keep[keep < n]] = True
-                tail_keep[keep[keep >= n] - n] = True
-            self._drop_rows(keep_rows, tail_keep)
+            for h in range(self.base.num_heads):
+                spans = [(si, off[h], seg.lengths[h]) for si, (seg, off) in
+                         enumerate(zip(self.segments, [s.head_offsets() for s in self.segments]))]
+                cand = torch.cat([seg_pos[si][o : o + n] for si, o, n in spans] + [tail_pos])
+                chosen = torch.zeros(cand.numel(), dtype=torch.bool)
+                chosen[streaming_keep(cand, sink, window)] = True
+                at = 0
+                for si, o, n in spans:
+                    keeps[si][o : o + n] = chosen[at : at + n]
+                    at += n
+                tail_keep |= chosen[at:]
+            self._drop_rows(keeps, tail_keep)
 
-    def _drop(self, keep_fn, lazy_base: bool = False) -> None:
-        """Drop rows failing ``keep_fn(positions)``. ``lazy_base`` defers base rows (still masked
-        out by position) until half the base can go, so requantizing encodings are not
-        requantized - and their error compounded - at every step."""
-        keep_rows = keep_fn(self.base.row_positions())
-        if lazy_base and 2 * int((~keep_rows).sum()) < keep_rows.numel():
-            keep_rows = torch.ones_like(keep_rows)
-        self._drop_rows(keep_rows, keep_fn(self.tail_pos.cpu()))
+    def _drop(self, keep_fn) -> None:
+        """Drop rows failing ``keep_fn(positions)``. Segments whose encoding requantizes on
+        ``select`` (channel groups) are trimmed lazily - their stale rows stay masked out by
+        position until half can go - so their error does not compound at every step."""
+        keeps = []
+        for seg in self.segments:
+            keep = keep_fn(seg.row_positions())
+            if _select_requantizes(seg) and 2 * int((~keep).sum()) < keep.numel():
+                keep = torch.ones_like(keep)
+            keeps.append(keep)
+        self._drop_rows(keeps, keep_fn(self.tail_pos.cpu()))
 
-    def _drop_rows(self, keep_rows: torch.Tensor, tail_keep: torch.Tensor) -> None:
-        """Keep base rows where ``keep_rows`` (one flag per row) and tail tokens where ``tail_keep``."""
+    def _drop_rows(self, keeps: list[torch.Tensor], tail_keep: torch.Tensor) -> None:
+        """Keep, per segment, the rows flagged in ``keeps`` and the tail tokens flagged in ``tail_keep``."""
         tail_keep = tail_keep.to(self.tail_pos.device)
         if not bool(tail_keep.all()):
             self.tail_k = self.tail_k[:, tail_keep]
             self.tail_v = self.tail_v[:, tail_keep]
             self.tail_pos = self.tail_pos[tail_keep]
-        keep_rows = keep_rows.cpu()
-        if bool(keep_rows.all()):
+        out = []
+        for i, (seg, keep_rows) in enumerate(zip(self.segments, keeps, strict=True)):
+            keep_rows = keep_rows.cpu()
+            if not bool(keep_rows.all()):
+                keep = [
+                    torch.nonzero(keep_rows[off : off + n]).flatten()
+                    for off, n in zip(seg.head_offsets(), seg.lengths, strict=True)
+                ]
+                seg = replace(seg.select_rows(keep), meta=seg.meta)
+            if i == 0 or seg.max_length > 0:  # emptied decode blocks go away
+                out.append(seg)
+        self.segments = out
+
+    def _quantize_tail(self) -> None:
+        """Move the oldest ``block`` generated tokens into a quantized segment once the tail
+        exceeds ``residual + block`` (KIVI's streaming quantization)."""
+        rule = self.base.meta.get("decode_quantize")
+        if rule is None:
             return
-        offsets = self.base.head_offsets()
-        keep = [
-            torch.nonzero(keep_rows[off : off + n]).flatten()
-            for off, n in zip(offsets, self.base.lengths, strict=True)
-        ]
-        self.base = replace(self.base.select_rows(keep), meta=self.base.meta)
+        spec, residual, block = rule
+        while self.tail_k is not None and self.tail_k.shape[1] >= residual + block:
+            dense = KVLayer.from_dense(
+                self.tail_k[:, :block].contiguous(), self.tail_v[:, :block].contiguous(),
+                self.tail_pos[:block].cpu(), self.window,
+            )
+            self.segments.append(replace(_block_stage(spec).apply_layer(-1, dense, None), meta={}))
+            self.tail_k, self.tail_v = self.tail_k[:, block:], self.tail_v[:, block:]
+            self.tail_pos = self.tail_pos[block:]
 
     @property
     def nbytes(self) -> int:
-        return self.base.nbytes + tensor_nbytes(self.tail_k) + tensor_nbytes(self.tail_v)
+        segs = sum(seg.nbytes for seg in self.segments)
+        return segs + tensor_nbytes(self.tail_k) + tensor_nbytes(self.tail_v)
 
 
 class CompressedCache(Cache):

@@ -9,8 +9,11 @@ tokens of one channel within one head); values are quantized per token (a group 
 
 Differences from the reference implementation: exactly ``residual`` tokens stay dense
 (KIVI keeps ``T mod residual`` keys dense so key groups are always full; here the oldest
-key group of a head may be partial instead), and tokens generated after compression stay
-dense (quantizing that tail as it fills needs a hook in the HF cache, not in a stage).
+key group of a head may be partial instead). Tokens generated after compression are
+quantized by the HF cache in blocks of ``group`` tokens once more than ``residual + group``
+are waiting (``meta["decode_quantize"]``), so the newest ``residual`` generated tokens stay
+dense; the context's own ``residual`` dense rows stay dense too (up to 2*residual + group
+dense rows in all, where KIVI has residual + group).
 """
 
 from __future__ import annotations
@@ -82,8 +85,10 @@ class Kivi(Stage):
         def quant_values(rows: torch.Tensor, per_head) -> QuantRows:
             return QuantRows.quantize(rows, self.bits, vgroup, "token", False)
 
+        block_spec = f"kivi:{self.bits},group={self.group},residual=0"
         return replace(
             layer,
             keys=SplitRows.build(keys, dense, heads, quant_keys),
             values=SplitRows.build(values, dense, heads, quant_values),
+            meta={**layer.meta, "decode_quantize": (block_spec, self.residual, self.group)},
         )
