@@ -147,12 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recipes", help="list every stage with its parameters", description="List every stage.")
     rec.set_defaults(func=cmd_recipes)
 
-    try:
-        from kvstack.plan.cli import register as register_plan
-    except ImportError:  # planner not present in this build
-        register_plan = None
-    if register_plan is not None:
-        register_plan(sub)
+    from kvstack.diagnose.cli import register as register_diagnose
+    from kvstack.plan.cli import register as register_plan
+
+    register_plan(sub)
+    register_diagnose(sub)
     return parser
 
 
