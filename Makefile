@@ -31,3 +31,14 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# NVIDIA kvpress, the peer `kvstack eval` compares against (kvpress:<Press> recipes), in its own
+# venv: importing kvpress rewraps transformers' attention process-wide, so it never shares kvstack's.
+PEERS := .venv-peers
+.PHONY: peers
+peers: $(PEERS)/.installed
+
+$(PEERS)/.installed:
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet torch==2.13.0 transformers==5.2.0 kvpress==0.5.5 gguf==0.19.0 accelerate==1.15.0
+	touch $@

@@ -13,7 +13,7 @@ from typing import Any
 from kvstack import errors
 
 __version__ = "0.1.0"
-__all__ = ["KVCache", "KVLayer", "Recipe", "compress", "errors", "generate", "parse_recipe"]
+__all__ = ["KVCache", "KVLayer", "Recipe", "compress", "errors", "generate", "load", "parse_recipe", "save"]
 
 _LAZY = {
     "compress": ("kvstack.api", "compress"),
@@ -21,6 +21,8 @@ _LAZY = {
     "KVCache": ("kvstack.kv", "KVCache"),
     "KVLayer": ("kvstack.kv", "KVLayer"),
     "Recipe": ("kvstack.stack", "Recipe"),
+    "save": ("kvstack.wire", "save"),
+    "load": ("kvstack.wire", "load"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``kvstack`` command line: ``run``, ``recipes`` and ``plan``."""
+"""The ``kvstack`` command line: run, recipes, plan, eval, report, diagnose, inspect, serve, push, pull."""
 
 from __future__ import annotations
 
@@ -148,10 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_recipes)
 
     from kvstack.diagnose.cli import register as register_diagnose
+    from kvstack.eval.cli import register as register_eval
+    from kvstack.inspect.cli import register as register_inspect
     from kvstack.plan.cli import register as register_plan
+    from kvstack.transport.cli import register as register_transport
 
-    register_plan(sub)
-    register_diagnose(sub)
+    for register in (register_plan, register_eval, register_diagnose, register_inspect, register_transport):
+        register(sub)
     return parser
 
 

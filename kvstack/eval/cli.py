@@ -1,0 +1,100 @@
+"""``kvstack eval`` and ``kvstack report``: wired into kvstack's CLI through :func:`register`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+EVAL_EXAMPLES = """examples:
+  kvstack eval --recipes identity int8 snapkv:0.25 "q2c:0.25 > int4" --tasks qa ppl --lengths 1k 2k \\
+      --samples 20 --out results.jsonl
+  kvstack eval --model ./my-hf-model --recipes identity kvpress:SnapKVPress:0.5 --tasks niah_single \\
+      --lengths 4k --samples 10 --out peers.jsonl        # kvpress recipes need `make peers`
+  kvstack report results.jsonl --out report/
+
+Rerunning the same command resumes: finished cells are skipped, a truncated last line is
+redone. Tasks: niah_single niah_multikey niah_multivalue niah_multiquery passkey vartrack cwe
+qa multihop ppl ppl_kjv. Recipes: any kvstack recipe (`kvstack recipes`), or
+kvpress:<PressClass>[:compression_ratio][,key=value] (compression_ratio = share removed;
+keep=0.25 means compression_ratio=0.75), or kvpress:none."""
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kvstack.eval.runner import EvalSpec, Runner, parse_length
+
+    spec = EvalSpec(
+        model=args.model, recipes=list(args.recipes), tasks=list(args.tasks),
+        lengths=[parse_length(x) for x in args.lengths], samples=args.samples, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, threads=args.threads,
+    )
+    runner = Runner(spec, args.out, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    counts = runner.run()
+    print(f"{args.out}: {counts['ran']} cells run, {counts['skipped']} skipped, {counts['errors']} errors, "
+          f"{counts['done']} already done")
+    if args.report:
+        from kvstack.eval.report import write_report
+
+        print(f"report: {write_report(args.out, args.report)}")
+    return 1 if counts["errors"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kvstack.eval.report import write_report
+
+    path = write_report(args.results, args.out, plots=not args.no_plots)
+    print(Path(path).read_text(encoding="utf-8"))
+    print(f"written: {path} (+ PNG plots beside it)" if not args.no_plots else f"written: {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``eval`` and ``report`` to kvstack's subcommands."""
+    from kvstack.cli import DEFAULT_MODEL
+
+    ev = subparsers.add_parser(
+        "eval",
+        help="score recipes on long-context tasks (accuracy, perplexity, bytes per token)",
+        description=textwrap.fill(
+            "Run a grid of recipes x tasks x context lengths x samples on a local model and append one JSON "
+            "line per cell to --out: the answer and its exact/contains score (or the perplexity of a held-out "
+            "continuation), cache bytes, bytes per token, compression ratio, prefill and compression time. "
+            "Samples are seeded and decoding is greedy, so runs are deterministic; kvstack recipes share one "
+            "prefill per sample. See docs/eval.md.",
+            88,
+        ),
+        epilog=EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("--model", default=DEFAULT_MODEL,
+                    help=f"bundled model or local HF directory (default {DEFAULT_MODEL})")
+    ev.add_argument("--recipes", nargs="+", default=["identity", "int8"], metavar="RECIPE",
+                    help="recipes to compare; quote ones with spaces (default: identity int8)")
+    ev.add_argument("--tasks", nargs="+", default=["qa", "ppl"], metavar="TASK", help="tasks (default: qa ppl)")
+    ev.add_argument("--lengths", nargs="+", default=["1k"], metavar="N",
+                    help="context lengths in tokens: 512 1k 2k 8k (default: 1k)")
+    ev.add_argument("--samples", type=int, default=20, help="samples per task and length (default 20)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default 0)")
+    ev.add_argument("--out", default="results.jsonl", help="results file, appended to (default results.jsonl)")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="override each task's answer length")
+    ev.add_argument("--chunk-size", type=int, default=1024, help="prefill chunk in tokens (default 1024)")
+    ev.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)")
+    ev.add_argument("--report", metavar="DIR", help="also write the report (Markdown + plots) to DIR")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+    rep = subparsers.add_parser(
+        "report",
+        help="Markdown table and Pareto plots from `kvstack eval` results",
+        description="Summarise a results file: per task and length, each recipe's accuracy (exact, contains), "
+        "accuracy relative to the full cache (identity) and agreement with its answers, perplexity, bytes per "
+        "token, compression ratio and timings; plus one PNG per task of accuracy vs bytes per token with the "
+        "Pareto frontier of recipes.",
+        epilog="example: kvstack report results.jsonl --out report/   (writes report/report.md and PNGs)",
+    )
+    rep.add_argument("results", help="a results file written by `kvstack eval`")
+    rep.add_argument("--out", default="report", help="directory for report.md and the plots (default report/)")
+    rep.add_argument("--no-plots", action="store_true", help="Markdown only (no matplotlib needed)")
+    rep.set_defaults(func=cmd_report)

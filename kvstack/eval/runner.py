@@ -1,0 +1,282 @@
+"""The evaluation grid: models x tasks x lengths x samples x recipes, one results row per cell.
+
+Per sample, every kvstack recipe is compressed from one shared prefill
+(:mod:`kvstack.eval.shared_prefill`); kvpress recipes are batched into one worker process at
+the end (:mod:`kvstack.eval.peers.kvpress_bridge`) on the very same token ids. Finished cells are
+appended to the results file as they complete, so a rerun skips them (resume), and samples
+are seeded, decoding greedy: the same command gives the same rows, timings aside.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kvstack.errors import InputError, KvstackError
+from kvstack.eval.metrics import f1, score
+from kvstack.eval.peers.kvpress_bridge import is_peer, parse_peer, peers_python, run_jobs
+from kvstack.eval.prompt import Prompt, format_sample
+from kvstack.eval.results import ResultsWriter, cell_key, read_rows
+from kvstack.eval.tasks import Sample, Task, get_task
+from kvstack.stack import Recipe
+
+TIMING_FIELDS = ("prefill_s", "compress_s", "generate_s")
+
+
+@dataclass
+class EvalSpec:
+    """What to run. ``lengths`` are context tokens; ``max_new_tokens=None`` uses each task's own."""
+
+    model: str
+    recipes: list[str]
+    tasks: list[str]
+    lengths: list[int]
+    samples: int = 20
+    seed: int = 0
+    max_new_tokens: int | None = None
+    chunk_size: int = 1024
+    threads: int | None = None  # torch CPU threads; 1 is fastest on a busy shared machine
+    parsed: dict[str, Recipe] = field(default_factory=dict, repr=False)
+
+    def check(self) -> list[Task]:
+        """Validate everything cheap before a model loads; returns the task objects."""
+        if not self.recipes:
+            raise InputError("no recipes given: pass --recipes identity int8 ...")
+        if self.samples < 1:
+            raise InputError(f"--samples {self.samples}: ask for at least 1 sample per cell")
+        if not self.lengths or min(self.lengths) < 16:
+            raise InputError("--lengths must be at least 16 tokens each (e.g. 512 1k 2k)")
+        tasks = [get_task(t) for t in self.tasks]
+        if not tasks:
+            raise InputError("no tasks given: pass --tasks qa ppl ...")
+        for text in self.recipes:
+            if is_peer(text):
+                parse_peer(text)
+            else:
+                self.parsed[text] = Recipe.parse(text)
+        if any(is_peer(r) for r in self.recipes):
+            peers_python()
+        if len(set(self.recipes)) != len(self.recipes):
+            raise InputError("a recipe is listed twice in --recipes")
+        return tasks
+
+
+def parse_length(text: str) -> int:
+    """``512`` / ``1k`` / ``1.5k`` / ``8K`` -> tokens (k = 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kK]?)\s*", str(text))
+    if not m:
+        raise InputError(f"length {text!r} is not a token count: write 512, 1k, 1.5k or 8k")
+    value = float(m[1]) * (1024 if m[2] else 1)
+    if value != int(value):
+        raise InputError(f"length {text!r} is not a whole number of tokens")
+    return int(value)
+
+
+def dense_bytes(info, tokens: int) -> int:
+    """What a plain HF cache holds for ``tokens`` context tokens (sliding layers keep their window)."""
+    elem = torch.empty((), dtype=info.dtype).element_size()
+    per_layer = [tokens if w is None else min(tokens, w - 1) for w in info.sliding_windows]
+    return sum(2 * info.num_kv_heads * info.head_dim * t * elem for t in per_layer)
+
+
+def load_model(name: str):
+    """``(model, tokenizer)`` through the zoo, with a clear error for a directory missing its tokenizer."""
+    from kvstack.zoo import ZOO, load
+
+    path = Path(name)
+    if name not in ZOO and path.is_dir():
+        names = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model"}
+        if not any((path / n).is_file() for n in names):
+            raise InputError(
+                f"{path} has no tokenizer (no tokenizer.json / tokenizer.model / tokenizer_config.json): save it "
+                "there with tokenizer.save_pretrained(dir); evaluation formats prompts with the model's tokenizer"
+            )
+    try:
+        return load(name)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, KvstackError):
+            raise
+        raise InputError(f"could not load model or tokenizer from {name!r}: {exc}") from exc
+
+
+def _base_row(spec: EvalSpec, sample: Sample, length: int, recipe: str, prompt: Prompt) -> dict:
+    return {
+        "model": spec.model, "seed": spec.seed, "task": sample.task, "length": length, "index": sample.index,
+        "recipe": recipe, "context_tokens": int(prompt.context_ids.numel()),
+        "question_tokens": int(prompt.question_ids.numel()), "answers": list(sample.answers), "mode": sample.mode,
+    }
+
+
+def _answer_fields(tokenizer, sample: Sample, ids: torch.Tensor | list[int]) -> dict:
+    prediction = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    exact, contains = score(prediction, sample.answers, sample.mode)
+    return {"prediction": prediction, "exact": exact, "contains": contains, "f1": f1(prediction, sample.answers)}
+
+
+class Runner:
+    """Runs an :class:`EvalSpec` into a results file; see the module doc."""
+
+    def __init__(self, spec: EvalSpec, out: str | Path, model=None, tokenizer=None, progress: bool = True,
+                 log=print) -> None:
+        self.spec, self.out, self.progress, self.log = spec, Path(out), progress, log
+        self.tasks = spec.check()
+        self.model, self.tokenizer = model, tokenizer
+
+    def done_keys(self) -> set[str]:
+        if not self.out.is_file():
+            return set()
+        rows, _ = read_rows(self.out)
+        # an "error" row (an unexpected failure) is retried; ok and skipped cells are final
+        return {cell_key(r["model"], r["seed"], r["task"], r["length"], r["index"], r["recipe"])
+                for r in rows if r.get("status") in ("ok", "skipped")}
+
+    def run(self) -> dict:
+        """Run every unfinished cell; returns counts ``{"done", "ran", "skipped", "errors"}``."""
+        threads = torch.get_num_threads()
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)  # --threads is for this grid only
+
+    def _run(self) -> dict:
+        spec = self.spec
+        done = self.done_keys()
+        cells = [
+            (t, length, i, r) for t in self.tasks for length in spec.lengths for i in range(spec.samples)
+            for r in spec.recipes
+        ]
+        todo = [c for c in cells if cell_key(spec.model, spec.seed, c[0].name, c[1], c[2], c[3]) not in done]
+        counts = {"done": len(cells) - len(todo), "ran": 0, "skipped": 0, "errors": 0}
+        if not todo:
+            self.log(f"all {len(cells)} cells already in {self.out}; nothing to run")
+            return counts
+        if self.model is None:
+            self.model, self.tokenizer = load_model(spec.model)
+        torch.manual_seed(spec.seed)
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        from tqdm.auto import tqdm
+
+        pending = {cell_key(spec.model, spec.seed, c[0].name, c[1], c[2], c[3]) for c in todo}
+        bar = tqdm(total=len(todo), unit="cell", desc="eval", disable=not self.progress)
+        with ResultsWriter(self.out) as writer:
+            if writer.dropped:
+                self.log(f"{self.out}: removed a truncated last line ({writer.dropped} bytes); that cell is redone")
+            peer_jobs: list[tuple[dict, dict, Sample]] = []
+
+            def emit(row: dict) -> None:
+                writer.write(row)
+                status = row.get("status")
+                counts["ran" if status == "ok" else "skipped" if status == "skipped" else "errors"] += 1
+                bar.update(1)
+
+            for task in self.tasks:
+                for length in spec.lengths:
+                    wanted = [
+                        i for i in range(spec.samples)
+                        if any(cell_key(spec.model, spec.seed, task.name, length, i, r) in pending
+                               for r in spec.recipes)
+                    ]
+                    if not wanted:
+                        continue
+                    samples = task.samples(self.tokenizer, length, max(wanted) + 1, spec.seed)
+                    for sample in (samples[i] for i in wanted):
+                        prompt = format_sample(self.tokenizer, sample)
+                        mine = [r for r in spec.recipes
+                                if cell_key(spec.model, spec.seed, task.name, length, sample.index, r) in pending]
+                        ours = [r for r in mine if not is_peer(r)]
+                        if ours:
+                            for row in self._run_kvstack(task, length, sample, prompt, ours):
+                                emit(row)
+                        for r in mine:
+                            if is_peer(r):
+                                peer_jobs.append(self._peer_job(task, length, sample, prompt, r))
+            if peer_jobs:
+                for row in self._run_peers(peer_jobs):
+                    emit(row)
+        bar.close()
+        return counts
+
+    # --- kvstack recipes ------------------------------------------------------------------
+    def _run_kvstack(self, task: Task, length: int, sample: Sample, prompt: Prompt, recipes: list[str]):
+        from kvstack.api import generate
+        from kvstack.eval.nll import continuation_nll
+        from kvstack.eval.shared_prefill import compress_many
+
+        model, spec = self.model, self.spec
+        q = prompt.question_ids if prompt.question_ids.numel() else None
+        objs = [spec.parsed[r] for r in recipes]
+        for recipe, cache in compress_many(model, prompt.context_ids, objs, q, chunk_size=spec.chunk_size):
+            row = {**_base_row(spec, sample, length, recipe.text, prompt), "system": "kvstack"}
+            if isinstance(cache, KvstackError):
+                yield {**row, "status": "skipped", "reason": f"{type(cache).__name__}: {cache}"}
+                continue
+            row.update(
+                cache_bytes=cache.nbytes, dense_bytes=cache.dense_nbytes, ratio=cache.ratio,
+                bytes_per_token=cache.nbytes / max(cache.context_length, 1), tokens_kept=cache.tokens_kept,
+                prefill_s=cache.stats.get("prefill_seconds"), compress_s=cache.stats.get("compress_seconds"),
+            )
+            start = time.perf_counter()
+            try:
+                if task.kind == "nll":
+                    nll, n = continuation_nll(model, cache, prompt.continuation_ids, q)
+                    row.update(nll_sum=nll, nll_tokens=n)
+                else:
+                    new = spec.max_new_tokens or task.max_new_tokens
+                    row.update(_answer_fields(self.tokenizer, sample, generate(model, cache, prompt.question_ids, new)))
+                    if prompt.answer_ids is not None:  # how likely the gold answer stays: signal even when greedy fails
+                        nll, n = continuation_nll(model, cache, prompt.answer_ids, prompt.question_ids)
+                        row.update(answer_nll_sum=nll, answer_tokens=n)
+            except KvstackError as exc:
+                yield {**row, "status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
+                continue
+            yield {**row, "status": "ok", "generate_s": time.perf_counter() - start}
+
+    # --- kvpress recipes ------------------------------------------------------------------
+    def _peer_job(self, task: Task, length: int, sample: Sample, prompt: Prompt, recipe: str):
+        peer = parse_peer(recipe)
+        row = {**_base_row(self.spec, sample, length, recipe, prompt), "system": "kvpress"}
+        job = {
+            "id": cell_key(self.spec.model, self.spec.seed, task.name, length, sample.index, recipe),
+            "press": peer.press, "kwargs": peer.kwargs,
+            "context_ids": prompt.context_ids.tolist(), "question_ids": prompt.question_ids.tolist(),
+            "continuation_ids": None if prompt.continuation_ids is None else prompt.continuation_ids.tolist(),
+            "answer_ids": None if prompt.answer_ids is None else prompt.answer_ids.tolist(),
+            "max_new_tokens": self.spec.max_new_tokens or task.max_new_tokens,
+        }
+        return job, row, sample
+
+    def _run_peers(self, jobs: list[tuple[dict, dict, Sample]]):
+        from kvstack.hf.model import model_info
+
+        info = model_info(self.model)
+        by_id = {job["id"]: (row, sample) for job, row, sample in jobs}
+        dtype = str(info.dtype).removeprefix("torch.")
+        for result in run_jobs(self.spec.model, dtype, [job for job, _, _ in jobs], threads=self.spec.threads):
+            if "hello" in result:
+                self.log(f"kvpress worker: kvpress {result['kvpress']}, transformers {result['transformers']}, "
+                         f"torch {result['torch']}")
+                continue
+            row, sample = by_id[result["id"]]
+            if result["status"] != "ok":
+                yield {**row, "status": result["status"], "reason": result.get("reason", "")}
+                continue
+            dense = dense_bytes(info, row["context_tokens"])
+            row = {
+                **row, "status": "ok", "cache_bytes": result["cache_bytes"], "dense_bytes": dense,
+                "ratio": dense / max(result["cache_bytes"], 1),
+                "bytes_per_token": result["cache_bytes"] / max(row["context_tokens"], 1),
+                "tokens_kept": sum(result["kept_tokens"]) * info.num_kv_heads,
+                "prefill_s": result["prefill_s"], "compress_s": None, "generate_s": result["generate_s"],
+            }
+            if "nll_sum" in result:
+                row.update(nll_sum=result["nll_sum"], nll_tokens=result["nll_tokens"])
+            else:
+                row.update(_answer_fields(self.tokenizer, sample, result["answer_ids"]))
+            if "answer_nll_sum" in result:
+                row.update(answer_nll_sum=result["answer_nll_sum"], answer_tokens=result["answer_tokens"])
+            yield row

@@ -1,0 +1,31 @@
+"""The evaluation tasks by name: ``get_task("niah_single").samples(tokenizer, 1024, 20, seed=0)``."""
+
+from __future__ import annotations
+
+from kvstack.errors import InputError
+from kvstack.eval.tasks.base import ALL, ANY, Sample, Task
+from kvstack.eval.tasks.cwe import CommonWords
+from kvstack.eval.tasks.multihop import MultiHop
+from kvstack.eval.tasks.niah import NiahMultikey, NiahMultiquery, NiahMultivalue, NiahSingle, Passkey
+from kvstack.eval.tasks.ppl import Perplexity, PerplexityKJV
+from kvstack.eval.tasks.qa import ExtractiveQA
+from kvstack.eval.tasks.vartrack import VarTrack
+
+TASKS: dict[str, type[Task]] = {
+    t.name: t
+    for t in (
+        NiahSingle, NiahMultikey, NiahMultivalue, NiahMultiquery, Passkey, VarTrack, CommonWords,
+        ExtractiveQA, MultiHop, Perplexity, PerplexityKJV,
+    )
+}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; InputError lists the known ones."""
+    cls = TASKS.get(name)
+    if cls is None:
+        raise InputError(f"unknown task {name!r}; tasks: {', '.join(TASKS)} (see `kvstack eval --help`)")
+    return cls()
+
+
+__all__ = ["ALL", "ANY", "TASKS", "Sample", "Task", "get_task"]

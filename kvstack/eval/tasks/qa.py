@@ -1,0 +1,63 @@
+"""Extractive QA over real documents: a SQuAD v1.1 passage and its question, hidden among
+distractor passages from other Wikipedia articles until the context reaches the target length.
+
+The data is a small derived subset shipped in ``kvstack/eval/data/squad_subset.json``
+(CC BY-SA 4.0; see ATTRIBUTION.txt there).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from kvstack.eval.tasks import vocab
+from kvstack.eval.tasks.base import ANY, Sample, Task, count_tokens
+from kvstack.eval.tasks.haystack import DATA
+
+_COUNTS: dict[int, tuple[object, list[int]]] = {}
+
+
+@lru_cache(maxsize=1)
+def squad_items() -> tuple[dict, ...]:
+    data = json.loads((DATA / "squad_subset.json").read_text(encoding="utf-8"))
+    return tuple(data["items"])
+
+
+def passage_tokens(tokenizer) -> list[int]:
+    """Token count of every passage as a document, cached per tokenizer."""
+    hit = _COUNTS.get(id(tokenizer))
+    if hit is None or hit[0] is not tokenizer:
+        doc = vocab.QA_DOCUMENT
+        counts = [count_tokens(tokenizer, doc.format(n=10, text=it["context"])) + 2 for it in squad_items()]
+        hit = (tokenizer, counts)
+        _COUNTS[id(tokenizer)] = hit
+    return hit[1]
+
+
+class ExtractiveQA(Task):
+    name = "qa"
+    summary = "SQuAD v1.1 question over its passage hidden among distractor passages (real documents)"
+    max_new_tokens = 16
+
+    def build(self, tokenizer, length, rng, index):
+        items = squad_items()
+        counts = passage_tokens(tokenizer)
+        gold = rng.randrange(len(items))
+        others = [i for i in range(len(items)) if items[i]["title"] != items[gold]["title"]]
+        rng.shuffle(others)
+        chosen, used = [gold], counts[gold]
+        for i in others:
+            if used + counts[i] > length:
+                continue
+            chosen.append(i)
+            used += counts[i]
+            if used > length - 40:
+                break
+        rng.shuffle(chosen)
+        docs = [vocab.QA_DOCUMENT.format(n=n + 1, text=items[i]["context"]) for n, i in enumerate(chosen)]
+        item = items[gold]
+        return Sample(
+            self.name, index, "\n\n".join(docs), vocab.QA_QUESTION.format(question=item["question"]),
+            tuple(item["answers"]), ANY,
+            meta={"squad_id": item["id"], "gold_document": chosen.index(gold) + 1, "documents": len(chosen)},
+        )

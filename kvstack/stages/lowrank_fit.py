@@ -1,0 +1,91 @@
+"""The SVD arithmetic behind every low-rank stage: fit a basis, choose a rank, project.
+
+A basis is the right singular vectors of the rows ``X [n, d]``, sorted by singular value,
+as the columns of ``[d, d]``: projecting onto the first ``r`` columns keeps the most energy
+(squared Frobenius norm) any rank-``r`` subspace can keep, and the energy lost is exactly
+the tail of the squared singular values (Eckart-Young). The tests check both facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kvstack.errors import BudgetError, RecipeError
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Fit in float64 when the rows are float64 (exact references), else float32 (fp16/bf16 are too coarse)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Orthonormal directions ``vectors [d, d]`` (columns sorted by ``singular`` values, descending)."""
+
+    vectors: torch.Tensor
+    singular: torch.Tensor
+
+    def rank_for(self, energy: float) -> int:
+        """The smallest rank whose subspace keeps at least ``energy`` of the fitted rows' energy."""
+        return rank_for_energy(self.singular, energy)
+
+    def tail_energy(self, rank: int) -> float:
+        """Share of the fitted rows' energy a rank-``rank`` projection loses."""
+        power = self.singular.double() ** 2
+        total = float(power.sum())
+        return 0.0 if total == 0 else float(power[rank:].sum()) / total
+
+
+def fit_basis(rows: torch.Tensor) -> Basis:
+    """SVD basis of ``rows [n, d]``; always ``d`` directions (completed when ``n < d``)."""
+    x = rows.to(compute_dtype(rows.dtype))
+    n, d = x.shape
+    _, s, vh = torch.linalg.svd(x, full_matrices=n < d)
+    singular = torch.zeros(d, dtype=x.dtype)
+    singular[: s.numel()] = s
+    return Basis(vectors=vh.mT.contiguous(), singular=singular)
+
+
+def rank_for_energy(singular: torch.Tensor, energy: float) -> int:
+    """Smallest ``r`` with ``sum(s[:r]**2) >= energy * sum(s**2)`` (at least 1)."""
+    power = singular.double() ** 2
+    total = float(power.sum())
+    if total == 0:
+        return 1
+    kept = torch.cumsum(power, 0) / total
+    # a tiny slack so energy=1.0 is met by the full rank despite rounding in the cumulative sum
+    return max(1, int((kept < energy - 1e-12).sum()) + 1)
+
+
+def check_rank_or_energy(stage: str, rank: int, energy: float) -> None:
+    """Exactly one of ``rank`` (>= 1) and ``energy`` (in (0, 1]) must be given."""
+    if rank and energy:
+        raise RecipeError(f"{stage}: give rank={rank} or energy={energy}, not both")
+    if not rank and not energy:
+        raise RecipeError(
+            f"{stage}: say how much to keep: rank=R (directions kept, e.g. {stage}:rank=16) or "
+            f"energy=E (share of the energy kept, in (0, 1], e.g. {stage}:energy=0.95)"
+        )
+    if rank and (not isinstance(rank, int) or rank < 1):
+        raise BudgetError(f"{stage}: rank={rank} must be a whole number >= 1 (directions kept per head)")
+    if energy and not (0.0 < energy <= 1.0):
+        raise BudgetError(
+            f"{stage}: energy={energy} must be in (0, 1]: the share of the keys'/values' energy the "
+            "basis keeps (0.95 keeps 95%; 1 keeps everything)"
+        )
+
+
+def check_rank_fits(stage: str, rank: int, dim: int, what: str) -> None:
+    """A basis of ``dim``-dimensional rows has at most ``dim`` directions."""
+    if rank > dim:
+        raise BudgetError(
+            f"{stage}: rank={rank} is larger than {what}={dim}; a basis of {dim}-dimensional rows has at "
+            f"most {dim} directions: pick rank <= {dim} (or energy=E to choose it from the data)"
+        )
+
+
+def project(rows: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Coefficients ``rows @ basis`` (``[n, d] @ [d, r]``), in the fit's precision."""
+    return rows.to(basis.dtype) @ basis

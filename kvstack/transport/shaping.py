@@ -1,0 +1,47 @@
+"""A token bucket: receive at most ``rate`` bytes per second (after an initial ``burst``), so a
+loopback transfer behaves like a link of a chosen bandwidth. Used to measure time to first
+token over slow links (``benchmarks/wire_ttft.py``); the clock and sleep are injectable so the
+arithmetic is testable without waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from kvstack.errors import InputError
+
+
+class TokenBucket:
+    """``await bucket.take(n)`` returns once ``n`` bytes fit the rate; tokens refill continuously."""
+
+    def __init__(self, rate: float, burst: int = 64 << 10, *, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        if not rate > 0:
+            raise InputError(f"bandwidth {rate!r} bytes/s must be positive")
+        if burst < 1:
+            raise InputError(f"burst {burst!r} must be at least 1 byte")
+        self.rate, self.burst = float(rate), int(burst)
+        self.clock, self.sleep = clock, sleep
+        self.tokens = float(burst)
+        self.stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    async def take(self, n: int) -> None:
+        """Spend ``n`` bytes, waiting as long as the rate requires (``n`` may exceed the burst)."""
+        self._refill()
+        self.tokens -= n
+        if self.tokens < 0:
+            await self.sleep(-self.tokens / self.rate)
+            self._refill()
+
+
+async def shaped(pieces: AsyncIterator[bytes], bucket: TokenBucket) -> AsyncIterator[bytes]:
+    """Pass ``pieces`` through, each released only when the bucket allows its size."""
+    async for piece in pieces:
+        await bucket.take(len(piece))
+        yield piece

@@ -1,0 +1,127 @@
+"""The embedded store: one file per cache, ``<root>/<fingerprint>/<prefix>.kvw``.
+
+Uploads stream into ``<root>/.incoming/`` and are renamed into place after an fsync, so a
+crash mid-upload leaves at most a stray ``.part`` file there (cleared at the next start once
+it is an hour old) and never a half-written cache under a real key. A reader holds an open
+file, so a concurrent replace or delete never changes what it is streaming.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from kvstack.errors import CacheFormatError, InputError
+from kvstack.transport.keys import CacheKey
+from kvstack.transport.store import READ_PIECE, Entry
+from kvstack.wire.files import fsync_dir, read_header
+
+STALE_SECONDS = 3600
+SUFFIX = ".kvw"
+
+
+class DirectoryUpload:
+    def __init__(self, store: DirectoryStore) -> None:
+        self.store = store
+        self.tmp = store.incoming / f"{uuid.uuid4().hex}.part"
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+
+    async def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    async def commit(self, entry: Entry) -> None:
+        final = self.store.path_of(entry.key)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        final.parent.mkdir(exist_ok=True)
+        os.replace(self.tmp, final)
+        fsync_dir(final.parent)
+
+    async def abort(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _FilePieces:
+    """Async iteration over an open file; closes it when done or when ``aclose`` is called."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def __aiter__(self) -> _FilePieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        block = self.f.read(READ_PIECE) if not self.f.closed else b""
+        if not block:
+            self.f.close()
+            raise StopAsyncIteration
+        return block
+
+    async def aclose(self) -> None:
+        self.f.close()
+
+
+class DirectoryStore:
+    """Caches as files under ``root`` (created if missing)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"store {self.root} exists and is not a directory; pick a directory")
+        self.incoming = self.root / ".incoming"
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for stale in self.incoming.glob("*.part"):
+            try:
+                if now - stale.stat().st_mtime > STALE_SECONDS:
+                    stale.unlink()
+            except FileNotFoundError:
+                continue
+
+    def path_of(self, key: CacheKey) -> Path:
+        path = (self.root / key.fingerprint / f"{key.prefix}{SUFFIX}").resolve()
+        if path.parent.parent != self.root:  # CacheKey's pattern already forbids this; belt and braces
+            raise InputError(f"cache key {key} escapes the store directory")
+        return path
+
+    async def begin_put(self) -> DirectoryUpload:
+        return DirectoryUpload(self)
+
+    async def open(self, key: CacheKey) -> tuple[int, AsyncIterator[bytes]] | None:
+        try:
+            f = open(self.path_of(key), "rb")  # noqa: SIM115 - closed by the iterator
+        except FileNotFoundError:
+            return None
+        return os.fstat(f.fileno()).st_size, _FilePieces(f)
+
+    async def delete(self, key: CacheKey) -> bool:
+        try:
+            self.path_of(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def list(self, fingerprint: str | None = None) -> list[Entry]:
+        out = []
+        dirs = [self.root / fingerprint] if fingerprint else [p for p in self.root.iterdir() if p.is_dir()]
+        for d in dirs:
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            for path in d.glob(f"*{SUFFIX}"):
+                try:
+                    key = CacheKey(d.name, path.name[: -len(SUFFIX)])
+                    header = read_header(path)
+                    stat = path.stat()
+                except (InputError, CacheFormatError, FileNotFoundError):
+                    continue  # not ours, or deleted while listing
+                out.append(Entry(key, stat.st_size, header.context_tokens, header.recipe, stat.st_mtime))
+        return sorted(out, key=lambda e: (e.key.fingerprint, e.key.prefix))
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,63 @@
+"""The byte layout of a kvstack wire stream, and the limits a reader enforces before allocating.
+
+A stream is::
+
+    preamble   MAGIC (8 bytes) | version u16 | flags u16 | header_len u32
+    header     header_len bytes of UTF-8 JSON | crc32c(header) u32
+    frames     chunk_index u32 | payload_len u32 | crc32c(payload) u32 | payload   (one per chunk, in order)
+    end        END_INDEX u32 | 8 u32 | crc32c u32 | total stream bytes before the end frame, u64
+
+All integers are little-endian. The header describes every array (dtype, shape, codec) and
+lists the chunks in the order their frames follow, so a receiver can check every size before
+it allocates anything and can finish a layer as soon as that layer's frames have arrived.
+The end frame makes a stream cut exactly at a frame boundary detectable as truncated.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import torch
+
+MAGIC = b"KVSTACK\x1a"
+VERSION = 1
+PREAMBLE = struct.Struct("<8sHHI")
+FRAME = struct.Struct("<III")
+END_INDEX = 0xFFFFFFFF
+END_PAYLOAD = struct.Struct("<Q")
+
+# The only element types a stream may carry (name in the header -> torch dtype).
+DTYPES: dict[str, torch.dtype] = {
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Header name of a torch dtype (KeyError for one the format cannot carry)."""
+    return DTYPE_NAMES[dtype]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a reader accepts. Everything is checked against these before memory is allocated,
+    so a hostile or corrupt stream fails with CacheFormatError instead of exhausting memory."""
+
+    max_header_bytes: int = 64 << 20
+    max_chunk_bytes: int = 256 << 20
+    max_total_bytes: int = 32 << 30  # decoded tensors, all arrays together
+    max_layers: int = 4096
+    max_arrays: int = 1 << 20
+    max_chunks: int = 1 << 22
+    max_rows: int = 1 << 34
+    max_width: int = 1 << 20
+    max_stream_bytes: int = 64 << 30

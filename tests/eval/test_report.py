@@ -1,0 +1,53 @@
+"""Report arithmetic on hand-made rows: relative accuracy and agreement against the full cache on
+the same samples only, perplexity from summed NLL, and the Pareto frontier."""
+
+import math
+
+import pytest
+
+from kvstack.eval.report import markdown, summarize
+
+
+def qa(recipe, index, contains, prediction, nbytes, system="kvstack"):
+    return {"model": "m", "task": "qa", "length": 1024, "recipe": recipe, "index": index, "status": "ok",
+            "context_tokens": 1000, "bytes_per_token": nbytes, "ratio": 4096 / nbytes, "exact": 0.0,
+            "contains": contains, "f1": contains, "prediction": prediction, "system": system,
+            "answer_nll_sum": 2.0 * (1 + (recipe != "identity")), "answer_tokens": 2}
+
+
+def ppl(recipe, index, nll, nbytes):
+    return {"model": "m", "task": "ppl", "length": 1024, "recipe": recipe, "index": index, "status": "ok",
+            "context_tokens": 1000, "bytes_per_token": nbytes, "ratio": 4096 / nbytes, "nll_sum": nll,
+            "nll_tokens": 100}
+
+
+def test_relative_accuracy_agreement_and_frontier():
+    rows = [
+        *(qa("identity", i, c, p, 4096) for i, (c, p) in enumerate([(1, "a"), (1, "b"), (0, "c"), (1, "d")])),
+        *(qa("int4", i, c, p, 1024) for i, (c, p) in enumerate([(1, "a"), (0, "x"), (0, "c"), (1, "d")])),
+        *(qa("snapkv:0.5", i, c, p, 2048) for i, (c, p) in enumerate([(0, "y"), (0, "x"), (0, "z"), (1, "d")])),
+        qa("kvpress:X", 0, 1, "a", 2048, system="kvpress"),  # only sample 0: compared on sample 0 only
+        {"model": "m", "task": "qa", "length": 1024, "recipe": "q2c:0.5", "index": 0, "status": "skipped",
+         "reason": "InputError: no question"},
+    ]
+    s = {x["recipe"]: x for x in summarize(rows)}
+    assert s["identity"]["contains"] == 0.75 and s["identity"]["relative"] == 1.0 and s["identity"]["agree"] == 1.0
+    assert s["int4"]["contains"] == 0.5 and s["int4"]["relative"] == pytest.approx(0.5 / 0.75)
+    assert s["int4"]["agree"] == 0.75  # a, x, c, d vs a, b, c, d
+    assert s["int4"]["answer_nll"] == 2.0 and s["int4"]["answer_nll_delta"] == 1.0
+    assert s["kvpress:X"]["relative"] == 1.0 and s["kvpress:X"]["contains_full"] == 1.0
+    assert s["q2c:0.5"]["n"] == 0 and s["q2c:0.5"]["skipped"] == 1
+    # frontier: int4 (fewest bytes) and kvpress:X (2048 B, accuracy 1.0); identity and snapkv are dominated
+    assert {r for r, x in s.items() if x.get("frontier")} == {"int4", "kvpress:X"}
+    text = markdown(list(s.values()))
+    assert "`snapkv:0.5`" in text and "skipped 1: InputError" in text
+
+
+def test_perplexity_is_pooled_over_tokens_and_compared_on_shared_samples():
+    rows = [ppl("identity", 0, 100 * math.log(10), 4096), ppl("identity", 1, 100 * math.log(30), 4096),
+            ppl("int2", 0, 100 * math.log(20), 512)]
+    s = {x["recipe"]: x for x in summarize(rows)}
+    assert s["identity"]["ppl"] == pytest.approx(math.sqrt(300))
+    assert s["int2"]["ppl"] == pytest.approx(20) and s["int2"]["ppl_full"] == pytest.approx(10)
+    assert s["int2"]["ppl_delta"] == pytest.approx(10)
+    assert s["int2"]["frontier"] and s["identity"]["frontier"]

@@ -1,0 +1,106 @@
+"""The synthetic retrieval data: seeded, exact in length, facts where they say, ids equal to real tokenization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvstack.errors import InputError
+from kvstack.zoo.train import templates as T
+from kvstack.zoo.train.retrieval import TASKS, SampleMaker, make_batch
+
+
+@pytest.fixture(scope="module")
+def maker(vocab, essay_stream):
+    return SampleMaker(vocab, essay_stream)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_samples_are_exact_and_retokenize_to_the_same_ids(task, maker, vocab):
+    s = maker.make(task, 600, np.random.default_rng(7), bos=False)
+    assert s.ids.shape == (601,) and s.answer.shape == (601,)
+    assert s.ids[-1] == vocab.eot
+    # Token-level assembly must equal tokenizing the whole text at once (what a user's prompt gives).
+    text = vocab.tokenizer.decode(s.ids[:-1].tolist())
+    assert np.array_equal(np.asarray(vocab.tokenizer.encode(text, add_special_tokens=False).ids), s.ids[:-1])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_facts_and_answers_sit_where_the_sample_says(task, maker, vocab):
+    s = maker.make(task, 900, np.random.default_rng(11))
+    decode = lambda a, b: vocab.tokenizer.decode(s.ids[a:b].tolist())
+    for (a, b), needle in zip(s.needle_spans, s.needle_texts):
+        assert decode(a, b) == " " + needle
+        assert b <= s.context_len
+    for (block, start, end), (question, answer, prefix) in zip(s.qa_spans, s.qas):
+        assert question in decode(block, start) and decode(block, start).endswith(prefix)
+        assert decode(start, end) == " " + answer
+        assert s.answer[start:end].all() and not s.answer[block:start].any()
+    assert not s.answer[: s.context_len].any()
+
+
+def test_depths_place_a_single_fact_at_that_fraction_of_the_haystack(maker):
+    for depth in (0.1, 0.5, 0.9):
+        s = maker.make("passkey", 1000, np.random.default_rng(3), depths=[depth])
+        (start, _), = s.needle_spans
+        # The fact goes after the sentence end nearest the depth; filler sentences are ~7 tokens long.
+        assert abs(start / s.context_len - depth) < 0.03
+
+
+def test_same_seed_same_sample_other_seed_other_sample(maker):
+    a = maker.make("multikey", 512, np.random.default_rng(5))
+    b = maker.make("multikey", 512, np.random.default_rng(5))
+    c = maker.make("multikey", 512, np.random.default_rng(6))
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.answer, b.answer) and a.qas == b.qas
+    assert not np.array_equal(a.ids, c.ids)
+
+
+def test_batches_are_a_function_of_the_seed(maker, essay_stream):
+    x1, m1 = make_batch(maker, essay_stream, 6, 256, np.random.default_rng([1, 2]), 0.5)
+    x2, m2 = make_batch(maker, essay_stream, 6, 256, np.random.default_rng([1, 2]), 0.5)
+    assert np.array_equal(x1, x2) and np.array_equal(m1, m2)
+    assert m1[:3].any(axis=1).all() and not m1[3:].any()  # 3 retrieval rows, then 3 plain-text rows
+
+
+def _made_by(text: str, frames: list[str]) -> bool:
+    """Could ``text`` be ``frame.format(...)`` (first letter capitalised) for one of ``frames``?"""
+    import re
+
+    for frame in frames:
+        pattern = re.escape(frame.replace("{{", "{").replace("}}", "}"))
+        pattern = re.sub(r"\\\{[A-Za-z0-9]+\\\}", ".+", pattern)
+        if re.fullmatch(pattern, text[0].lower() + text[1:], flags=re.S) or re.fullmatch(pattern, text, flags=re.S):
+            return True
+    return False
+
+
+def test_heldout_split_uses_only_heldout_frames_and_questions(maker):
+    for seed in range(5):
+        s = maker.make("single", 512, np.random.default_rng(seed), split="heldout")
+        assert all(_made_by(n, T.HELDOUT_NEEDLE_FRAMES) for n in s.needle_texts)
+        assert _made_by(s.qas[0][0], T.HELDOUT_QUESTION_FRAMES)
+        t = maker.make("single", 512, np.random.default_rng(seed), split="train")
+        assert all(_made_by(n, T.NEEDLE_FRAMES) for n in t.needle_texts)
+    assert set(T.HELDOUT_NEEDLE_FRAMES).isdisjoint(T.NEEDLE_FRAMES)
+    assert set(T.HELDOUT_QUESTION_FRAMES).isdisjoint(T.QUESTION_FRAMES)
+    for kind, attrs in T.HELDOUT_ATTRIBUTES.items():
+        assert set(attrs).isdisjoint(T.ATTRIBUTES[kind])
+    assert set(T.HELDOUT_FIRST_NAMES).isdisjoint(T.FIRST_NAMES)
+
+
+def test_bad_requests_raise_input_errors(maker):
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match="unknown task"):
+        maker.make("summarise", 512, rng)
+    with pytest.raises(InputError, match="at least 128"):
+        maker.make("single", 64, rng)
+    with pytest.raises(InputError, match="split"):
+        maker.make("single", 512, rng, split="test")
+    with pytest.raises(InputError, match="depths"):
+        maker.make("single", 512, rng, depths=[0.1, 0.2, 0.3])
+
+
+def test_training_strings_include_every_template_group():
+    strings = T.training_strings()
+    assert set(T.NEEDLE_FRAMES) <= strings and set(T.QUESTION_FRAMES) <= strings and set(T.FIRST_NAMES) <= strings
+    assert not (set(T.HELDOUT_NEEDLE_FRAMES) & strings)
