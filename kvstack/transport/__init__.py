@@ -1,10 +1,22 @@
 """Moving caches between processes and machines: a server (aiohttp) over a store (directory or
-Redis), a client, and the content addresses they share. See ``docs/wire.md``."""
+Redis), a client, and the content addresses they share. See ``docs/wire.md``.
+
+Names load lazily, so ``kvstack --help`` and ``kvstack plan`` start without torch.
+"""
 
 from __future__ import annotations
 
-from kvstack.transport.client import Client, find, pull, push
-from kvstack.transport.keys import CacheKey
-from kvstack.transport.store import open_store
+import importlib
+from typing import Any
 
-__all__ = ["CacheKey", "Client", "find", "open_store", "pull", "push"]
+_NAMES = {
+    "Client": "client", "find": "client", "pull": "client", "push": "client",
+    "CacheKey": "keys", "open_store": "store",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"kvstack.transport.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'kvstack.transport' has no attribute {name!r}")
