@@ -28,6 +28,7 @@ import torch
 import transformers
 
 from kvstack.cli import table
+from kvstack.errors import KvstackError
 from kvstack.eval.texts import essay, essay_names
 from kvstack.hf import CompressedCache, enable
 from kvstack.hf.model import model_info
@@ -57,7 +58,7 @@ def recipes(basis: str) -> list[str]:
     out += ["xkv:group=2,rank=96", "xkv:group=2,rank=192", "xkv:group=4,rank=192", "xkv:group=4,rank=384"]
     out += ["minicache", "minicache:t=0.3", "minicache:t=0.5"]
     out += ["int4:axis=channel", "snapkv:0.5", "snapkv:0.5 > svd:rank=24,rope=pre,bits=4",
-            "snapkv:0.5 > latent:rank=128,bits=8"]
+            "streaming:sink=4,window=508 > latent:rank=128,bits=8"]
     return out
 
 
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--calib-tokens", type=int, default=4096)
     ap.add_argument("--basis", help="an existing calibrated basis (skips calibration)")
     ap.add_argument("--only", help="run only recipes containing this text")
+    ap.add_argument("--recipes", help="run these recipes instead ('a;b;c'; CAL stands for the calibrated basis)")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -137,11 +139,16 @@ def main() -> None:
     base_nll = continuation_nll(model, full, pre.last_logits, cont)
     print(f"\n## recipes (perplexity of the continuation: full cache {math.exp(base_nll):.3f})\n")
     rows, results = [], []
-    for text in recipes(basis):
+    chosen = [r.strip().replace("CAL", basis) for r in args.recipes.split(";")] if args.recipes else recipes(basis)
+    for text in chosen:
         if args.only and args.only not in text:
             continue
         t = time.perf_counter()
-        cache = Recipe.parse(text).apply(full, ctx)
+        try:
+            cache = Recipe.parse(text).apply(full, ctx)
+        except KvstackError as exc:
+            print(f"  {text}: {exc}", flush=True)
+            continue
         secs = time.perf_counter() - t
         nll = continuation_nll(model, cache, pre.last_logits, cont)
         ppl = math.exp(nll)

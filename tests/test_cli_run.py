@@ -74,3 +74,12 @@ def test_help_documents_every_command(capsys):
     out = capsys.readouterr().out
     for cmd in ("run", "recipes"):
         assert cmd in out
+
+
+def test_parser_builds_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, kvstack.cli; kvstack.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # `kvstack plan` and `--help` stay fast

@@ -197,8 +197,9 @@ class XKV(Stage):
             layer = cache.layers[i]
             if not same_tokens_every_head(layer):
                 raise RecipeError(
-                    f"{self.spec()}: layer {i} keeps different tokens in different heads; shared per-token "
-                    "coefficients need the same tokens everywhere: put xkv before per-head eviction"
+                    f"{self.spec()}: layer {i} keeps different tokens in different heads (per-head selection); "
+                    "shared per-token coefficients need the same tokens everywhere: after per-head selection use "
+                    "svd (per head), or select with streaming (the same tokens in every head)"
                 )
             last = out[-1] if out else None
             if (

@@ -23,8 +23,9 @@ energy (one rank per layer: the largest any head needs). Options:
 ``latent`` (MHA2MLA idea, no fine-tuning): one basis per layer for the concatenation of all
 heads' keys *and* values of a token, ``[2 * H * d]``; the cache holds one ``r``-vector per
 token per layer (:class:`~kvstack.stages.lowrank_rows.JointRows`, owned by the keys, shared
-by the values). Every head must keep the same tokens (put per-head eviction after it, or
-use ``alloc=uniform``).
+by the values). Every head must hold the same tokens: after per-head selection (snapkv, h2o,
+q2c, ... score each head on its own) use ``svd``; ``streaming`` keeps the same tokens everywhere.
+Evicting after ``latent`` per head stores the kept rows dense (counted).
 """
 
 from __future__ import annotations
@@ -236,9 +237,9 @@ class Latent(_LowRank):
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         if not same_tokens_every_head(layer):
             raise RecipeError(
-                f"{self.spec()}: layer {index} keeps different tokens in different heads, so one latent vector "
-                "per token cannot hold them; put the latent stage before per-head eviction, or evict with "
-                "alloc=uniform (the same tokens in every head)"
+                f"{self.spec()}: layer {index} keeps different tokens in different heads (per-head selection), so "
+                "one latent vector per token cannot hold them; after per-head selection use svd (per head), or "
+                "select with a stage that keeps the same tokens in every head (streaming)"
             )
         store = layer.keys.dtype
         h = layer.num_heads

@@ -83,7 +83,7 @@ def test_recipe_runs_and_per_head_eviction_is_refused():
     assert all(isinstance(layer.keys, JointRows) and layer.keys.tokens == 5 for layer in out.layers)
     ragged = cache.layers[0].select_rows([torch.arange(T), torch.arange(T - 1)])
     bad = KVCache([ragged, *cache.layers[1:]], cache.context_ids, cache.dense_dtype)
-    with pytest.raises(RecipeError, match="before per-head eviction"):
+    with pytest.raises(RecipeError, match="after per-head selection use svd"):
         XKV(group=2, rank=3, sink=0).apply(bad, CTX, set(range(L)))
 
 

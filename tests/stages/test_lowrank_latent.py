@@ -91,7 +91,7 @@ def test_per_head_eviction_after_latent_falls_back_to_dense_rows():
 
 def test_ragged_layer_is_refused_with_what_to_do():
     layer = layer_of().select_rows([torch.arange(10), torch.arange(5)])
-    with pytest.raises(RecipeError, match="before per-head eviction"):
+    with pytest.raises(RecipeError, match="after per-head selection use svd"):
         Latent(rank=4, sink=0).apply_layer(0, layer, CTX)
     other = layer_of().select_rows([torch.arange(10), torch.arange(1, 11)])  # same count, other tokens
     with pytest.raises(RecipeError, match="different tokens"):
