@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 _NAMES = {
-    "Allocation": "allocate", "allocate": "allocate", "compose_recipe": "allocate",
+    "Allocation": "knapsack", "allocate": "knapsack", "compose_recipe": "knapsack",
     "Probe": "sensitivity", "Sensitivity": "sensitivity", "measure": "sensitivity",
 }
 __all__ = sorted(_NAMES)
