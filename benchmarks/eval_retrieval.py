@@ -23,7 +23,7 @@ TASKS = ["niah_single", "niah_multikey"]
 LENGTH = 4096
 RECIPES = [
     "identity", "int4", "streaming:window=2044", "streaming:window=1020", "snapkv:0.5", "snapkv:0.25", "q2c:0.5",
-    "q2c:0.25",
+    "q2c:0.25", "snapkv:0.25,sink=4", "q2c:0.25,sink=4",
 ]
 PEERS = [
     "kvpress:none", "kvpress:StreamingLLMPress:0.5", "kvpress:StreamingLLMPress:0.75", "kvpress:SnapKVPress:0.5",

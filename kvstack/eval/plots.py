@@ -40,6 +40,8 @@ def _panel(ax, ss: list[dict], key: str, label: str, higher_better: bool) -> Non
         ax.annotate(s["recipe"], (s["bytes_per_token"], s[key]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xscale("log", base=2)
+    if key == "ppl":  # one broken recipe (int2) would flatten everyone else
+        ax.set_yscale("log")
     ax.set_xlabel("cache bytes per context token (log scale)")
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)

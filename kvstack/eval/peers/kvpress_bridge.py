@@ -95,12 +95,16 @@ def peers_python() -> Path:
 
 
 def model_reference(model_name: str) -> dict:
-    """What the worker loads: the same files kvstack loaded (bundled GGUF or local directory)."""
-    from kvstack.zoo import ZOO, locate
+    """What the worker loads: the same files ``kvstack.zoo.load`` reads (a small GGUF directly, other
+    bundled models from their Hugging Face directory, or the local directory given)."""
+    from kvstack import zoo
 
-    if model_name in ZOO:
-        where, gguf = locate(model_name)
-        return {"model": str(where), "gguf_file": gguf}
+    entry = zoo.ZOO.get(model_name)
+    if entry is not None:
+        if entry.gguf_file and not getattr(entry, "parts", ()):
+            where, gguf = zoo.locate(model_name)
+            return {"model": str(where), "gguf_file": gguf}
+        return {"model": str(zoo.path(model_name)), "gguf_file": None}
     if not Path(model_name).is_dir():
         raise InputError(f"model {model_name!r} is neither bundled nor a directory")
     return {"model": str(Path(model_name).resolve()), "gguf_file": None}
