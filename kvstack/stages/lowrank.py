@@ -11,10 +11,13 @@ energy (one rank per layer: the largest any head needs). Options:
   so ``nbytes`` counts only coefficients; fitted per context, the basis (``H x d x r`` per
   layer, K and V) is counted. A file made for another model raises ModelError.
 * ``rope=pre``: project keys *before* RoPE (un-rotated by their positions, rotated back
-  when read). Pre-RoPE keys are much lower rank (SmolLM2-135M: ~15 vs ~33 directions for
+  when read). Pre-RoPE keys are much lower rank (SmolLM2-135M: ~17 vs ~35 directions for
   95%); it needs the driver to hand over the model's rotary tables
   (``ctx.captures["rope"]``, see :mod:`kvstack.stages.lowrank_rope`) and stores each row's
   position (int32) when tokens were evicted first.
+* ``sink=4``: rows at positions below 4 stay exact and out of the fit (attention sinks:
+  on SmolLM2 this alone turns ``svd:energy=0.99`` from +15% to +1% perplexity; see
+  :mod:`kvstack.stages.lowrank_keep`). ``sink=0`` projects every row.
 * ``target=k|v|kv``: which of keys/values to project (default both).
 * ``bits=4``: quantize the coefficients per channel (``qgroup`` tokens per scale) inside
   the stage; ``svd > int4`` instead quantizes the reconstruction unless the quantizer

@@ -3,7 +3,8 @@
 The first tokens of a context receive a large share of the attention (SmolLM2-135M: ~40%
 to the first 4 tokens, ``kvstack inspect``), and their keys/values are unlike the other
 rows. Projecting them loses little energy but moves the output a lot: on SmolLM2, keeping
-token 0 exact turns ``svd:energy=0.99`` from +5% to +0.5% perplexity. So the low-rank
+the first 4 tokens exact turns ``svd:energy=0.99`` from +15.5% to +0.9% perplexity
+(benchmarks/RESULTS.md). So the low-rank
 stages keep rows at positions ``< sink`` as they are, and fit their bases on the rest only.
 
 :class:`KeptRows` holds the exact rows in a :class:`~kvstack.kv.DenseRows`, the others in
