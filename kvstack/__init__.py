@@ -13,7 +13,7 @@ from typing import Any
 from kvstack import errors
 
 __version__ = "0.1.0"
-__all__ = ["KVCache", "KVLayer", "Recipe", "compress", "errors", "generate", "load", "parse_recipe", "save"]
+__all__ = ["KVCache", "KVLayer", "Recipe", "compress", "compress_many", "errors", "generate", "load", "parse_recipe", "save"]
 
 _LAZY = {
     "compress": ("kvstack.api", "compress"),
@@ -21,6 +21,7 @@ _LAZY = {
     "KVCache": ("kvstack.kv", "KVCache"),
     "KVLayer": ("kvstack.kv", "KVLayer"),
     "Recipe": ("kvstack.stack", "Recipe"),
+    "compress_many": ("kvstack.eval.shared_prefill", "compress_many"),
     "save": ("kvstack.wire", "save"),
     "load": ("kvstack.wire", "load"),
 }

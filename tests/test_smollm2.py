@@ -7,17 +7,12 @@ import pytest
 import torch
 
 import kvstack
-from kvstack.errors import InputError, ModelNotInstalledError
+from kvstack.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def smol():
-    from kvstack.zoo import load
-
-    try:
-        return load("smollm2-135m")
-    except ModelNotInstalledError as exc:  # pragma: no cover - make installs it
-        pytest.skip(str(exc))
+def smol(smollm2):
+    return smollm2  # the session-wide load from tests/conftest.py
 
 
 @pytest.fixture(scope="module")
