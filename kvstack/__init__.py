@@ -13,7 +13,9 @@ from typing import Any
 from kvstack import errors
 
 __version__ = "0.1.0"
-__all__ = ["KVCache", "KVLayer", "Recipe", "compress", "compress_many", "errors", "generate", "load", "parse_recipe", "save"]
+__all__ = [
+    "KVCache", "KVLayer", "Recipe", "compress", "compress_many", "errors", "generate", "load", "parse_recipe", "save",
+]
 
 _LAZY = {
     "compress": ("kvstack.api", "compress"),
