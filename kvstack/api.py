@@ -31,6 +31,26 @@ def _as_ids(ids, what: str) -> torch.Tensor:
     return t.long()
 
 
+def window_queries_needed(recipes: list[Recipe]) -> int:
+    """How many last-context queries the prefill must capture for these recipes' stages."""
+    return max(
+        (getattr(s, "window", 0) or 0 for r in recipes for s in r.stages if NEED_WINDOW_QUERIES in s.needs),
+        default=0,
+    )
+
+
+def stage_context(info, captures: dict, recipe: Recipe, question_ids) -> StageContext:
+    """What a recipe's stages see: the model's geometry, the prefill captures, the question if used."""
+    return StageContext(
+        num_query_heads=info.num_query_heads,
+        num_kv_heads=info.num_kv_heads,
+        head_dim=info.head_dim,
+        num_layers=info.num_layers,
+        captures=captures,
+        question_ids=question_ids if NEED_QUESTION_QUERIES in recipe.needs else None,
+    )
+
+
 def compress(
     model,
     context_ids,
@@ -58,18 +78,11 @@ def compress(
             f"recipe '{recipe_obj.text}' is query-aware and needs question_ids; pass the question, or "
             "use a question-agnostic stage (snapkv, streaming)"
         )
-    window = max((getattr(s, "window", 0) or 0 for s in recipe_obj.stages if NEED_WINDOW_QUERIES in s.needs), default=0)
+    window = window_queries_needed([recipe_obj])
     pre = prefill(
         model, info, ctx_ids, recipe_obj.needs, q_ids, window_queries=window, chunk_size=chunk_size, progress=progress
     )
-    ctx = StageContext(
-        num_query_heads=info.num_query_heads,
-        num_kv_heads=info.num_kv_heads,
-        head_dim=info.head_dim,
-        num_layers=info.num_layers,
-        captures=pre.captures,
-        question_ids=q_ids if NEED_QUESTION_QUERIES in recipe_obj.needs else None,
-    )
+    ctx = stage_context(info, pre.captures, recipe_obj, q_ids)
     start = time.perf_counter()
     cache = recipe_obj.apply(pre.cache, ctx)
     cache.stats.update(prefill_seconds=pre.seconds, compress_seconds=time.perf_counter() - start)

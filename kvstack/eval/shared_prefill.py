@@ -17,7 +17,7 @@ import torch
 
 from kvstack.errors import InputError, KvstackError
 from kvstack.kv import KVCache
-from kvstack.stack import NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES, Recipe, StageContext
+from kvstack.stack import Recipe
 
 
 def compress_many(
@@ -30,7 +30,7 @@ def compress_many(
 ) -> Iterator[tuple[Recipe, KVCache | KvstackError]]:
     """Yield ``(recipe, cache)`` for each recipe, one at a time (so only one compressed cache is
     alive at once); a recipe that cannot run on this context yields its typed error instead."""
-    from kvstack.api import _as_ids
+    from kvstack.api import _as_ids, stage_context, window_queries_needed
     from kvstack.hf.model import model_info
     from kvstack.hf.prefill import prefill
 
@@ -41,10 +41,7 @@ def compress_many(
     )
     runnable = [r for r in recipes if q_ids is not None or not r.needs_question]
     needs = frozenset().union(*(r.needs for r in runnable)) if runnable else frozenset()
-    window = max(
-        (getattr(s, "window", 0) or 0 for r in runnable for s in r.stages if NEED_WINDOW_QUERIES in s.needs),
-        default=0,
-    )
+    window = window_queries_needed(runnable)
     pre = prefill(model, info, ctx_ids, needs, q_ids, window_queries=window, chunk_size=chunk_size)
     for recipe in recipes:
         if recipe.needs_question and q_ids is None:
@@ -52,14 +49,7 @@ def compress_many(
                 f"recipe '{recipe.text}' is query-aware and this sample has no question (perplexity task)"
             )
             continue
-        ctx = StageContext(
-            num_query_heads=info.num_query_heads,
-            num_kv_heads=info.num_kv_heads,
-            head_dim=info.head_dim,
-            num_layers=info.num_layers,
-            captures=pre.captures,
-            question_ids=q_ids if NEED_QUESTION_QUERIES in recipe.needs else None,
-        )
+        ctx = stage_context(info, pre.captures, recipe, q_ids)
         start = time.perf_counter()
         try:
             cache = recipe.apply(replace(pre.cache, stats={}), ctx)
