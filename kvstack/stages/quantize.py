@@ -13,7 +13,9 @@ when asymmetric). Parameters, in positional order:
   for int8 (same bytes as before: int8 codes + fp16 scales) and asymmetric below 8 bits.
 
 Channel-axis rows are requantized when tokens are evicted afterwards (see
-``QuantRows.select``). ``kivi:2`` / ``kivi:4`` live in :mod:`kvstack.stages.quant_kivi`.
+``QuantRows.select``). After a low-rank stage (``svd:rank=16 > int4``) the stage quantizes
+the coefficients, not the reconstruction (:func:`~kvstack.stages.lowrank_rows.quantize_encoded`).
+``kivi:2`` / ``kivi:4`` live in :mod:`kvstack.stages.quant_kivi`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer
 from kvstack.stack import Param, Stage, StageContext, as_bool, register
 from kvstack.stages import quant_kivi  # noqa: F401  (registers kivi)
+from kvstack.stages.lowrank_rows import quantize_encoded
 from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group
 from kvstack.stages.quant_rows import AXES, QuantRows, check_settings
 
@@ -74,8 +77,9 @@ class UniformQuant(Stage):
         return QuantRows.quantize(rows, self.bits, self.group, "channel", self.sym, segments=lengths)
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
-        keys = self.quantize(layer.keys.decode(), layer.lengths)
-        values = self.quantize(layer.values.decode(), layer.lengths)
+        # after a low-rank stage, the coefficients (r per row) are quantized, not the reconstruction (d per row)
+        keys = quantize_encoded(layer.keys, layer.lengths, self.quantize)
+        values = quantize_encoded(layer.values, layer.lengths, self.quantize)
         return replace(layer, keys=keys, values=values)
 
 
