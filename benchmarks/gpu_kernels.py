@@ -1,0 +1,169 @@
+"""GPU kernel benchmarks: quantize/dequantize bandwidth and decode attention over packed caches.
+
+Run on a CUDA machine: ``python benchmarks/gpu_kernels.py [--quick] [--json OUT]``.
+
+Everything is timed with CUDA events through ``triton.testing.do_bench`` (median, L2
+flushed between runs) after warm-up, on random data. Three reference points, measured in
+the same run:
+
+* the device's copy bandwidth (bytes read + written by a large device-to-device copy),
+  the ceiling for a memory-bound kernel;
+* PyTorch's ``scaled_dot_product_attention`` with the flash backend over the fp16 cache of
+  the same tokens (GQA passed natively, and folded into query rows; the faster counts);
+* the QuantizedCache strategy (transformers): dequantize the whole cache to fp16, then
+  SDPA - timed here with *our* dequantize kernel, so it is a lower bound on that path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from kvstack import kernels
+from kvstack.kernels import triton_decode, triton_quant
+from kvstack.kernels.layout import Segments
+from kvstack.stages.quant_rows import QuantRows
+
+
+def bench(fn) -> float:
+    """Median milliseconds of ``fn`` (CUDA events, L2 flushed between runs)."""
+    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 1 GiB device-to-device copy."""
+    x = torch.randn(1 << 29, device="cuda", dtype=torch.float16)
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    return 2 * x.numel() * 2 / (ms * 1e-3)
+
+
+def quant_table(bw: float, quick: bool) -> list[dict]:
+    rows = (1 << 20) if quick else (1 << 22)
+    dim = 128
+    x = torch.randn(rows, dim, device="cuda", dtype=torch.float16)
+    out = []
+    seg = Segments.from_lengths([4096] * (rows // 4096), 64, device="cuda")
+    for bits, group, axis, sym in [(4, 64, "token", False), (2, 64, "token", False), (8, 128, "token", True),
+                                   (4, 64, "channel", False), (2, 64, "channel", False)]:
+        s = seg if axis == "channel" else None
+        p = triton_quant.quantize(x, bits, group, axis, sym, s)
+        ref = QuantRows.quantize(x, bits, group, axis, sym, segments=seg.lengths.tolist() if s else None)
+        exact = torch.equal(p.codes, ref.codes) and torch.equal(p.scales, ref.scales)
+        moved = x.numel() * 2 + p.nbytes
+        tq = bench(lambda: triton_quant.quantize(x, bits, group, axis, sym, s))
+        td = bench(lambda: triton_quant.dequantize(p, s, torch.float16))
+        tr = bench(lambda: QuantRows.quantize(x, bits, group, axis, sym, segments=None if s is None else ref.segments))
+        out.append(dict(
+            fmt=f"int{bits} {axis} g{group} {'sym' if sym else 'asym'}", rows=rows, exact=exact,
+            quant_ms=tq, quant_bw=moved / (tq * 1e-3) / bw, dequant_ms=td, dequant_bw=moved / (td * 1e-3) / bw,
+            torch_quant_ms=tr,
+        ))
+    return out
+
+
+def _sdpa_fp16(k, v, q, B, Hkv, G, T, D):
+    """Fastest flash SDPA over the fp16 cache: native GQA, or GQA folded into query rows."""
+    k4, v4 = k.view(B, Hkv, T, D), v.view(B, Hkv, T, D)
+    qn = q.view(B, Hkv * G, 1, D)
+    qf = q.view(B, Hkv, G, D)
+    options = {}
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        try:
+            options["native"] = lambda: torch.nn.functional.scaled_dot_product_attention(qn, k4, v4, enable_gqa=True)
+            options["native"]()
+        except RuntimeError:
+            options.pop("native")
+        options["folded"] = lambda: torch.nn.functional.scaled_dot_product_attention(qf, k4, v4)
+        times = {name: bench(fn) for name, fn in options.items()}
+    best = min(times, key=times.get)
+    return times[best], best, options[best]
+
+
+def decode_table(bw: float, quick: bool) -> list[dict]:
+    Hkv, G, D = 8, 8, 128
+    cases = [(1, 32768), (16, 32768), (1, 131072), (16, 131072)]
+    if quick:
+        cases = [(1, 32768), (16, 32768)]
+    out = []
+    for B, T in cases:
+        S = B * Hkv
+        seg = Segments.from_lengths([T] * S, 64, device="cuda")
+        k = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
+        v = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
+        q = torch.randn(S, G, D, device="cuda", dtype=torch.float16)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            t_fp16, how, _ = _sdpa_fp16(k, v, q, B, Hkv, G, T, D)
+        fp16_bytes = 2 * k.numel() * 2
+        row = dict(batch=B, context=T, sdpa_fp16_ms=t_fp16, sdpa_variant=how, sdpa_bw=fp16_bytes / (t_fp16 * 1e-3) / bw)
+        for name, bits, kaxis in [("int4", 4, "channel"), ("int4tok", 4, "token"), ("int2", 2, "channel")]:
+            kp = triton_quant.quantize(k, bits, 64, kaxis, False, seg)
+            vp = triton_quant.quantize(v, bits, 64, "token", False, seg)
+            kd = triton_quant.dequantize(kp, seg)
+            vd = triton_quant.dequantize(vp, seg)
+            got = kernels.decode_attention(q, kp, vp, seg)
+            want = reference_sdpa(q, kd, vd, B, Hkv, G, T, D)
+            err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+            tuned = {}
+            for block_n, warps, stages in [(64, 4, 2), (128, 4, 2), (64, 4, 3), (128, 8, 3)]:
+                tuned[(block_n, warps, stages)] = bench(lambda: triton_decode.decode_attention(
+                    q, kp, vp, seg, block_n=block_n, num_warps=warps, num_stages=stages))
+            best = min(tuned, key=tuned.get)
+            t = tuned[best]
+            moved = kp.nbytes + vp.nbytes
+            deq = bench(lambda: (triton_quant.dequantize(kp, seg), triton_quant.dequantize(vp, seg)))
+            row[name] = dict(ms=t, speedup=t_fp16 / t, bw=moved / (t * 1e-3) / bw, err=err, config=best,
+                             bytes=moved, dequant_then_sdpa_ms=deq + t_fp16, vs_dequant=(deq + t_fp16) / t)
+        out.append(row)
+        del k, v
+        torch.cuda.empty_cache()
+    return out
+
+
+def reference_sdpa(q, kd, vd, B, Hkv, G, T, D):
+    """SDPA (math backend, float32) over the dequantized cache: what the kernel must equal."""
+    k4, v4 = kd.view(B, Hkv, T, D).float(), vd.view(B, Hkv, T, D).float()
+    return torch.nn.functional.scaled_dot_product_attention(q.view(B, Hkv, G, D).float(), k4, v4).view(B * Hkv, G, D)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--json", help="write all numbers here")
+    args = ap.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    env = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
+               triton=triton.__version__, python=platform.python_version())
+    bw = copy_bandwidth()
+    print(f"# {env}\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s")
+    qt = quant_table(bw, args.quick)
+    print("\n| format | rows x 128 | bit-exact vs torch | quantize ms | % of copy BW | dequantize ms | % of copy BW "
+          "| torch reference quantize ms |\n|---|---|---|---|---|---|---|---|")
+    for r in qt:
+        print(f"| {r['fmt']} | {r['rows']} | {r['exact']} | {r['quant_ms']:.3f} | {100 * r['quant_bw']:.0f}% "
+              f"| {r['dequant_ms']:.3f} | {100 * r['dequant_bw']:.0f}% | {r['torch_quant_ms']:.2f} |")
+    dt = decode_table(bw, args.quick)
+    print("\n| batch | context | SDPA flash fp16 ms (% BW) | format | kvstack ms | speedup vs fp16 | % of copy BW "
+          "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | block,warps,stages |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in dt:
+        for name in ("int4", "int4tok", "int2"):
+            c = r[name]
+            print(f"| {r['batch']} | {r['context']} | {r['sdpa_fp16_ms']:.3f} ({100 * r['sdpa_bw']:.0f}%, "
+                  f"{r['sdpa_variant']}) | {name} | {c['ms']:.3f} | {c['speedup']:.2f}x | {100 * c['bw']:.0f}% "
+                  f"| {c['dequant_then_sdpa_ms']:.3f} | {c['vs_dequant']:.1f}x | {c['err']:.1e} | {c['config']} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(env=env, copy_bw=bw, quant=qt, decode=[
+                {k: (v if not isinstance(v, dict) else {a: (list(b) if isinstance(b, tuple) else b)
+                                                         for a, b in v.items()}) for k, v in r.items()} for r in dt
+            ]), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
