@@ -112,6 +112,16 @@ class Client:
         except aiohttp.ClientError as exc:
             raise self._conn_error(exc, f"pull {text}") from exc
 
+    def stream(self, key: CacheKey | str, rate: float | None = None, burst: int = 64 << 10) -> AsyncIterator[bytes]:
+        """The cache's bytes as they arrive; with ``rate`` (bytes/s) they are released through a token
+        bucket, so a loopback pull behaves like a link of that bandwidth (``kvstack bench ttft``)."""
+        pieces = self._stream(key)
+        if rate is None:
+            return pieces
+        from kvstack.transport.shaping import TokenBucket, shaped
+
+        return shaped(pieces, TokenBucket(rate, burst))
+
     async def pull(self, key: CacheKey | str, model=None, *, tokenizer=None, limits: Limits | None = None) -> KVCache:
         """Download and decode a cache as it streams in; with ``model``, a foreign cache raises
         ModelError as soon as the header arrives."""

@@ -41,7 +41,12 @@ class TokenBucket:
 
 
 async def shaped(pieces: AsyncIterator[bytes], bucket: TokenBucket) -> AsyncIterator[bytes]:
-    """Pass ``pieces`` through, each released only when the bucket allows its size."""
+    """Pass ``pieces`` through in slices of at most ``bucket.burst`` bytes, each released only when
+    the bucket allows its size: a 1 MiB socket read then reaches the consumer as it would trickle
+    in over a slow link, so decoding can overlap the transfer at a fine grain."""
     async for piece in pieces:
-        await bucket.take(len(piece))
-        yield piece
+        view = memoryview(piece)
+        for start in range(0, len(view), bucket.burst):
+            part = view[start : start + bucket.burst]
+            await bucket.take(len(part))
+            yield bytes(part)

@@ -1,0 +1,314 @@
+"""Time to first token when a context travels over a link: (a) its text, re-prefilled by the
+receiver; (b) its fp16 cache; (c) its cache compressed by each recipe and wire-encoded; and,
+with a deadline, (d) the bandwidth-adaptive plan of :mod:`kvstack.bench.adapt`.
+
+Every path is measured end to end over a real loopback HTTP link (:class:`LoopbackLink`):
+TTFT = request + shaped transfer (decoding overlapped, chunk by chunk) + building the cache
++ the question's prefill and first token. Accuracy is the eval harness's ``niah_single`` task
+on the same model, scored from caches that went through the wire format (encode, decode).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from kvstack.bench.adapt import Costs, Plan, choose, plan_recipe
+from kvstack.bench.link import LoopbackLink, gbits
+from kvstack.errors import InputError
+from kvstack.kv import KVCache
+
+TEXT, FP16 = "text", "fp16"
+LEVELS = ("int8", "int4", "int2")
+GROUP = 64
+
+
+@dataclass
+class TtftSpec:
+    """What to measure; ``bandwidths`` in Gbit/s, ``deadline_ms`` enables the adaptive plan."""
+
+    model: str = "kvstack-retrieval"
+    tokens: int = 4096
+    recipes: list[str] = field(default_factory=lambda: ["int8", "int4", "snapkv:0.25 > int4", "streaming > int4"])
+    bandwidths: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
+    samples: int = 3
+    repeat: int = 1
+    deadline_ms: float | None = None
+    tail_step: int = 256
+    seed: int = 0
+
+    def check(self) -> None:
+        from kvstack.stack import Recipe
+
+        if self.tokens < 64:
+            raise InputError(f"--tokens {self.tokens}: give at least 64 context tokens")
+        if not self.bandwidths or min(self.bandwidths) <= 0:
+            raise InputError("--bandwidth: give one or more positive rates in Gbit/s, e.g. 0.1 1 10")
+        if self.samples < 1 or self.repeat < 1:
+            raise InputError("--samples and --repeat must be at least 1")
+        if self.deadline_ms is not None and self.deadline_ms <= 0:
+            raise InputError(f"--deadline {self.deadline_ms}: give a positive number of milliseconds")
+        if len(set(self.recipes)) != len(self.recipes) or {TEXT, FP16} & set(self.recipes):
+            raise InputError("--recipes: list each recipe once; text and fp16 are always measured")
+        for r in self.recipes:
+            Recipe.parse(r)
+
+
+@dataclass
+class Row:
+    """One payload at one bandwidth."""
+
+    gbit: float
+    name: str
+    bytes: int
+    ttft_s: float
+    receive_s: float  # request to decoded cache (transfer and decode overlapped)
+    answer_s: float  # cache -> first token (the text path: prefill of everything)
+    link_rate: float  # achieved bytes/s of the shaped transfer
+    accuracy: float | None = None
+    predicted_s: float | None = None
+    meets: bool | None = None
+
+
+@dataclass
+class Payload:
+    """What is sent for one path: wire bytes, how to answer from them, and the cache's fingerprint."""
+
+    name: str
+    blob: bytes
+    tail_ids: torch.Tensor  # context tokens resent as text after the cache (all of it for the text path)
+
+
+def text_blob(cache: KVCache, ids: torch.Tensor) -> bytes:
+    """The text path's message: the token ids in a wire stream with no layers (zstd-coded ids)."""
+    from kvstack import wire
+
+    empty = KVCache([], ids.to(torch.int32), cache.dense_dtype, recipe=TEXT,
+                    model_fingerprint=cache.model_fingerprint, dense_layout=[])
+    return wire.encode(empty)
+
+
+def encode(cache: KVCache, name: str) -> bytes:
+    """Wire bytes of a payload: fp16 goes raw (the plain cache), compressed recipes entropy-coded."""
+    from kvstack import wire
+
+    if name == FP16:
+        return wire.encode(cache, codes="raw", tensors="raw")
+    return wire.encode(cache)
+
+
+class Receiver:
+    """The receiving side: pull a payload through the link at a rate and produce the first token."""
+
+    def __init__(self, model, link: LoopbackLink) -> None:
+        from kvstack.hf.model import model_info
+
+        self.model, self.link = model, link
+        self.fingerprint = model_info(model).fingerprint
+
+    def first_token(self, payload: Payload, key: str, question: torch.Tensor, rate: float | None) -> dict:
+        import kvstack
+        from kvstack.wire import StreamDecoder
+
+        dec = StreamDecoder(expect_fingerprint=self.fingerprint)
+        start = time.perf_counter()
+        transfer = self.link.pull(key, rate, dec.feed)
+        cache = dec.finish()
+        received = time.perf_counter()
+        if payload.name == TEXT:
+            ids = torch.cat([cache.context_ids.long(), question]).view(1, -1)
+            self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
+        else:
+            kvstack.generate(self.model, cache, torch.cat([payload.tail_ids, question]), max_new_tokens=1)
+        done = time.perf_counter()
+        return {"ttft": done - start, "receive": received - start, "answer": done - received, "rate": transfer.rate,
+                "bytes": transfer.bytes}
+
+
+def answer_contains(model, tok, sample, prompt, payload_name: str, cache: KVCache | None, tail_ids,
+                    max_new: int) -> float:
+    """``contains`` score of one sample's answer from a payload (the text path prefills it all)."""
+    import kvstack
+    from kvstack.eval.metrics import score
+
+    if payload_name == TEXT:
+        ids = torch.cat([prompt.context_ids, prompt.question_ids]).view(1, -1)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False)
+        new = out[0, ids.shape[1]:]
+    else:
+        new = kvstack.generate(model, cache, torch.cat([tail_ids, prompt.question_ids]), max_new_tokens=max_new)
+    text = tok.decode(new, skip_special_tokens=True).strip()
+    return score(text, sample.answers, sample.mode)[1]
+
+
+@dataclass
+class Result:
+    spec: TtftSpec
+    rows: list[Row]
+    accuracy: dict[str, float]
+    plans: dict[float, Plan] = field(default_factory=dict)
+    costs: Costs | None = None
+    context_tokens: int = 0
+
+
+def _best(fn, repeat: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure_costs(model, prompt, level_blobs: dict[str, bytes], first_token_s: float, text_s: float,
+                  text_bytes: int, progress: bool) -> Costs:
+    """Everything :func:`kvstack.bench.adapt.choose` needs, measured on one context."""
+    from kvstack import wire
+    from kvstack.diagnose.sensitivity import Probe, measure
+    from kvstack.wire.stats import bytes_by_layer
+
+    per_level = {lv: bytes_by_layer(blob) for lv, blob in level_blobs.items()}
+    layers = len(next(iter(per_level.values()))[0])
+    cont = prompt.question_ids if prompt.answer_ids is None else torch.cat([prompt.question_ids, prompt.answer_ids])
+    sens = measure(Probe(model, prompt.context_ids, cont), LEVELS, GROUP, progress=progress)
+    return Costs(
+        levels=LEVELS,
+        bytes=[{lv: per_level[lv][0][i] for lv in LEVELS} for i in range(layers)],
+        damage=sens.kl,
+        decode_s={lv: _best(lambda b=blob: wire.decode(b)) for lv, blob in level_blobs.items()},
+        shared_bytes=max(shared for _, shared in per_level.values()),
+        tokens=int(prompt.context_ids.numel()),
+        first_token_s=first_token_s,
+        text_s=text_s,
+        text_bytes=text_bytes,
+    )
+
+
+def _plan_name(plan: Plan) -> str:
+    return f"adaptive: {plan.describe()}"
+
+
+def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
+    """Measure every path at every bandwidth (sample 0's context) and every path's accuracy."""
+    from tqdm.auto import tqdm
+
+    import kvstack
+    from kvstack import wire
+    from kvstack.eval.prompt import format_sample
+    from kvstack.eval.tasks import get_task
+    from kvstack.stack import Recipe
+
+    spec.check()
+    task = get_task("niah_single")
+    samples = task.samples(tok, spec.tokens, spec.samples, spec.seed)
+    prompts = [format_sample(tok, s) for s in samples]
+    p0 = prompts[0]
+    names = [FP16, *spec.recipes]
+    level_recipes = [f"{lv}:g{GROUP}" for lv in LEVELS] if spec.deadline_ms is not None else []
+    blobs: dict[str, bytes] = {}
+    some_cache = None
+    for name, (_, cache) in zip([*names, *level_recipes], kvstack.compress_many(
+            model, p0.context_ids, [Recipe.parse(n) for n in [*names, *level_recipes]])):
+        if isinstance(cache, Exception):
+            raise cache
+        blobs[name] = encode(cache, name)
+        some_cache = cache
+    empty = p0.context_ids[:0]
+    payloads = [Payload(TEXT, text_blob(some_cache, p0.context_ids), p0.context_ids)]
+    payloads += [Payload(n, blobs[n], empty) for n in names]
+
+    rates = [gbits(g) for g in spec.bandwidths]
+    steps = (len(payloads) + (len(rates) if spec.deadline_ms is not None else 0)) * (len(rates) * spec.repeat + 1)
+    bar = tqdm(total=steps, desc="ttft", unit="pull", disable=not progress)
+    rows: list[Row] = []
+    unshaped: dict[str, dict] = {}
+    with LoopbackLink() as link:
+        receiver = Receiver(model, link)
+
+        def measure_payload(payload: Payload, gbit_rates: list[tuple[float, float]]) -> list[Row]:
+            key = link.push(payload.blob)
+            unshaped[payload.name] = receiver.first_token(payload, key, p0.question_ids, None)  # warm-up
+            bar.update(1)
+            out = []
+            for gbit, rate in gbit_rates:
+                runs = []
+                for _ in range(spec.repeat):
+                    runs.append(receiver.first_token(payload, key, p0.question_ids, rate))
+                    bar.update(1)
+                if any(r["bytes"] != len(payload.blob) for r in runs):
+                    raise InputError(f"{payload.name}: the link delivered a different byte count than was sent")
+                mid = sorted(runs, key=lambda r: r["ttft"])[len(runs) // 2]
+                out.append(Row(gbit, payload.name, len(payload.blob), statistics.median(r["ttft"] for r in runs),
+                               mid["receive"], mid["answer"], mid["rate"]))
+            return out
+
+        for payload in payloads:
+            rows += measure_payload(payload, list(zip(spec.bandwidths, rates)))
+
+        plans: dict[float, Plan] = {}
+        costs = None
+        if spec.deadline_ms is not None:
+            mid_level = wire.decode(blobs[level_recipes[1]])
+            first = _best(lambda: kvstack.generate(model, mid_level, p0.question_ids, max_new_tokens=1))
+            costs = measure_costs(model, p0, dict(zip(LEVELS, (blobs[r] for r in level_recipes))), first,
+                                  unshaped[TEXT]["answer"], len(payloads[0].blob), progress)
+            for gbit, rate in zip(spec.bandwidths, rates):
+                plan = plans[gbit] = choose(costs, rate, spec.deadline_ms / 1000, spec.tail_step)
+                if plan.is_text:
+                    payload = Payload(TEXT, payloads[0].blob, p0.context_ids)
+                else:
+                    keep = costs.tokens - plan.tail
+                    cache = kvstack.compress(model, p0.context_ids[:keep], plan_recipe(plan, GROUP))
+                    payload = Payload("adaptive", encode(cache, "adaptive"), p0.context_ids[keep:])
+                for row in measure_payload(payload, [(gbit, rate)]):
+                    row.name, row.predicted_s = _plan_name(plan), plan.predicted_s
+                    rows.append(row)
+            for row in rows:
+                row.meets = row.ttft_s * 1000 <= spec.deadline_ms
+    bar.close()
+
+    accuracy = _accuracy(spec, model, tok, task, samples, prompts, names, plans, progress)
+    for row in rows:
+        row.accuracy = accuracy.get(row.name)
+    return Result(spec, rows, accuracy, plans, costs, int(p0.context_ids.numel()))
+
+
+def _accuracy(spec, model, tok, task, samples, prompts, names, plans, progress) -> dict[str, float]:
+    """``contains`` of ``niah_single`` per path, averaged over the samples, from wire round trips."""
+    from tqdm.auto import tqdm
+
+    import kvstack
+    from kvstack import wire
+    from kvstack.stack import Recipe
+
+    kv_plans = {_plan_name(p): p for p in plans.values() if not p.is_text}
+    text_plans = {_plan_name(p) for p in plans.values() if p.is_text}
+    scores: dict[str, list[float]] = {n: [] for n in [TEXT, *names, *kv_plans, *text_plans]}
+    bar = tqdm(total=len(samples), desc="accuracy", unit="sample", disable=not progress)
+    for sample, prompt in zip(samples, prompts):
+        ctx, empty = prompt.context_ids, prompt.context_ids[:0]
+
+        def score(name, cache, tail=empty, sample=sample, prompt=prompt):
+            back = None if cache is None else wire.decode(encode(cache, name))
+            scores[name].append(answer_contains(model, tok, sample, prompt, name, back, tail, task.max_new_tokens))
+
+        score(TEXT, None)
+        for n in text_plans:
+            scores[n].append(scores[TEXT][-1])
+        untailed = {n: plan_recipe(p, GROUP) for n, p in kv_plans.items() if p.tail == 0}
+        recipes = [*names, *untailed.values()]
+        for name, (_, cache) in zip([*names, *untailed], kvstack.compress_many(
+                model, ctx, [Recipe.parse(r) for r in recipes])):
+            if isinstance(cache, Exception):
+                raise cache
+            score(name, cache)
+        for n, p in kv_plans.items():
+            if p.tail:
+                keep = ctx.numel() - p.tail
+                score(n, kvstack.compress(model, ctx[:keep], plan_recipe(p, GROUP)), ctx[keep:])
+        bar.update(1)
+    bar.close()
+    return {n: sum(v) / len(v) for n, v in scores.items() if v}
