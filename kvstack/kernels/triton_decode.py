@@ -71,7 +71,7 @@ def _split_kernel(
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
     slot = seg * splits_total + split_offset + split
-    tl.store(O_PART + (slot * M_PAD + offs_m[:, None]) * D + cols[None, :], out)
+    tl.store(O_PART + (slot * M_PAD + offs_m[:, None]) * D + cols[None, :], out, mask=offs_m[:, None] < M)
     tl.store(L_PART + slot * M_PAD + offs_m, lse)
 
 
@@ -95,7 +95,7 @@ def _combine_kernel(
     for s in range(0, splits_total):
         slot = seg * splits_total + s
         w = tl.exp2(tl.load(L_PART + slot * M_PAD + offs_m) - top)
-        o = tl.load(O_PART + (slot * M_PAD + offs_m[:, None]) * D + cols[None, :])
+        o = tl.load(O_PART + (slot * M_PAD + offs_m[:, None]) * D + cols[None, :], mask=offs_m[:, None] < M, other=0.0)
         acc += w[:, None] * o
     acc = acc / tl.where(denom > 0.0, denom, 1.0)[:, None]
     tl.store(OUT + (seg * M + offs_m[:, None]) * D + cols[None, :], acc, mask=offs_m[:, None] < M)

@@ -86,8 +86,8 @@ def _quant_channel_kernel(
     X, C, S, Z, STARTS, LENS, GSTARTS,
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr, SYM: tl.constexpr,
 ):
-    seg = tl.program_id(0)
-    gi = tl.program_id(1)
+    gi = tl.program_id(0)  # on the x axis: a long segment may have more than 65,535 groups
+    seg = tl.program_id(1)
     n = tl.load(LENS + seg)
     if gi * GROUP < n:
         local = gi * GROUP + tl.arange(0, G_PAD)
@@ -117,8 +117,8 @@ def _dequant_kernel(
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, SYM: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    seg = tl.program_id(0)
-    local = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    local = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # x axis: up to 2**31 - 1 blocks
+    seg = tl.program_id(1)
     mask = local < tl.load(LENS + seg)
     rows = tl.load(STARTS + seg) + local
     x = load_rows(C, S, Z, rows, local, tl.load(GSTARTS + seg), mask, D, BITS, GROUP, CHANNEL, SYM)
@@ -145,7 +145,7 @@ def quantize(
         groups = int(((segments.lengths.long() + group - 1) // group).sum())
         scales = torch.empty(groups, d, dtype=torch.float16, device=x.device)
         zeros = None if sym else torch.empty_like(scales)
-        _quant_channel_kernel[(segments.count, max(1, math.ceil(segments.max_length / group)))](
+        _quant_channel_kernel[(max(1, math.ceil(segments.max_length / group)), segments.count)](
             x, codes, scales, scales if sym else zeros, segments.starts, segments.lengths, segments.group_starts,
             D=d, BITS=bits, GROUP=group, G_PAD=next_pow2(group), SYM=sym, num_warps=num_warps,
         )
@@ -161,7 +161,7 @@ def dequantize(
     segments = segments or Segments.from_lengths([n], p.group if p.axis == "channel" else 0, device=p.codes.device)
     out = torch.empty(n, p.dim, dtype=dtype, device=p.codes.device)
     zeros = p.zeros if p.zeros is not None else p.scales
-    _dequant_kernel[(segments.count, max(1, math.ceil(segments.max_length / block_n)))](
+    _dequant_kernel[(max(1, math.ceil(segments.max_length / block_n)), segments.count)](
         p.codes, p.scales, zeros, out, segments.starts, segments.lengths, segments.group_starts,
         D=p.dim, BITS=p.bits, GROUP=p.group, CHANNEL=p.axis == "channel", SYM=p.zeros is None,
         BLOCK_N=block_n, num_warps=num_warps,

@@ -46,13 +46,22 @@ def load_rows(
         c = unpack_tile(b, BITS)
         if CHANNEL:
             sidx = (gstart + local // GROUP)[:, None] * D + cols[None, :]
+            s = tl.load(S_PTR + sidx, mask=mask[:, None], other=0.0).to(tl.float32)
+            if not SYM:
+                z = tl.load(Z_PTR + sidx, mask=mask[:, None], other=0.0).to(tl.float32)
         else:
-            sidx = rows[:, None] * (D // GROUP) + (cols // GROUP)[None, :]
-        s = tl.load(S_PTR + sidx, mask=mask[:, None], other=0.0).to(tl.float32)
+            # one load per group, broadcast in registers (not one gather per element)
+            G: tl.constexpr = D // GROUP
+            N: tl.constexpr = rows.shape[0]
+            gidx = rows[:, None] * G + tl.arange(0, G)[None, :]
+            s = tl.load(S_PTR + gidx, mask=mask[:, None], other=0.0).to(tl.float32)
+            s = tl.reshape(tl.broadcast_to(s[:, :, None], (N, G, GROUP)), (N, D))
+            if not SYM:
+                z = tl.load(Z_PTR + gidx, mask=mask[:, None], other=0.0).to(tl.float32)
+                z = tl.reshape(tl.broadcast_to(z[:, :, None], (N, G, GROUP)), (N, D))
         if SYM:
             x = (c - (1 << (BITS - 1))).to(tl.float32) * s
         else:
-            z = tl.load(Z_PTR + sidx, mask=mask[:, None], other=0.0).to(tl.float32)
             x = c.to(tl.float32) * s + z
     return x
 

@@ -56,6 +56,16 @@ def test_bfloat16_and_large_groups(device):
     assert err < 1e-2, err
 
 
+def test_more_rows_than_one_grid_axis_holds(device):
+    if device.type != "cuda":
+        pytest.skip("70k-row tiles take minutes in the interpreter; the grid limit is a CUDA one")
+    x = torch.randn(70_000 * 64, 64, device=device, dtype=torch.float16)
+    for axis in ("token", "channel"):
+        p = kernels.quantize(x, 4, 16 if axis == "channel" else 32, axis)
+        back = kernels.dequantize(p, None, torch.float32)
+        assert torch.equal(back, reference.dequantize(p))
+
+
 def test_one_sequence_split_across_many_programs_merges_exactly(device):
     # one long head split into many slices: the log-sum-exp merge must equal one softmax
     got, want = _case(device, 4, "channel", torch.float16, 1, [1500], [2], seed=9)
@@ -64,10 +74,14 @@ def test_one_sequence_split_across_many_programs_merges_exactly(device):
 
 
 def test_reference_fallback_agrees_with_kernel(device, monkeypatch):
-    got, _ = _case(device, 4, "token", torch.float16, 1, [90, 33], [2, 2], seed=11)
+    got, want = _case(device, 4, "token", torch.float16, 1, [90, 33], [2, 2], seed=11)
     monkeypatch.setenv("KVSTACK_KERNELS", "0")
-    ref, _ = _case(device, 4, "token", torch.float16, 1, [90, 33], [2, 2], seed=11)
-    assert ((got.float() - ref.float()).norm() / ref.float().norm()) < 2e-3
+    ref, want_ref = _case(device, 4, "token", torch.float16, 1, [90, 33], [2, 2], seed=11)
+    # (torch on CUDA divides by a scalar through its reciprocal, so its codes may differ by one step
+    # from the kernel's exact division: each path is checked against its own float64 answer)
+    for out, truth in ((got, want), (ref, want_ref)):
+        assert ((out.double().cpu() - truth.cpu()).norm() / truth.norm()) < 2e-3
+    assert ((got.float() - ref.float()).norm() / ref.float().norm()) < 4e-3
 
 
 def test_bad_arguments_raise_typed_errors(device):
