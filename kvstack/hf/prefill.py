@@ -111,6 +111,9 @@ def prefill(
         captures[NEED_QUESTION_QUERIES] = session.question
     if captures:
         captures[ATTN_PARAMS] = session.params  # the model's own score scaling and softcap per layer
+    from kvstack.hf.extras import extra_captures  # CriticalKV's o_proj weights, KVzip's reconstruction pass
+
+    captures.update(extra_captures(model, info, cache, needs))
     return Prefill(cache=cache, captures=captures, seconds=seconds, last_logits=logits)
 
 

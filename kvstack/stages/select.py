@@ -76,4 +76,9 @@ class StreamingLLM(Stage):
 
 
 # Score-and-keep methods live in their own modules; importing them registers their stages.
-from kvstack.stages import select_attention, select_keys  # noqa: E402, F401
+from kvstack.stages import (  # noqa: E402, F401
+    select_attention,
+    select_critical,
+    select_keys,
+    select_kvzip,
+)

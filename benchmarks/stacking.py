@@ -1,0 +1,418 @@
+"""Issue 6's stacking study: selection x low rank x cross-layer x quantization on kvstack-retrieval at 4k.
+
+    nice .venv/bin/python benchmarks/stacking.py [--confirm-samples 8] [--threads 2]   # every stage, resumable
+    .venv/bin/python benchmarks/stacking.py --report                                  # tables, plots, frontier.md
+
+Every recipe is scored on the eval harness's ``niah_single``, ``niah_multikey`` and ``multihop``
+as accuracy *relative to the full cache on the same samples*, against the bytes its cache really
+holds per context token and the ratio to an fp16 dense cache (4,096 B/token on this model).
+CPU is scarce, so the search is staged (successive halving) and every stage is resumable:
+
+0. ``bytes``: one prefill, every grid recipe compressed once: exact bytes (``bytes.jsonl``).
+   Recipes under ``MIN_RATIO`` vs fp16 are dropped (the anchors in ``ANCHORS`` are kept).
+1. ``screen1``: one ``niah_single`` sample for every survivor; the worst are dropped by gold
+   answer NLL (a continuous signal where one greedy answer is only right or wrong).
+2. ``screen2``: two samples of each task for the survivors.
+3. ``confirm``: the Pareto candidates of the screen (and the best of each ratio band) on
+   ``--confirm-samples`` samples of each task.
+
+One prefill per sample feeds all recipes of a stage (the harness's ``compress_many``); results go
+to ``benchmarks/reports/stacking/results.jsonl`` as they finish, so a crash loses nothing. To add a
+recipe to the search, add one string to an axis (or to ``EXTRA``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "reports" / "stacking"
+MODEL = "kvstack-retrieval"
+TASKS = ["niah_single", "niah_multikey", "multihop"]
+LENGTH = 4096
+FULL = "identity"
+BANDS = (4, 8, 16, 32)  # name the best recipe at each ratio vs fp16 dense
+MIN_RATIO = 3.0  # grid recipes below this ratio vs fp16 are not screened
+
+# --- the search space: one axis per family; "" = the family is left out -------------------------------
+SELECTION = ["", "streaming:window=3068", "snapkv:0.75", "q2c:0.75", "q2c:0.5"]
+PROJECTION = [
+    "", "svd:rank=32,rope=pre", "svd:rank=24,rope=pre", "svd:rank=16,rope=pre", "svd:rank=12,rope=pre",
+    "svd:rank=8,rope=pre", "svd:rank=16", "latent:rank=128", "latent:rank=64", "latent:rank=32",
+    "xkv:group=2,rank=96", "xkv:group=2,rank=48",
+]
+CROSSLAYER = ["", "minicache"]
+QUANT = ["", "int8", "int4", "int3", "int2", "int4:axis=channel", "int2:axis=channel", "kivi:2,residual=32",
+         "kivi:4,residual=32"]
+PROJECTION_BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}  # quantizer -> coefficient bits on a projection
+EXTRA: list[str] = [
+    "svd:rank=16,rope=pre,bits=4,qgroup=256", "svd:rank=12,rope=pre,bits=4,qgroup=256",
+    "svd:rank=24,rope=pre,bits=2,qgroup=256", "svd:rank=32,rope=pre,bits=2,qgroup=256",
+    "latent:rank=64,bits=4,qgroup=256", "latent:rank=96,bits=3,qgroup=256",
+    "svd:rank=16,rope=pre > int4", "svd:rank=24,rope=pre > int2",
+    # keys are far lower rank than values before RoPE (RESULTS.md, low-rank section): spend the bytes on values
+    "svd:rank=8,rope=pre,target=k,bits=4,qgroup=256 > svd:rank=24,target=v,bits=4,qgroup=256",
+    "svd:rank=8,rope=pre,target=k,bits=4,qgroup=256 > svd:rank=16,target=v,bits=4,qgroup=256",
+    "svd:rank=12,rope=pre,target=k,bits=4,qgroup=256 > svd:rank=20,target=v,bits=4,qgroup=256",
+    "svd:rank=16,rope=pre,target=k,bits=4,qgroup=256 > svd:rank=32,target=v,bits=2,qgroup=256",
+    "svd:rank=8,rope=pre,target=k,bits=4,qgroup=256 > svd:rank=8,target=v,bits=4,qgroup=256",
+    "svd:rank=8,rope=pre,bits=4,qgroup=256", "svd:rank=12,rope=pre,bits=3,qgroup=256",
+]
+ANCHORS = ["identity", "int8", "int4"]  # always screened: the reference points of the plots
+SELECTION_SAME_TOKENS = ("", "streaming")  # latent/xkv need every head to keep the same tokens
+
+
+def combine(select: str, project: str, cross: str, quant: str) -> str | None:
+    """One recipe from one choice per axis, or None where the stages do not compose."""
+    per_head = select and not select.startswith(SELECTION_SAME_TOKENS[1])
+    if project.startswith(("latent", "xkv")) and per_head:
+        return None  # evicting per head first would store their rows dense (counted): no saving
+    if cross and project:
+        return None  # minicache merges dense rows; a projected layer has none left to merge
+    stages = [s for s in (select, cross) if s]
+    if project:
+        if quant.startswith("kivi"):
+            return None
+        bits = PROJECTION_BITS.get(quant.split(":")[0]) if quant else None
+        if quant and (bits is None or ":" in quant):
+            return None  # group variants only apply to dense rows
+        stages.append(project + (f",bits={bits}" if bits else ""))
+    elif quant:
+        stages.append(quant)
+    return " > ".join(stages) or None
+
+
+AXES = (SELECTION, PROJECTION, CROSSLAYER, QUANT)
+AXIS_MAX_NLL = 1.0  # an option alone costing more gold-answer NLL than this (nats/token) is not stacked further
+
+
+def grid(keep: set[str] | None = None) -> list[str]:
+    """Every composable combination of the axes' options (only options in ``keep``, when given), plus EXTRA."""
+    axes = [[o for o in axis if not o or keep is None or o in keep] for axis in AXES]
+    out = list(ANCHORS)
+    for s in axes[0]:
+        for p in axes[1]:
+            for c in axes[2]:
+                for q in axes[3]:
+                    r = combine(s, p, c, q)
+                    if r and r not in out:
+                        out.append(r)
+    return out + [r for r in EXTRA if r not in out]
+
+
+def axis_options() -> list[str]:
+    return [o for axis in AXES for o in axis if o]
+
+
+def surviving_options(max_nll: float = AXIS_MAX_NLL) -> set[str]:
+    """Options whose cost alone (mean gold-answer NLL delta over the tasks) leaves room to stack more.
+    Stacking only adds error, so a combination containing a failed option is not worth screening."""
+    sums = summaries()
+    out = set()
+    for o in axis_options():
+        deltas = [s.get("answer_nll_delta") for s in sums.get(o, {}).values()]
+        deltas = [d for d in deltas if d is not None]
+        if deltas and statistics_mean(deltas) <= max_nll:
+            out.add(o)
+    return out
+
+
+# --- results -------------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    from kvstack.eval.results import read_rows
+
+    return read_rows(path)[0]
+
+
+def fp16_ratio(row: dict, fp16_bytes_per_token: float) -> float:
+    return fp16_bytes_per_token * row["context_tokens"] / max(row["cache_bytes"], 1)
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a binomial proportion k/n (what n samples can tell apart)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def summaries(min_n: int = 1) -> dict[str, dict[str, dict]]:
+    """recipe -> task -> the harness summary (relative accuracy, answer NLL delta, bytes), paired with identity."""
+    from kvstack.eval.report import summarize
+
+    rows = read_jsonl(OUT / "results.jsonl")
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for s in summarize(rows):
+        if s["n"] >= min_n:
+            out[s["recipe"]][s["task"]] = s
+    return out
+
+
+def fp16_per_token() -> float:
+    meta = json.loads((OUT / "meta.json").read_text())
+    return meta["fp16_bytes_per_token"]
+
+
+def recipe_ratio(sums: dict[str, dict]) -> float:
+    return fp16_per_token() / statistics_mean([s["bytes_per_token"] for s in sums.values()])
+
+
+def statistics_mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def score(sums: dict[str, dict], tasks: list[str]) -> tuple[float, float]:
+    """(mean relative accuracy over tasks, minus mean answer-NLL delta): larger is better, ties by likelihood."""
+    rel = [sums[t].get("relative") for t in tasks if t in sums]
+    rel = [min(r, 1.0) if r is not None else 0.0 for r in rel]  # a lucky sample is not better than the full cache
+    nll = [sums[t].get("answer_nll_delta") or 0.0 for t in tasks if t in sums]
+    return (statistics_mean(rel) if rel else 0.0, -statistics_mean(nll) if nll else 0.0)
+
+
+# --- stages --------------------------------------------------------------------------------------------
+def stage_bytes(model, tok, recipes: list[str]) -> None:
+    """Compress one sample with every recipe (one prefill): exact bytes, before any generation."""
+    from kvstack.eval.prompt import format_sample
+    from kvstack.eval.results import ResultsWriter
+    from kvstack.eval.shared_prefill import compress_many
+    from kvstack.eval.tasks import get_task
+    from kvstack.stack import Recipe
+
+    path = OUT / "bytes.jsonl"
+    done = {r["recipe"] for r in read_jsonl(path) if "cache_bytes" in r}  # failed rows are retried
+    todo = [r for r in recipes if r not in done]
+    if not todo:
+        return
+    sample = get_task(TASKS[0]).samples(tok, LENGTH, 1, 0)[0]
+    prompt = format_sample(tok, sample)
+    print(f"bytes: {len(todo)} recipes on one {prompt.context_ids.numel()}-token prefill", flush=True)
+    with ResultsWriter(path) as w:
+        for recipe, cache in compress_many(model, prompt.context_ids, [Recipe.parse(r) for r in todo],
+                                           prompt.question_ids):
+            if isinstance(cache, Exception):
+                w.write({"recipe": recipe.text, "error": f"{type(cache).__name__}: {cache}"})
+                continue
+            w.write({"recipe": recipe.text, "cache_bytes": cache.nbytes, "context_tokens": cache.context_length,
+                     "compress_s": cache.stats.get("compress_seconds")})
+
+
+def byte_table() -> dict[str, dict]:
+    return {r["recipe"]: r for r in read_jsonl(OUT / "bytes.jsonl")}
+
+
+def drop_no_ops(recipes: list[str], sizes: dict[str, dict]) -> list[str]:
+    """Drop a recipe when leaving one of its stages out gives the same bytes (e.g. minicache merging nothing):
+    the stage changed nothing, so screening it again would only repeat the shorter recipe."""
+    out = []
+    for r in recipes:
+        parts = [p.strip() for p in r.split(">")]
+        shorter = [" > ".join(parts[:i] + parts[i + 1:]) for i in range(len(parts))] if len(parts) > 1 else []
+        same = [o for o in shorter if o in sizes and sizes[o].get("cache_bytes") == sizes[r]["cache_bytes"]]
+        if not same:
+            out.append(r)
+    return out
+
+
+def run_grid(model, tok, recipes: list[str], tasks: list[str], samples: int, threads: int) -> None:
+    from kvstack.eval.runner import EvalSpec, Runner
+
+    recipes = [FULL] + [r for r in recipes if r != FULL]
+    spec = EvalSpec(MODEL, recipes, tasks, [LENGTH], samples, threads=threads)
+    print(Runner(spec, OUT / "results.jsonl", model=model, tokenizer=tok).run(), flush=True)
+
+
+def screened(recipes: list[str], tasks: list[str], keep: float, per_band: int) -> list[str]:
+    """Survivors of a screen: the best ``keep`` share by score, plus the best ``per_band`` at each ratio band."""
+    sums = summaries()
+    have = [r for r in recipes if r != FULL and all(t in sums.get(r, {}) for t in tasks)]
+    ranked = sorted(have, key=lambda r: score(sums[r], tasks), reverse=True)
+    out = ranked[: max(1, math.ceil(keep * len(ranked)))]
+    for band in BANDS:
+        inside = [r for r in ranked if recipe_ratio(sums[r]) >= band]
+        out += [r for r in inside[:per_band] if r not in out]
+    return [r for r in recipes if r in out or r in ANCHORS]
+
+
+def pareto(recipes: list[str], sums: dict, tasks: list[str]) -> list[str]:
+    """Recipes no other recipe beats on both bytes and score (on these tasks)."""
+    pts = {r: (recipe_ratio(sums[r]), score(sums[r], tasks)) for r in recipes}
+    return [r for r in recipes if not any(
+        o != r and pts[o][0] >= pts[r][0] and pts[o][1] >= pts[r][1] and pts[o] != pts[r] for o in recipes)]
+
+
+# --- report --------------------------------------------------------------------------------------------
+def best_per_band(sums: dict, recipes: list[str]) -> dict[int, str | None]:
+    out = {}
+    for band in BANDS:
+        inside = [r for r in recipes if recipe_ratio(sums[r]) >= band]
+        out[band] = max(inside, key=lambda r: score(sums[r], TASKS)) if inside else None
+    return out
+
+
+def cell(s: dict | None) -> str:
+    if not s or s.get("contains") is None:
+        return "-"
+    n = s["n"]
+    k = round(s["contains"] * n)
+    lo, hi = wilson(k, n)
+    rel = "-" if s.get("relative") is None else f"{s['relative']:.2f}"
+    d = s.get("answer_nll_delta")
+    return f"{k}/{n} [{lo:.2f}-{hi:.2f}] rel {rel} ΔNLL {d:+.2f}" if d is not None else f"{k}/{n} rel {rel}"
+
+
+def table_md(recipes: list[str], sums: dict, marks: dict[str, str] | None = None) -> str:
+    head = "| recipe | B/token | ratio vs fp16 | " + " | ".join(TASKS) + " | |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(recipes, key=lambda r: -recipe_ratio(sums[r])):
+        bpt = statistics_mean([s["bytes_per_token"] for s in sums[r].values()])
+        cells = " | ".join(cell(sums[r].get(t)) for t in TASKS)
+        lines.append(f"| `{r}` | {bpt:,.0f} | {recipe_ratio(sums[r]):.2f}x | {cells} | {(marks or {}).get(r, '')} |")
+    return "\n".join(lines)
+
+
+def plots(sums: dict, confirmed: list[str], screened_only: list[str]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kvstack.eval.plots import _frontier
+
+    names = []
+    for task in TASKS:
+        fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
+        for group, style in ((screened_only, dict(color="0.7", marker=".", label="screen only (n<=2)")),
+                             (confirmed, dict(color="tab:blue", marker="o", label="confirmed"))):
+            pts = [(sums[r][task]["bytes_per_token"], sums[r][task].get("relative") or 0.0, r) for r in group
+                   if task in sums[r]]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, **style)
+            if group is confirmed:
+                for x, y, r in pts:
+                    ax.annotate(r, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                front = _frontier([(x, y) for x, y, _ in pts], True)
+                ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green",
+                        label="Pareto frontier (confirmed)", zorder=2)
+        fp16 = fp16_per_token()
+        for band in BANDS:
+            ax.axvline(fp16 / band, color="tab:red", alpha=0.3, ls="--")
+            ax.text(fp16 / band, 0.02, f"{band}x", color="tab:red", fontsize=8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("cache bytes per context token (log); dashed: 4/8/16/32x smaller than fp16 dense")
+        ax.set_ylabel("accuracy relative to the full cache (same samples)")
+        n = max((sums[r][task]["n"] for r in confirmed if task in sums[r]), default=0)
+        ax.set_title(f"{task} at {LENGTH} tokens, {MODEL} (confirmed n={n})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        name = f"{task}_{LENGTH}.png"
+        fig.savefig(OUT / name)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def report(confirm_samples: int) -> str:
+    sums = summaries()
+    recipes = [r for r in sums if r != FULL and all(t in sums[r] for t in TASKS)]
+    confirmed = [r for r in recipes if min(sums[r][t]["n"] for t in TASKS) >= confirm_samples]
+    others = [r for r in recipes if r not in confirmed]
+    best = best_per_band(sums, confirmed)
+    marks = defaultdict(str)
+    for band, r in best.items():
+        if r:
+            marks[r] += f" best:{band}x"
+    for task in TASKS:
+        for r in pareto([r for r in confirmed if task in sums[r]], sums, [task]):
+            marks[r] += f" ★{task}"
+    names = plots(sums, confirmed, others)
+    full = sums.get(FULL, {})
+    meta = json.loads((OUT / "meta.json").read_text())
+    lines = [
+        f"# Stacking study: {MODEL} at {LENGTH} tokens ({date.today()})", "",
+        f"Model {MODEL}; {meta['versions']}. Accuracy = *contains* of the greedy answer; `k/n [95% Wilson]`, "
+        "`rel` = accuracy / full cache's on the same samples, `ΔNLL` = gold-answer NLL per token minus the full "
+        f"cache's. Bytes are `cache.nbytes` / context tokens; ratio vs the fp16 dense cache "
+        f"({meta['fp16_bytes_per_token']:.0f} B/token). ★task = on that task's Pareto frontier (ratio vs mean rel. "
+        "accuracy capped at 1, ties by ΔNLL). Produced by `benchmarks/stacking.py`.", "",
+        "Full cache: " + ", ".join(f"{t} {cell(full.get(t))}" for t in TASKS), "",
+        f"## Confirmed recipes (n = {confirm_samples} per task)", "", table_md(confirmed, sums, marks), "",
+        "## Best recipe per ratio band (mean relative accuracy over the three tasks)", "",
+    ]
+    for band, r in best.items():
+        lines.append(f"* **{band}x**: " + (f"`{r}` ({recipe_ratio(sums[r]):.2f}x)" if r else "none reached"))
+    lines += ["", "## Screened only (n <= 2 per task; for triage, not conclusions)", "", table_md(others, sums), ""]
+    lines += [f"![{n}]({n})" for n in names]
+    (OUT / "frontier.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--screen1-keep", type=float, default=0.35, help="share of recipes kept after screen 1")
+    ap.add_argument("--screen2-keep", type=float, default=0.3, help="share kept after screen 2")
+    ap.add_argument("--confirm-samples", type=int, default=8)
+    ap.add_argument("--stop-after", choices=("axes", "bytes", "screen1", "screen2", "confirm"), default="confirm")
+    ap.add_argument("--report", action="store_true", help="only write the report of finished results")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        print(report(args.confirm_samples))
+        return
+    import torch
+    import transformers
+
+    from kvstack.eval.runner import load_model
+
+    torch.set_num_threads(args.threads)
+    model, tok = load_model(MODEL)
+    elem = torch.empty((), dtype=torch.float16).element_size()
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    fp16 = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * elem
+    (OUT / "meta.json").write_text(json.dumps({
+        "fp16_bytes_per_token": fp16, "versions": f"torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, Python {platform.python_version()}, {platform.machine()} CPU, "
+        f"{args.threads} threads"}))
+    run_grid(model, tok, ANCHORS + axis_options(), TASKS, 1, args.threads)
+    keep = surviving_options()
+    print(f"axes: {len(keep)} of {len(axis_options())} options survive alone: {sorted(keep)}", flush=True)
+    if args.stop_after == "axes":
+        return
+    all_recipes = grid(keep)
+    stage_bytes(model, tok, all_recipes)
+    sizes = byte_table()
+    ok = [r for r in all_recipes if "cache_bytes" in sizes.get(r, {})]
+    ratio = {r: fp16_ratio(sizes[r], fp16) for r in ok}
+    pool = drop_no_ops([r for r in ok if ratio[r] >= MIN_RATIO or r in ANCHORS], sizes)
+    print(f"grid {len(all_recipes)} recipes, {len(ok)} compress, {len(pool)} at >= {MIN_RATIO}x vs fp16", flush=True)
+    if args.stop_after == "bytes":
+        return
+    run_grid(model, tok, pool, TASKS, 1, args.threads)
+    pool = screened(pool, TASKS, args.screen1_keep, per_band=4)
+    print(f"screen 1 keeps {len(pool)}: {pool}", flush=True)
+    if args.stop_after == "screen1":
+        return
+    run_grid(model, tok, pool, TASKS, 2, args.threads)
+    sums = summaries()
+    pool = screened(pool, TASKS, args.screen2_keep, per_band=2)
+    pool += [r for r in pareto([r for r in pool if r != FULL], sums, TASKS) if r not in pool]
+    print(f"screen 2 keeps {len(pool)}: {pool}", flush=True)
+    if args.stop_after == "screen2":
+        return
+    run_grid(model, tok, pool, TASKS, args.confirm_samples, args.threads)
+    print(report(args.confirm_samples))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""CriticalKV (Feng et al. 2025, "Identify Critical KV Cache in LLM Inference from an Output
+Perturbation Perspective"): what a token changes in the layer's output is its attention
+*times* its value as the output projection sees it, so attention alone misjudges tokens whose
+projected value is small or large.
+
+Two stages, as kvpress's ``CriticalKVPress``: each head first keeps its best
+``int(first * budget)`` rows by the base score (forced rows, e.g. SnapKV's window, count
+there); the rest of the budget goes to the highest ``(p + eps) * ||v W_o||_1``, where ``p`` is
+the base score as a distribution over the head's rows and ``||v W_o||_1`` the L1 norm of the
+row's value through the ``o_proj`` slice of each query head of the group, averaged over the
+group. ``first`` is taken of the uniform budget, also under ``alloc=pyramid|adakv``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kvstack.errors import ModelError, RecipeError
+from kvstack.stack import Param, StageContext, register
+from kvstack.stages.select_alloc import head_request
+from kvstack.stages.select_base import COMMON, FRACTION
+from kvstack.stages.select_based import BASE, BasedSelect
+from kvstack.stages.select_scores import LayerRows, rank
+
+NEED_OPROJ = "o_proj"  # capture: layer -> [Hq, D, hidden] float32, each query head's rows of W_o^T
+
+
+def projected_value_norm(values: torch.Tensor, w_o: torch.Tensor, block: int = 1 << 24) -> torch.Tensor:
+    """``||v W_o[q]||_1`` averaged over each KV head's query group: ``[Hkv, L]`` from values
+    ``[Hkv, L, D]`` and ``w_o [Hq, D, hidden]`` (query head ``q`` belongs to KV head ``q // g``)."""
+    hk, length, _ = values.shape
+    g = w_o.shape[0] // hk
+    w = w_o.float().to(values.device).reshape(hk, g, *w_o.shape[1:])
+    out = torch.zeros(hk, length, device=values.device)
+    step = max(1, block // max(g * w_o.shape[-1], 1))
+    for a in range(0, length, step):
+        proj = torch.einsum("hld,hgde->hgle", values[:, a : a + step].float(), w)
+        out[:, a : a + step] = proj.abs().sum(dim=-1).mean(dim=1)
+    return out
+
+
+@register
+class CriticalKV(BasedSelect):
+    name = "critical"
+    summary = "CriticalKV: refine a base score (default expected) by the value's norm through o_proj"
+    params = (
+        FRACTION,
+        BASE,
+        Param("first", float, 0.5, "share of the budget chosen by the base score alone (stage 1)"),
+        Param("eps", float, 1e-4, "added to the base distribution before weighting by the value norm"),
+        *COMMON,
+    )
+    own_needs = frozenset({NEED_OPROJ})
+    first: float
+    eps: float
+
+    def check_params(self) -> None:
+        if not 0.0 <= self.first <= 1.0 or math.isnan(self.first):
+            raise RecipeError(f"critical: first={self.first} must be in [0, 1] (kvpress uses 0.5)")
+        if not self.eps >= 0.0:
+            raise RecipeError(f"critical: eps={self.eps} must be >= 0 (kvpress uses 1e-4)")
+        super().check_params()
+
+    def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
+        w_o = ctx.captures.get(NEED_OPROJ, {}).get(index)
+        if w_o is None:
+            raise ModelError(
+                "critical needs the model's o_proj weights, which kvstack.compress captures; "
+                "build the cache with kvstack.compress (or compress_many), not by hand"
+            )
+        p = self.base_distribution(index, rows, ctx, context_length)
+        norm = projected_value_norm(rows.values, w_o).cpu()
+        second = ((p + self.eps) * norm).masked_fill(~rows.valid, 0.0)
+        second = second / second.amax(dim=1, keepdim=True).clamp_min(1e-30)  # in [0, 1]
+        requests = [head_request(n, self.fraction) for n in rows.counts]
+        forced = rows.valid & (rows.pos < self.sink)
+        extra = self.must_keep(rows, requests, context_length)
+        if extra is not None:
+            forced |= extra & rows.valid
+        out = second.clone()
+        for h, request in enumerate(requests):
+            cand = torch.nonzero(rows.valid[h] & ~forced[h]).flatten()
+            n_first = max(int(self.first * request) - int(forced[h].sum()), 0)
+            best = cand[rank(p[h, cand])[:n_first]]
+            out[h, best] = 2.0 + p[h, best]  # stage 1 outranks every stage-2 score, in base order
+        return out
