@@ -81,4 +81,5 @@ from kvstack.stages import (  # noqa: E402, F401
     select_critical,
     select_keys,
     select_kvzip,
+    select_merge,
 )
