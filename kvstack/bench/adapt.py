@@ -1,21 +1,25 @@
 """Bandwidth adaptation (CacheGen's idea): given a link rate and a time-to-first-token deadline,
-choose per layer the quantization level of its wire chunks, and how many trailing tokens to
-resend as text instead of KV, so that the predicted TTFT meets the deadline with the least
-estimated damage.
+choose per layer the quantization level of its wire chunks, or resending the text instead, so
+that the predicted TTFT meets the deadline with the least estimated damage.
 
 Everything the choice uses is measured once per context (:class:`Costs`): the wire bytes of
 every layer at every level, a damage proxy per (layer, level) (KL to the full cache with that
 layer alone quantized, as ``kvstack diagnose`` measures it), decode seconds per level, the
 first token's compute, and the full-text prefill. The predicted TTFT is
 
-    shared bytes / rate + sum over layers of scale * (bytes / rate + decode) + first token
-    + tail / tokens * (text prefill - first token)
+    shared bytes / rate + sum over layers of (bytes / rate + decode share) + first token
 
-where ``scale = (tokens - tail) / tokens`` shrinks the KV that is still sent. Transfer and
-decode are added, not overlapped: a conservative prediction. Damage is summed over layers
-(as in ``kvstack diagnose``) and, conservatively, not reduced by the tail; sending everything
-as text has damage 0. The per-tail choice is an exact multiple-choice knapsack
-(:func:`kvstack.diagnose.knapsack.allocate`, times in whole microseconds).
+(transfer and decode added, not overlapped: a conservative prediction), and the text plan's
+is ``text bytes / rate + prefill of everything``. Damage is summed over layers (as in
+``kvstack diagnose``); text has damage 0. The choice among levels is an exact multiple-choice
+knapsack (:func:`kvstack.diagnose.knapsack.allocate`, times in whole microseconds).
+
+Why no *token-range* text chunks (resend the last k tokens as text, KV for the rest): the
+tail's prefill can only start once the prefix's KV has arrived, so its predicted time is a
+convex combination of the all-KV and all-text times - never below both - while its damage
+is no lower than the all-KV plan's. CacheGen gains from text chunks by overlapping their
+recomputation on a GPU with the transfer of other chunks; a receiver that prefills layer by
+layer as layers arrive could too, and that is not built here.
 """
 
 from __future__ import annotations
@@ -55,11 +59,9 @@ class Costs:
 
 @dataclass(frozen=True)
 class Plan:
-    """A choice: ``levels`` per layer (empty when everything goes as text), ``tail`` trailing
-    tokens resent as text, and what it is predicted to cost."""
+    """A choice: ``levels`` per layer (empty when the text is sent instead), and its predicted cost."""
 
     levels: tuple[str, ...]
-    tail: int
     predicted_s: float
     damage: float
     bytes: int
@@ -73,75 +75,56 @@ class Plan:
         if self.is_text:
             return TEXT
         counts = {lv: self.levels.count(lv) for lv in dict.fromkeys(self.levels)}
-        text = " ".join(f"{lv}x{n}" for lv, n in counts.items())
-        return text + (f" + {self.tail} tok text" if self.tail else "")
+        return " ".join(f"{lv}x{n}" for lv, n in counts.items())
 
 
-def layer_seconds(costs: Costs, rate: float, layer: int, level: str, scale: float = 1.0) -> float:
+def layer_seconds(costs: Costs, rate: float, layer: int, level: str) -> float:
     """Predicted seconds one layer at one level adds: its transfer plus its share of decoding."""
-    share = costs.decode_s[level] / len(costs.bytes)
-    return scale * (costs.bytes[layer][level] / rate + share)
+    return costs.bytes[layer][level] / rate + costs.decode_s[level] / len(costs.bytes)
 
 
-def fixed_seconds(costs: Costs, rate: float, tail: int) -> float:
-    """Seconds a KV plan costs whatever its levels: shared bytes, first token, tail prefill."""
-    extra = max(costs.text_s - costs.first_token_s, 0.0) * tail / costs.tokens
-    return costs.shared_bytes / rate + costs.first_token_s + extra
+def fixed_seconds(costs: Costs, rate: float) -> float:
+    """Seconds a KV plan costs whatever its levels: shared bytes and the first token."""
+    return costs.shared_bytes / rate + costs.first_token_s
 
 
-def predict(costs: Costs, rate: float, levels: tuple[str, ...], tail: int = 0) -> Plan:
-    """The predicted cost of a given choice (``levels=()``: everything as text)."""
+def predict(costs: Costs, rate: float, levels: tuple[str, ...]) -> Plan:
+    """The predicted cost of a given choice (``levels=()``: the text instead)."""
     if not levels:
-        seconds = costs.text_bytes / rate + costs.text_s
-        return Plan((), costs.tokens, seconds, 0.0, costs.text_bytes, False)
-    scale = (costs.tokens - tail) / costs.tokens
-    seconds = fixed_seconds(costs, rate, tail) + sum(
-        layer_seconds(costs, rate, i, lv, scale) for i, lv in enumerate(levels))
-    nbytes = costs.shared_bytes + round(scale * sum(costs.bytes[i][lv] for i, lv in enumerate(levels)))
+        return Plan((), costs.text_bytes / rate + costs.text_s, 0.0, costs.text_bytes, False)
+    seconds = fixed_seconds(costs, rate) + sum(layer_seconds(costs, rate, i, lv) for i, lv in enumerate(levels))
+    nbytes = costs.shared_bytes + sum(costs.bytes[i][lv] for i, lv in enumerate(levels))
     damage = sum(costs.damage[i][lv] for i, lv in enumerate(levels))
-    return Plan(tuple(levels), tail, seconds, damage, nbytes, False)
+    return Plan(tuple(levels), seconds, damage, nbytes, False)
 
 
-def tails(tokens: int, step: int) -> list[int]:
-    """Candidate text tails: 0, step, 2 step, ... below ``tokens`` (all of it is the text plan)."""
-    if step < 1:
-        raise InputError(f"tail step {step}: give a positive number of tokens")
-    return list(range(0, tokens, step))
+def order(plan: Plan) -> tuple[float, float, int]:
+    """Least damage, then fastest, then KV before text: a total order, so choices are deterministic."""
+    return (round(plan.damage, 12), round(plan.predicted_s, 9), plan.is_text)
 
 
-def _key(plan: Plan) -> tuple[float, float, int]:
-    # least damage, then fastest, then fewest tail tokens: a total order, so the choice is deterministic
-    return (round(plan.damage, 12), round(plan.predicted_s, 9), plan.tail)
-
-
-def choose(costs: Costs, rate: float, deadline_s: float, tail_step: int = 256) -> Plan:
+def choose(costs: Costs, rate: float, deadline_s: float) -> Plan:
     """The least-damage plan whose predicted TTFT meets ``deadline_s`` at ``rate`` bytes/s; when none
     does, the fastest plan (``meets=False``)."""
     from kvstack.diagnose.knapsack import allocate
 
     if not rate > 0 or not deadline_s > 0:
         raise InputError(f"rate {rate!r} B/s and deadline {deadline_s!r} s must be positive")
-    candidates = [predict(costs, rate, ())]
-    for tail in tails(costs.tokens, tail_step):
-        scale = (costs.tokens - tail) / costs.tokens
-        budget = deadline_s - fixed_seconds(costs, rate, tail)
-        # sizes rounded up and the budget down: an allocation that fits also fits in exact seconds
-        sizes = [{lv: math.ceil(_US * layer_seconds(costs, rate, i, lv, scale)) for lv in costs.levels}
-                 for i in range(len(costs.bytes))]
-        try:
-            pick = allocate(costs.damage, sizes, math.floor(_US * budget))
-        except BudgetError:
-            fastest = tuple(
-                min(costs.levels, key=lambda lv, i=i: (layer_seconds(costs, rate, i, lv), costs.damage[i][lv], lv))
-                for i in range(len(costs.bytes)))
-            candidates.append(predict(costs, rate, fastest, tail))
-            continue
-        candidates.append(predict(costs, rate, pick.choices, tail))
+    # sizes rounded up and the budget down: an allocation that fits also fits in exact seconds
+    sizes = [{lv: math.ceil(_US * layer_seconds(costs, rate, i, lv)) for lv in costs.levels}
+             for i in range(len(costs.bytes))]
+    try:
+        levels = allocate(costs.damage, sizes, math.floor(_US * (deadline_s - fixed_seconds(costs, rate)))).choices
+    except BudgetError:  # no level mix fits: its fastest one competes with the text on time alone
+        levels = tuple(
+            min(costs.levels, key=lambda lv, i=i: (layer_seconds(costs, rate, i, lv), costs.damage[i][lv], lv))
+            for i in range(len(costs.bytes)))
+    candidates = [predict(costs, rate, levels), predict(costs, rate, ())]
     meeting = [p for p in candidates if p.predicted_s <= deadline_s + 1e-9]
     if meeting:
-        best = min(meeting, key=_key)
-        return Plan(best.levels, best.tail, best.predicted_s, best.damage, best.bytes, True)
-    return min(candidates, key=lambda p: (round(p.predicted_s, 9), round(p.damage, 12), p.tail))
+        best = min(meeting, key=order)
+        return Plan(best.levels, best.predicted_s, best.damage, best.bytes, True)
+    return min(candidates, key=lambda p: (round(p.predicted_s, 9), round(p.damage, 12), p.is_text))
 
 
 def plan_recipe(plan: Plan, group: int = 64) -> str:

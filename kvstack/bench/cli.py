@@ -13,7 +13,7 @@ What is measured, per bandwidth and path (on the first sample's context):
   fp16: the plain cache (fp16, raw); each recipe: its cache, entropy-coded (ans, zstd tensors).
   Accuracy: the eval harness's niah_single on --samples contexts, answered from caches that
   went through the wire format. --deadline adds CacheGen-style adaptation: per layer the level
-  (int8/int4/int2) and a text tail that meet the deadline with the least measured damage.
+  (int8/int4/int2), or the text, that meets the deadline with the least measured damage.
 
 examples:
   kvstack bench ttft --model kvstack-retrieval --tokens 4k --bandwidth 0.1 1 10
@@ -63,11 +63,11 @@ def format_result(result) -> str:
         rows.append(tuple(row))
     out = table(rows, tuple(header))
     if result.plans:
-        out += "\n\nadaptive plans (levels per layer, text tail):\n"
+        out += "\n\nadaptive plans (level per layer):\n"
         for gbit, plan in sorted(result.plans.items()):
             levels = " ".join(plan.levels) if plan.levels else "everything as text"
-            out += (f"  {gbit:g} Gbit/s: {levels}; tail {plan.tail} tokens; predicted {1000 * plan.predicted_s:.0f} ms,"
-                    f" damage {plan.damage:.4f}{'' if plan.meets else ' (no plan meets the deadline: fastest)'}\n")
+            out += (f"  {gbit:g} Gbit/s: {levels}; predicted {1000 * plan.predicted_s:.0f} ms, damage"
+                    f" {plan.damage:.4f}{'' if plan.meets else ' (no plan meets the deadline: fastest)'}\n")
     return out
 
 
@@ -80,7 +80,7 @@ def cmd_ttft(args: argparse.Namespace) -> int:
     from kvstack.eval.runner import load_model
 
     spec = TtftSpec(model=args.model, tokens=args.tokens, recipes=list(args.recipes), bandwidths=list(args.bandwidth),
-                    samples=args.samples, repeat=args.repeat, deadline_ms=args.deadline, tail_step=args.tail_step,
+                    samples=args.samples, repeat=args.repeat, deadline_ms=args.deadline, save_dir=args.save_dir,
                     seed=args.seed)
     spec.check()  # before the model loads
     torch.set_num_threads(args.threads)
@@ -114,11 +114,10 @@ def register(subparsers) -> None:
                    help="link rates in Gbit/s (default 0.1 1 10)")
     p.add_argument("--deadline", type=float, metavar="MS",
                    help="TTFT deadline in ms: add the bandwidth-adaptive plan and mark who meets it")
-    p.add_argument("--tail-step", type=int, default=256, help="granularity in tokens of the text tail the adaptive "
-                   "plan may resend (default 256)")
     p.add_argument("--samples", type=int, default=3, help="niah_single samples for accuracy (default 3)")
     p.add_argument("--repeat", type=int, default=1, help="timed pulls per path and bandwidth; the median is shown")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    p.add_argument("--save-dir", metavar="DIR", help="also write every payload sent to DIR/<path>.kvw")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ttft)

@@ -37,8 +37,8 @@ class TtftSpec:
     samples: int = 3
     repeat: int = 1
     deadline_ms: float | None = None
-    tail_step: int = 256
     seed: int = 0
+    save_dir: str | None = None  # write every payload sent to <save_dir>/<path>.kvw
 
     def check(self) -> None:
         from kvstack.stack import Recipe
@@ -75,11 +75,10 @@ class Row:
 
 @dataclass
 class Payload:
-    """What is sent for one path: wire bytes, how to answer from them, and the cache's fingerprint."""
+    """What is sent for one path: its name (``text`` is answered by prefilling) and wire bytes."""
 
     name: str
     blob: bytes
-    tail_ids: torch.Tensor  # context tokens resent as text after the cache (all of it for the text path)
 
 
 def text_blob(cache: KVCache, ids: torch.Tensor) -> bytes:
@@ -89,6 +88,23 @@ def text_blob(cache: KVCache, ids: torch.Tensor) -> bytes:
     empty = KVCache([], ids.to(torch.int32), cache.dense_dtype, recipe=TEXT,
                     model_fingerprint=cache.model_fingerprint, dense_layout=[])
     return wire.encode(empty)
+
+
+def payload_file(directory, name: str):
+    """Where ``save_dir`` keeps a payload: its name with anything but letters, digits, ``.-_`` as ``_``."""
+    import re
+    from pathlib import Path
+
+    return Path(directory) / (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") + ".kvw")
+
+
+def save_payload(directory, name: str, blob: bytes) -> int:
+    from pathlib import Path
+
+    from kvstack.wire.files import atomic_write
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return atomic_write(payload_file(directory, name), [blob])
 
 
 def encode(cache: KVCache, name: str) -> bytes:
@@ -122,14 +138,13 @@ class Receiver:
             ids = torch.cat([cache.context_ids.long(), question]).view(1, -1)
             self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
         else:
-            kvstack.generate(self.model, cache, torch.cat([payload.tail_ids, question]), max_new_tokens=1)
+            kvstack.generate(self.model, cache, question, max_new_tokens=1)
         done = time.perf_counter()
         return {"ttft": done - start, "receive": received - start, "answer": done - received, "rate": transfer.rate,
                 "bytes": transfer.bytes}
 
 
-def answer_contains(model, tok, sample, prompt, payload_name: str, cache: KVCache | None, tail_ids,
-                    max_new: int) -> float:
+def answer_contains(model, tok, sample, prompt, payload_name: str, cache: KVCache | None, max_new: int) -> float:
     """``contains`` score of one sample's answer from a payload (the text path prefills it all)."""
     import kvstack
     from kvstack.eval.metrics import score
@@ -139,7 +154,7 @@ def answer_contains(model, tok, sample, prompt, payload_name: str, cache: KVCach
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False)
         new = out[0, ids.shape[1]:]
     else:
-        new = kvstack.generate(model, cache, torch.cat([tail_ids, prompt.question_ids]), max_new_tokens=max_new)
+        new = kvstack.generate(model, cache, prompt.question_ids, max_new_tokens=max_new)
     text = tok.decode(new, skip_special_tokens=True).strip()
     return score(text, sample.answers, sample.mode)[1]
 
@@ -216,9 +231,8 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
             raise cache
         blobs[name] = encode(cache, name)
         some_cache = cache
-    empty = p0.context_ids[:0]
-    payloads = [Payload(TEXT, text_blob(some_cache, p0.context_ids), p0.context_ids)]
-    payloads += [Payload(n, blobs[n], empty) for n in names]
+    payloads = [Payload(TEXT, text_blob(some_cache, p0.context_ids))]
+    payloads += [Payload(n, blobs[n]) for n in names]
 
     rates = [gbits(g) for g in spec.bandwidths]
     steps = (len(payloads) + (len(rates) if spec.deadline_ms is not None else 0)) * (len(rates) * spec.repeat + 1)
@@ -228,7 +242,10 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
     with LoopbackLink() as link:
         receiver = Receiver(model, link)
 
-        def measure_payload(payload: Payload, gbit_rates: list[tuple[float, float]]) -> list[Row]:
+        def measure_payload(payload: Payload, gbit_rates: list[tuple[float, float]], label: str = "") -> list[Row]:
+            label = label or payload.name
+            if spec.save_dir is not None:
+                save_payload(spec.save_dir, label, payload.blob)
             key = link.push(payload.blob)
             unshaped[payload.name] = receiver.first_token(payload, key, p0.question_ids, None)  # warm-up
             bar.update(1)
@@ -241,7 +258,7 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
                 if any(r["bytes"] != len(payload.blob) for r in runs):
                     raise InputError(f"{payload.name}: the link delivered a different byte count than was sent")
                 mid = sorted(runs, key=lambda r: r["ttft"])[len(runs) // 2]
-                out.append(Row(gbit, payload.name, len(payload.blob), statistics.median(r["ttft"] for r in runs),
+                out.append(Row(gbit, label, len(payload.blob), statistics.median(r["ttft"] for r in runs),
                                mid["receive"], mid["answer"], mid["rate"]))
             return out
 
@@ -256,15 +273,14 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
             costs = measure_costs(model, p0, dict(zip(LEVELS, (blobs[r] for r in level_recipes))), first,
                                   unshaped[TEXT]["answer"], len(payloads[0].blob), progress)
             for gbit, rate in zip(spec.bandwidths, rates):
-                plan = plans[gbit] = choose(costs, rate, spec.deadline_ms / 1000, spec.tail_step)
+                plan = plans[gbit] = choose(costs, rate, spec.deadline_ms / 1000)
                 if plan.is_text:
-                    payload = Payload(TEXT, payloads[0].blob, p0.context_ids)
+                    payload = payloads[0]
                 else:
-                    keep = costs.tokens - plan.tail
-                    cache = kvstack.compress(model, p0.context_ids[:keep], plan_recipe(plan, GROUP))
-                    payload = Payload("adaptive", encode(cache, "adaptive"), p0.context_ids[keep:])
-                for row in measure_payload(payload, [(gbit, rate)]):
-                    row.name, row.predicted_s = _plan_name(plan), plan.predicted_s
+                    cache = kvstack.compress(model, p0.context_ids, plan_recipe(plan, GROUP))
+                    payload = Payload("adaptive", encode(cache, "adaptive"))
+                for row in measure_payload(payload, [(gbit, rate)], _plan_name(plan)):
+                    row.predicted_s = plan.predicted_s
                     rows.append(row)
             for row in rows:
                 row.meets = row.ttft_s * 1000 <= spec.deadline_ms
@@ -289,26 +305,19 @@ def _accuracy(spec, model, tok, task, samples, prompts, names, plans, progress) 
     scores: dict[str, list[float]] = {n: [] for n in [TEXT, *names, *kv_plans, *text_plans]}
     bar = tqdm(total=len(samples), desc="accuracy", unit="sample", disable=not progress)
     for sample, prompt in zip(samples, prompts):
-        ctx, empty = prompt.context_ids, prompt.context_ids[:0]
-
-        def score(name, cache, tail=empty, sample=sample, prompt=prompt):
+        def score(name, cache, sample=sample, prompt=prompt):
             back = None if cache is None else wire.decode(encode(cache, name))
-            scores[name].append(answer_contains(model, tok, sample, prompt, name, back, tail, task.max_new_tokens))
+            scores[name].append(answer_contains(model, tok, sample, prompt, name, back, task.max_new_tokens))
 
         score(TEXT, None)
         for n in text_plans:
             scores[n].append(scores[TEXT][-1])
-        untailed = {n: plan_recipe(p, GROUP) for n, p in kv_plans.items() if p.tail == 0}
-        recipes = [*names, *untailed.values()]
-        for name, (_, cache) in zip([*names, *untailed], kvstack.compress_many(
-                model, ctx, [Recipe.parse(r) for r in recipes])):
+        recipes = [*names, *(plan_recipe(p, GROUP) for p in kv_plans.values())]
+        for name, (_, cache) in zip([*names, *kv_plans], kvstack.compress_many(
+                model, prompt.context_ids, [Recipe.parse(r) for r in recipes])):
             if isinstance(cache, Exception):
                 raise cache
             score(name, cache)
-        for n, p in kv_plans.items():
-            if p.tail:
-                keep = ctx.numel() - p.tail
-                score(n, kvstack.compress(model, ctx[:keep], plan_recipe(p, GROUP)), ctx[keep:])
         bar.update(1)
     bar.close()
     return {n: sum(v) / len(v) for n, v in scores.items() if v}
