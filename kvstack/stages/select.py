@@ -79,6 +79,7 @@ class StreamingLLM(Stage):
 from kvstack.stages import (  # noqa: E402, F401
     select_attention,
     select_critical,
+    select_fastgen,
     select_keys,
     select_kvzip,
     select_merge,
