@@ -99,6 +99,12 @@ def _sdpa_fp16(k, v, q, B, Hkv, G, T, D):
     return times[best], best, options[best]
 
 
+# (name, bits, key axis, value group): keys per channel in groups of 64 tokens (KIVI's layout, "kc")
+# or per token in groups of 64 channels ("kt"); values per token, groups of 64 or 128 channels.
+FORMATS = [("int4 kc64 v64", 4, "channel", 64), ("int4 kc64 v128", 4, "channel", 128),
+           ("int4 kt64 v64", 4, "token", 64), ("int2 kc64 v64", 2, "channel", 64), ("int8 kt128 v128", 8, "token", 128)]
+
+
 def decode_table(bw: float, quick: bool) -> list[dict]:
     Hkv, G, D = 8, 8, 128
     cases = [(1, 32768), (16, 32768), (1, 131072), (16, 131072)]
@@ -115,9 +121,9 @@ def decode_table(bw: float, quick: bool) -> list[dict]:
             t_fp16, how, _ = _sdpa_fp16(k, v, q, B, Hkv, G, T, D)
         fp16_bytes = 2 * k.numel() * 2
         row = dict(batch=B, context=T, sdpa_fp16_ms=t_fp16, sdpa_variant=how, sdpa_bw=fp16_bytes / (t_fp16 * 1e-3) / bw)
-        for name, bits, kaxis in [("int4", 4, "channel"), ("int4tok", 4, "token"), ("int2", 2, "channel")]:
+        for name, bits, kaxis, vgroup in FORMATS:
             kp = triton_quant.quantize(k, bits, 64, kaxis, False, seg)
-            vp = triton_quant.quantize(v, bits, 64, "token", False, seg)
+            vp = triton_quant.quantize(v, bits, vgroup, "token", False, seg)
             kd = triton_quant.dequantize(kp, seg)
             vd = triton_quant.dequantize(vp, seg)
             got = kernels.decode_attention(q, kp, vp, seg)
@@ -126,8 +132,8 @@ def decode_table(bw: float, quick: bool) -> list[dict]:
             err = ((got[:Hkv].float() - want).norm() / want.norm()).item()
             tuned = {}
             sms = torch.cuda.get_device_properties(0).multi_processor_count
-            for block_n, warps, stages, per_sm in [(64, 4, 2, 4), (128, 4, 2, 4), (64, 4, 3, 2), (64, 4, 3, 4),
-                                                   (128, 8, 3, 2), (32, 4, 3, 4)]:
+            for block_n, warps, stages, per_sm in [(64, 4, 2, 4), (64, 4, 3, 4), (64, 8, 3, 4), (64, 4, 3, 2),
+                                                   (32, 4, 3, 4), (128, 4, 3, 4), (128, 8, 3, 2)]:
                 try:
                     tuned[(block_n, warps, stages, per_sm)] = bench(lambda: triton_decode.decode_attention(
                         q, kp, vp, seg, block_n=block_n, num_warps=warps, num_stages=stages,
@@ -174,7 +180,7 @@ def main() -> None:
           "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | block,warps,stages,programs/SM |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in dt:
-        for name in ("int4", "int4tok", "int2"):
+        for name, *_ in FORMATS:
             c = r[name]
             print(f"| {r['batch']} | {r['context']} | {r['sdpa_fp16_ms']:.3f} ({100 * r['sdpa_bw']:.0f}%, "
                   f"{r['sdpa_variant']}) | {name} | {c['ms']:.3f} | {c['speedup']:.2f}x | {100 * c['bw']:.0f}% "

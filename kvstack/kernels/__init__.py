@@ -38,15 +38,25 @@ def _pow2(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
 
-def uses_kernels(device: torch.device, dim: int, bits: int = 16, group: int = 1, axis: str = "token") -> bool:
-    """Whether data of this shape on ``device`` goes through a Triton kernel."""
+def uses_kernels(
+    device: torch.device, dim: int, bits: int = 16, group: int = 1, axis: str = "token", attention: bool = False
+) -> bool:
+    """Whether data of this shape on ``device`` goes through a Triton kernel.
+
+    Attention reads per-channel scales a tile at a time, so there the token groups must
+    be a power of two of at least 16 (the smallest matrix-product tile).
+    """
     if os.environ.get("KVSTACK_KERNELS") == "0" or not kernels_available():
         return False
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return False
     if not (_pow2(dim) and dim >= 16) or bits not in (*KERNEL_BITS, 16):
         return False
-    return bits == 16 or axis == "channel" or (_pow2(group) and dim % group == 0)
+    if bits == 16:
+        return True
+    if axis == "channel":
+        return not attention or (_pow2(group) and group >= 16)
+    return _pow2(group) and dim % group == 0
 
 
 def _check(bits: int, group: int, axis: str, dim: int) -> None:
@@ -111,7 +121,7 @@ def decode_attention(
     fast = all(
         uses_kernels(q.device, q.shape[-1], *(
             (x.bits, x.group, x.axis) if isinstance(x, PackedRows) else (16, 1, "token")
-        ))
+        ), attention=True)
         for x in (keys, values)
     )
     if fast:

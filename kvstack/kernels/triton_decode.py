@@ -19,9 +19,135 @@ import triton
 import triton.language as tl
 
 from kvstack.kernels.layout import PackedRows, Segments
-from kvstack.kernels.triton_rows import load_rows, next_pow2
+from kvstack.kernels.triton_rows import next_pow2
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _codes(b, i: tl.constexpr, BITS: tl.constexpr):
+    """Phase ``i`` codes of an int32 byte tile as exact float16, without an int-to-float instruction.
+
+    ``0x6400 | c`` read as float16 is ``1024 + c`` (exponent 10, so the mantissa counts
+    units); subtracting 1024 is exact. This replaces the slow I2F conversion, the
+    instruction that bounds a naive unpacking kernel.
+    """
+    c = (b >> (BITS * i)) & ((1 << BITS) - 1)
+    return (c | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+
+
+@triton.jit
+def _phase(q0, q1, q2, q3, i: tl.constexpr):
+    if i == 0:
+        x = q0
+    elif i == 1:
+        x = q1
+    elif i == 2:
+        x = q2
+    else:
+        x = q3
+    return x
+
+
+@triton.jit
+def _load_phases(Q, base, offs_m, M: tl.constexpr, D: tl.constexpr, P: tl.constexpr):
+    """Query rows split by channel phase: ``q_i[m, j] = q[m, P*j + i]`` (float32), up to 4 phases."""
+    jj = tl.arange(0, D // P)
+    mask = offs_m[:, None] < M
+    ptr = Q + (base + offs_m[:, None]) * D + P * jj[None, :]
+    q0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    q1 = q0
+    q2 = q0
+    q3 = q0
+    if P > 1:
+        q1 = tl.load(ptr + 1, mask=mask, other=0.0).to(tl.float32)
+    if P > 2:
+        q2 = tl.load(ptr + 2, mask=mask, other=0.0).to(tl.float32)
+        q3 = tl.load(ptr + 3, mask=mask, other=0.0).to(tl.float32)
+    return q0, q1, q2, q3
+
+
+@triton.jit
+def _packed_scores(
+    q0, q1, q2, q3, K, KS, KZ, rows, mask, srow,
+    D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, SYM: tl.constexpr,
+):
+    """``q . k`` for a tile of packed keys with the scales factored out of the matrix product.
+
+    Per-channel scales (constant over the tile's group of tokens) fold into the query:
+    ``sum_c q_c (s_c c + z_c) = (q * s) . c + q . z``. Per-token groups scale each group's
+    partial product: ``sum_g s_tg (q_g . c_t) + z_tg sum(q_g)``. Either way the codes go
+    into the tensor cores as they are; no element of the key is ever dequantized.
+    """
+    P: tl.constexpr = 8 // BITS
+    DP: tl.constexpr = D // P
+    jj = tl.arange(0, DP)
+    b = tl.load(K + rows[:, None] * DP + jj[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    s = tl.zeros([q0.shape[0], rows.shape[0]], tl.float32)
+    if CHANNEL:
+        bias = tl.zeros([q0.shape[0]], tl.float32)
+        for i in tl.static_range(P):
+            qi = _phase(q0, q1, q2, q3, i)
+            sc = tl.load(KS + srow * D + P * jj + i).to(tl.float32)
+            s += tl.dot((qi * sc[None, :]).to(tl.float16), tl.trans(_codes(b, i, BITS)))
+            if SYM:
+                bias -= HALF * tl.sum(qi * sc[None, :], 1)
+            else:
+                bias += tl.sum(qi * tl.load(KZ + srow * D + P * jj + i).to(tl.float32)[None, :], 1)
+        s += bias[:, None]
+    else:
+        G: tl.constexpr = D // GROUP
+        for i in tl.static_range(P):
+            c = tl.trans(_codes(b, i, BITS))
+            qi = _phase(q0, q1, q2, q3, i)
+            for g in tl.static_range(G):
+                sg = tl.load(KS + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+                qg = tl.where(((P * jj + i) // GROUP == g)[None, :], qi, 0.0)
+                s += tl.dot(qg.to(tl.float16), c) * sg[None, :]
+                qsum = tl.sum(qg, 1)
+                if SYM:
+                    s -= HALF * qsum[:, None] * sg[None, :]
+                else:
+                    zg = tl.load(KZ + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+                    s += qsum[:, None] * zg[None, :]
+    return s
+
+
+@triton.jit
+def _packed_values(
+    p, V, VS, VZ, rows, mask, srow, i: tl.constexpr,
+    D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, SYM: tl.constexpr,
+):
+    """``p @ v`` for channel phase ``i`` of a tile of packed values, scales factored out likewise."""
+    P: tl.constexpr = 8 // BITS
+    DP: tl.constexpr = D // P
+    jj = tl.arange(0, DP)
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    b = tl.load(V + rows[:, None] * DP + jj[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    c = _codes(b, i, BITS)
+    psum = tl.sum(p, 1)
+    if CHANNEL:
+        sc = tl.load(VS + srow * D + P * jj + i).to(tl.float32)
+        out = tl.dot(p.to(tl.float16), c) * sc[None, :]
+        if SYM:
+            out -= HALF * psum[:, None] * sc[None, :]
+        else:
+            out += psum[:, None] * tl.load(VZ + srow * D + P * jj + i).to(tl.float32)[None, :]
+    else:
+        G: tl.constexpr = D // GROUP
+        out = tl.zeros([p.shape[0], DP], tl.float32)
+        for g in tl.static_range(G):
+            sg = tl.load(VS + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+            ps = p * sg[None, :]
+            part = tl.dot(ps.to(tl.float16), c)
+            if SYM:
+                part -= HALF * tl.sum(ps, 1)[:, None]
+            else:
+                zg = tl.load(VZ + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+                part += tl.sum(p * zg[None, :], 1)[:, None]
+            out += tl.where(((P * jj + i) // GROUP == g)[None, :], part, 0.0)
+    return out
 
 
 @triton.jit
@@ -41,19 +167,30 @@ def _split_kernel(
     n = tl.load(LENS + seg)
     g0 = tl.load(GSTARTS + seg)
     offs_m = tl.arange(0, M_PAD)
-    cols = tl.arange(0, D)
-    q = tl.load(Q + (seg * M + offs_m[:, None]) * D + cols[None, :], mask=offs_m[:, None] < M, other=0.0)
+    PK: tl.constexpr = 1 if K_BITS == 16 else 8 // K_BITS
+    PV: tl.constexpr = 1 if V_BITS == 16 else 8 // V_BITS
+    DV: tl.constexpr = D // PV
+    q0, q1, q2, q3 = _load_phases(Q, seg * M, offs_m, M, D, PK)
     m_i = tl.full([M_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([M_PAD], tl.float32)
-    acc = tl.zeros([M_PAD, D], tl.float32)
+    acc0 = tl.zeros([M_PAD, DV], tl.float32)
+    acc1 = tl.zeros([M_PAD, DV], tl.float32)
+    acc2 = tl.zeros([M_PAD, DV], tl.float32)
+    acc3 = tl.zeros([M_PAD, DV], tl.float32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n)
+    cols = tl.arange(0, D)
     for b0 in range(lo, hi, BLOCK_N):
         local = b0 + tl.arange(0, BLOCK_N)
         mask = local < hi
         rows = start + local
-        k = load_rows(K, KS, KZ, rows, local, g0, mask, D, K_BITS, K_GROUP, K_CHANNEL, K_SYM)
-        s = tl.dot(q, tl.trans(k.to(q.dtype))) * qk_scale
+        if K_BITS == 16:
+            k = tl.load(K + rows[:, None] * D + cols[None, :], mask=mask[:, None], other=0.0)
+            s = tl.dot(q0.to(k.dtype), tl.trans(k))
+        else:
+            s = _packed_scores(q0, q1, q2, q3, K, KS, KZ, rows, mask, g0 + b0 // K_GROUP,
+                               D, K_BITS, K_GROUP, K_CHANNEL, K_SYM)
+        s = s * qk_scale
         valid = mask[None, :]
         if CAUSAL_TAIL:
             # query token t (row r = g * QM + t) is the (QM - t)-th last row of the tail
@@ -64,14 +201,35 @@ def _split_kernel(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = load_rows(V, VS, VZ, rows, local, g0, mask, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
         m_i = m_new
+        if V_BITS == 16:
+            v = tl.load(V + rows[:, None] * D + cols[None, :], mask=mask[:, None], other=0.0)
+            acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        else:
+            vrow = g0 + b0 // V_GROUP
+            acc0 = acc0 * alpha[:, None] + _packed_values(
+                p, V, VS, VZ, rows, mask, vrow, 0, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
+            if PV > 1:
+                acc1 = acc1 * alpha[:, None] + _packed_values(
+                    p, V, VS, VZ, rows, mask, vrow, 1, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
+            if PV > 2:
+                acc2 = acc2 * alpha[:, None] + _packed_values(
+                    p, V, VS, VZ, rows, mask, vrow, 2, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
+                acc3 = acc3 * alpha[:, None] + _packed_values(
+                    p, V, VS, VZ, rows, mask, vrow, 3, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
     has = l_i > 0.0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    inv = 1.0 / tl.where(has, l_i, 1.0)
     lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
     slot = seg * splits_total + split_offset + split
-    tl.store(O_PART + (slot * M_PAD + offs_m[:, None]) * D + cols[None, :], out, mask=offs_m[:, None] < M)
+    jj = tl.arange(0, DV)
+    optr = O_PART + (slot * M_PAD + offs_m[:, None]) * D + PV * jj[None, :]
+    omask = offs_m[:, None] < M
+    tl.store(optr, acc0 * inv[:, None], mask=omask)
+    if PV > 1:
+        tl.store(optr + 1, acc1 * inv[:, None], mask=omask)
+    if PV > 2:
+        tl.store(optr + 2, acc2 * inv[:, None], mask=omask)
+        tl.store(optr + 3, acc3 * inv[:, None], mask=omask)
     tl.store(L_PART + slot * M_PAD + offs_m, lse)
 
 
@@ -144,6 +302,9 @@ def decode_attention(
     m_pad = max(16, next_pow2(M))
     scale = D**-0.5 if scale is None else scale
     target = target_programs or 4 * torch.cuda.get_device_properties(q.device).multi_processor_count
+    for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
+        if isinstance(rows, PackedRows) and rows.axis == "channel":
+            block_n = min(block_n, rows.group)
     n_main, chunk = _splits(S, segments.max_length, block_n, target)
     n_tail, tail_chunk = (0, 0)
     if tail is not None:

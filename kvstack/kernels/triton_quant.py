@@ -15,21 +15,38 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from kvstack.kernels.layout import PackedRows, Segments
 from kvstack.kernels.triton_rows import fp16_down, fp16_up, load_rows, next_pow2, round_half_even
 
 
 @triton.jit
-def _encode(x, s, z, BITS: tl.constexpr, SYM: tl.constexpr):
-    """Codes of ``x`` given per-element scale ``s`` (and zero ``z``), as int32."""
-    safe = tl.where(s > 0.0, s, 1.0)
+def _round(y, RINT: tl.constexpr):
+    """Round half to even: one ``cvt.rni`` on the GPU; built from floor in the interpreter."""
+    if RINT:
+        r = libdevice.rint(y)
+    else:
+        r = round_half_even(y)
+    return r
+
+
+@triton.jit
+def _encode(x, inv, z, BITS: tl.constexpr, SYM: tl.constexpr, RINT: tl.constexpr):
+    """Codes of ``x`` given the per-element reciprocal scale ``inv`` (and zero ``z``), as int32."""
     if SYM:
         half: tl.constexpr = 1 << (BITS - 1)
-        q = tl.clamp(round_half_even(tl.math.div_rn(x, safe)), -(half - 1.0), half - 1.0) + half
+        q = tl.clamp(_round(x * inv, RINT), -(half - 1.0), half - 1.0) + half
     else:
-        q = tl.clamp(round_half_even(tl.math.div_rn(x - z, safe)), 0.0, (1 << BITS) - 1.0)
+        q = tl.clamp(_round((x - z) * inv, RINT), 0.0, (1 << BITS) - 1.0)
     return q.to(tl.int32)
+
+
+@triton.jit
+def _reciprocal(scale):
+    """``1 / scale`` rounded exactly (a zero scale, from a constant group, maps to 1)."""
+    s = scale.to(tl.float32)
+    return tl.math.div_rn(1.0, tl.where(s > 0.0, s, 1.0))
 
 
 @triton.jit
@@ -60,6 +77,7 @@ def _fit(lo, hi, BITS: tl.constexpr, SYM: tl.constexpr):
 def _quant_token_kernel(
     X, C, S, Z, n_rows,
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, SYM: tl.constexpr, BLOCK_N: tl.constexpr,
+    RINT: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = rows < n_rows
@@ -70,13 +88,13 @@ def _quant_token_kernel(
     scale, zero = _fit(tl.min(xg, 2), tl.max(xg, 2), BITS, SYM)
     gcols = tl.arange(0, G)
     tl.store(S + rows[:, None] * G + gcols[None, :], scale, mask=mask[:, None])
-    s = tl.reshape(tl.broadcast_to(scale.to(tl.float32)[:, :, None], (BLOCK_N, G, GROUP)), (BLOCK_N, D))
+    inv = tl.reshape(tl.broadcast_to(_reciprocal(scale)[:, :, None], (BLOCK_N, G, GROUP)), (BLOCK_N, D))
     if SYM:
-        z = s
+        z = inv
     else:
         tl.store(Z + rows[:, None] * G + gcols[None, :], zero, mask=mask[:, None])
         z = tl.reshape(tl.broadcast_to(zero.to(tl.float32)[:, :, None], (BLOCK_N, G, GROUP)), (BLOCK_N, D))
-    packed = _pack(_encode(x, s, z, BITS, SYM), BLOCK_N, D, BITS)
+    packed = _pack(_encode(x, inv, z, BITS, SYM, RINT), BLOCK_N, D, BITS)
     W: tl.constexpr = D * BITS // 8
     tl.store(C + rows[:, None] * W + tl.arange(0, W)[None, :], packed, mask=mask[:, None])
 
@@ -85,6 +103,7 @@ def _quant_token_kernel(
 def _quant_channel_kernel(
     X, C, S, Z, STARTS, LENS, GSTARTS,
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr, SYM: tl.constexpr,
+    RINT: tl.constexpr,
 ):
     gi = tl.program_id(0)  # on the x axis: a long segment may have more than 65,535 groups
     seg = tl.program_id(1)
@@ -100,13 +119,13 @@ def _quant_channel_kernel(
         scale, zero = _fit(lo, hi, BITS, SYM)
         grow = tl.load(GSTARTS + seg) + gi
         tl.store(S + grow * D + cols, scale)
-        s = tl.broadcast_to(scale.to(tl.float32)[None, :], (G_PAD, D))
+        inv = tl.broadcast_to(_reciprocal(scale)[None, :], (G_PAD, D))
         if SYM:
-            z = s
+            z = inv
         else:
             tl.store(Z + grow * D + cols, zero)
             z = tl.broadcast_to(zero.to(tl.float32)[None, :], (G_PAD, D))
-        packed = _pack(_encode(x, s, z, BITS, SYM), G_PAD, D, BITS)
+        packed = _pack(_encode(x, inv, z, BITS, SYM, RINT), G_PAD, D, BITS)
         W: tl.constexpr = D * BITS // 8
         tl.store(C + rows[:, None] * W + tl.arange(0, W)[None, :], packed, mask=mask[:, None])
 
@@ -138,7 +157,7 @@ def quantize(
         zeros = None if sym else torch.empty_like(scales)
         _quant_token_kernel[(triton.cdiv(n, block_n),)](
             x, codes, scales, scales if sym else zeros, n,
-            D=d, BITS=bits, GROUP=group, SYM=sym, BLOCK_N=block_n, num_warps=num_warps,
+            D=d, BITS=bits, GROUP=group, SYM=sym, BLOCK_N=block_n, RINT=x.is_cuda, num_warps=num_warps,
         )
     else:
         segments = segments or Segments.from_lengths([n], group, device=x.device)
@@ -147,7 +166,7 @@ def quantize(
         zeros = None if sym else torch.empty_like(scales)
         _quant_channel_kernel[(max(1, math.ceil(segments.max_length / group)), segments.count)](
             x, codes, scales, scales if sym else zeros, segments.starts, segments.lengths, segments.group_starts,
-            D=d, BITS=bits, GROUP=group, G_PAD=next_pow2(group), SYM=sym, num_warps=num_warps,
+            D=d, BITS=bits, GROUP=group, G_PAD=next_pow2(group), SYM=sym, RINT=x.is_cuda, num_warps=num_warps,
         )
     return PackedRows(codes, scales, zeros, bits, group, axis, d)
 

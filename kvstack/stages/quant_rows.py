@@ -101,13 +101,15 @@ class QuantRows:
             lo = x.new_full((count, d), float("inf")).scatter_reduce(0, index, x, "amin")
             hi = x.new_full((count, d), float("-inf")).scatter_reduce(0, index, x, "amax")
         scales, zeros = _fit(lo, hi, bits, sym)
-        s = _expand(scales.float(), axis, group, gid)
-        safe = torch.where(s > 0, s, torch.ones_like(s))
+        # one reciprocal per group, then a multiply per element: what the GPU kernel does too
+        # (kvstack.kernels), so both produce the same codes bit for bit
+        sf = scales.float()
+        inv = _expand(1.0 / torch.where(sf > 0, sf, torch.ones_like(sf)), axis, group, gid)
         if sym:
             half = 1 << (bits - 1)
-            q = torch.round(x / safe).clamp_(-(half - 1), half - 1) + half
+            q = torch.round(x * inv).clamp_(-(half - 1), half - 1) + half
         else:
-            q = torch.round((x - _expand(zeros.float(), axis, group, gid)) / safe).clamp_(0, (1 << bits) - 1)
+            q = torch.round((x - _expand(zeros.float(), axis, group, gid)) * inv).clamp_(0, (1 << bits) - 1)
         codes = pack_codes(q.to(torch.uint8), bits)
         return cls(codes, scales, zeros, bits, group, axis, d, out_dtype or rows.dtype, segments)
 

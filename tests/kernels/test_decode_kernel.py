@@ -18,16 +18,17 @@ def _expected(q, k, v, seg, tk, tv, tail, query_tokens):
     )
 
 
-def _case(device, bits, key_axis, dtype, query_tokens, lengths, tail_lengths, group=4, dim=64, seed=0):
+def _case(device, bits, key_axis, dtype, query_tokens, lengths, tail_lengths, group=4, dim=64, seed=0, sym=False,
+          value_axis="token", scale_group=32):
     g = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)
-    seg = Segments.from_lengths(lengths, 32, device=device)
+    seg = Segments.from_lengths(lengths, scale_group, device=device)
     k, v = rand(sum(lengths), dim) * 2, rand(sum(lengths), dim)
     if bits == 16:
         kp, vp, kd, vd = k, v, k, v
     else:
-        kp = kernels.quantize(k, bits, 32, key_axis, False, seg)
-        vp = kernels.quantize(v, bits, 32, "token", False, seg)
+        kp = kernels.quantize(k, bits, scale_group, key_axis, sym, seg)
+        vp = kernels.quantize(v, bits, scale_group, value_axis, sym, seg)
         kd = kernels.dequantize(kp, seg, dtype)
         vd = kernels.dequantize(vp, seg, dtype)
     tail = Segments.from_lengths(tail_lengths, device=device)
@@ -44,6 +45,16 @@ def test_matches_float64_reference_on_ragged_heads(device, bits, key_axis, query
     # ragged per-head lengths as selection leaves them, one empty head, tails of different lengths
     got, want = _case(device, bits, key_axis, torch.float16, query_tokens, [300, 7, 0, 64], [5, 3, 4, 3], seed=bits)
     assert got.dtype == torch.float16 and got.shape == want.shape
+    err = (got.double().cpu() - want.cpu()).norm() / want.norm()
+    assert err < 2e-3, err
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("key_axis,value_axis,scale_group", [("channel", "token", 16), ("token", "channel", 64),
+                                                             ("token", "token", 8)])
+def test_symmetric_codes_and_other_group_layouts(device, bits, key_axis, value_axis, scale_group):
+    got, want = _case(device, bits, key_axis, torch.float16, 1, [70, 0, 33], [1, 2, 1], seed=bits + scale_group,
+                      sym=True, value_axis=value_axis, scale_group=scale_group)
     err = (got.double().cpu() - want.cpu()).norm() / want.norm()
     assert err < 2e-3, err
 
