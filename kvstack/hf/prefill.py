@@ -17,6 +17,7 @@ from kvstack.hf.attention import CaptureSession, capturing, enable
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import ATTN_PARAMS, NEED_ATTENTION, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
+from kvstack.stages.lowrank_rope import NEED_ROPE
 
 
 @dataclass
@@ -111,6 +112,10 @@ def prefill(
         captures[NEED_QUESTION_QUERIES] = session.question
     if captures:
         captures[ATTN_PARAMS] = session.params  # the model's own score scaling and softcap per layer
+    if NEED_ROPE in needs:  # pre-RoPE stages (svd:rope=pre, kvquant) un-rotate keys with the model's tables
+        from kvstack.inspect.rope import rope_tables
+
+        captures[NEED_ROPE] = rope_tables(model)
     from kvstack.hf.extras import extra_captures  # CriticalKV's o_proj weights, KVzip's reconstruction pass
 
     captures.update(extra_captures(model, info, cache, needs))

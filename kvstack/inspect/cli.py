@@ -52,7 +52,8 @@ CALIBRATE_EPILOG = """\
 examples:
   kvstack calibrate --out bases/smollm2                       # bundled essays, 4096 tokens
   kvstack calibrate --calibration a.txt --calibration b.txt --tokens 16384 --out bases/mine
-  kvstack run --recipe 'svd:rank=16,basis=bases/smollm2' ..."""
+  kvstack run --recipe 'svd:rank=16,basis=bases/smollm2' ...
+  kvstack calibrate --codebooks --out books/smollm2           # kvquant / cq codebooks: calibration=NAME"""
 
 
 def _read(path: str) -> str:
@@ -124,15 +125,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     t0 = time.perf_counter()
     model, tokenizer = load(args.model)
-    st, js = calibrate_to_file(
-        model, tokenizer, args.out, texts, source, tokens=args.tokens, seq_len=args.seq_len, rope=not args.no_rope
-    )
+    if args.codebooks:  # kvquant / cq codebooks instead of low-rank bases
+        from kvstack.inspect.codebooks import calibrate_codebooks_to_file
+
+        st, js = calibrate_codebooks_to_file(model, tokenizer, args.out, texts, source, args.tokens, args.seq_len)
+    else:
+        st, js = calibrate_to_file(
+            model, tokenizer, args.out, texts, source, tokens=args.tokens, seq_len=args.seq_len, rope=not args.no_rope
+        )
     meta = json.loads(js.read_text(encoding="utf-8"))
     cal = meta["calibration"]
     print(
         f"fitted on {cal['tokens']} tokens in {cal['sequences']} sequences of {source} "
         f"({time.perf_counter() - t0:.1f}s)\nwrote {st} ({st.stat().st_size / 2**20:.1f} MiB) and {js}\n"
-        f"use it with: --recipe 'svd:rank=16,basis={st.with_suffix('')}'"
+        + (f"use it with: --recipe 'kvquant:3,calibration={st.with_suffix('')}'" if args.codebooks
+           else f"use it with: --recipe 'svd:rank=16,basis={st.with_suffix('')}'")
     )
     return 0
 
@@ -173,4 +180,5 @@ def register(subparsers: Any) -> None:
     c.add_argument("--tokens", type=int, default=4096, help="calibration tokens in all (default 4096)")
     c.add_argument("--seq-len", type=int, default=1024, help="tokens per prefilled sequence (default 1024)")
     c.add_argument("--no-rope", action="store_true", help="skip the pre-RoPE key bases")
+    c.add_argument("--codebooks", action="store_true", help="fit kvquant/cq codebooks (calibration=NAME) instead")
     c.set_defaults(func=cmd_calibrate)

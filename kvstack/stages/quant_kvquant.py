@@ -1,0 +1,119 @@
+"""KVQuant-style quantization (Hooper et al., 2024): ``kvquant:3`` / ``kvquant:4`` (and ``kvquant:2``).
+
+* keys quantized **before RoPE**, per channel (one zero/scale per channel of each head): the
+  cache stores pre-RoPE codes and rotates the decoded keys to their positions when read
+  (:class:`~kvstack.stages.quant_rope.RotatedRows`); ``rope=post`` quantizes keys as cached;
+* values quantized per token;
+* non-uniform levels: each head has a codebook of ``2**bits`` levels fitted by k-means on
+  normalized values (:mod:`kvstack.stages.quant_nuq`), from ``calibration=FILE`` (``kvstack
+  calibrate --codebooks``; not counted, like a calibrated basis) or, without one, fitted on
+  the cache itself and counted (``layer.meta["codebook"]`` says which);
+* dense-and-sparse: the ``outliers`` share (default 1%) of elements farthest from their group
+  is kept exactly (fp16) in a sparse table with int32 indices;
+* the first ``sink`` tokens (default 1, the attention sink) kept in fp16.
+
+``nbytes`` = packed codes + fp16 zero/scale + outlier table + sink rows (+ codebooks when fitted
+here, + int32 positions of pre-RoPE keys when tokens were evicted first). Differences from
+the paper: the k-means is unweighted (KVQuant weights by Fisher information, which needs
+gradients), key scales are computed on the cache rather than calibrated offline, outliers are
+chosen per layer rather than by per-vector thresholds, and tokens generated after compression
+stay dense (KVQuant quantizes them online).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from kvstack.errors import RecipeError
+from kvstack.kv import KVLayer
+from kvstack.stack import Param, StageContext, register
+from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
+from kvstack.stages.quant_calibration import CalibratedStage, kvquant_key
+from kvstack.stages.quant_nuq import NuqRows
+from kvstack.stages.quant_rope import RotatedRows
+from kvstack.stages.quant_sink import keep_sink
+
+KVQUANT_BITS = (2, 3, 4)
+ROPE_MODES = ("pre", "post")
+CALIBRATION = Param(
+    "calibration", str, "", "codebook file from `kvstack calibrate --codebooks` (not counted); empty: fit on the cache"
+)
+
+
+def check_outliers(stage: str, outliers: float) -> None:
+    if not isinstance(outliers, float | int) or not 0.0 <= outliers < 1.0:
+        raise RecipeError(f"{stage}: outliers={outliers} must be a share in [0, 1), e.g. outliers=0.01 (1%)")
+
+
+def check_sink(stage: str, sink: int) -> None:
+    if not isinstance(sink, int) or sink < 0:
+        raise RecipeError(f"{stage}: sink={sink} must be >= 0 tokens kept in fp16 (0 quantizes every token)")
+
+
+def rotary_of(stage: str, index: int, ctx: StageContext) -> Rotary:
+    tables = ctx.captures.get(NEED_ROPE)
+    if not tables or index not in tables:
+        raise RecipeError(
+            f"{stage} quantizes keys before RoPE and needs the model's rotary tables in ctx.captures['rope'], "
+            "which this driver did not provide; use kvstack.compress (it captures them), or rope=post"
+        )
+    return tables[index]
+
+
+@register
+class KVQuant(CalibratedStage):
+    name = "kvquant"
+    summary = "KVQuant-style: pre-RoPE keys per channel, values per token, k-means levels, sparse outliers, fp16 sink"
+    family = "quantize"
+    params = (
+        Param("bits", int, 3, f"bits per code: {', '.join(map(str, KVQUANT_BITS))}"),
+        Param("outliers", float, 0.01, "share of elements kept exactly (fp16) in a sparse table, in [0, 1)"),
+        Param("sink", int, 1, "first tokens kept in fp16 (attention sinks)"),
+        Param("rope", str, "pre", "keys quantized before RoPE (pre) or as cached (post)"),
+        CALIBRATION,
+    )
+    bits: int
+    outliers: float
+    sink: int
+    rope: str
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({NEED_ROPE}) if self.rope == "pre" else frozenset()
+
+    def validate(self) -> None:
+        super().validate()
+        if self.bits not in KVQUANT_BITS:
+            raise RecipeError(
+                f"kvquant:{self.bits} does not exist; bit widths: {', '.join(map(str, KVQUANT_BITS))} "
+                "(uniform widths: int8/int4/int3/int2)"
+            )
+        check_outliers(self.name, self.outliers)
+        check_sink(self.name, self.sink)
+        if self.rope not in ROPE_MODES:
+            raise RecipeError(f"kvquant: rope={self.rope!r} is not one of {', '.join(ROPE_MODES)} (default pre)")
+
+    def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
+        shape = (layer.num_heads, 1 << self.bits)
+        kpart = "kpre" if self.rope == "pre" else "k"
+        kbook = self.calibrated(kvquant_key(self.bits, kpart, index), shape)
+        vbook = self.calibrated(kvquant_key(self.bits, "v", index), shape)
+        rotary = rotary_of(self.spec(), index, ctx) if self.rope == "pre" else None
+
+        def keys(rows: torch.Tensor, pos: torch.Tensor, segments: tuple[int, ...]):
+            def nuq(x: torch.Tensor) -> NuqRows:
+                return NuqRows.quantize(x, self.bits, "channel", segments, self.outliers, kbook, out_dtype=x.dtype)
+
+            return nuq(rows) if rotary is None else RotatedRows.encode(rows, pos, segments, rotary, nuq)
+
+        def values(rows: torch.Tensor, pos: torch.Tensor, segments: tuple[int, ...]) -> NuqRows:
+            return NuqRows.quantize(rows, self.bits, "token", segments, self.outliers, vbook)
+
+        return replace(
+            layer,
+            keys=keep_sink(layer.keys.decode(), layer, self.sink, keys),
+            values=keep_sink(layer.values.decode(), layer, self.sink, values),
+            meta={**layer.meta, "codebook": self.codebook_note()},
+        )
