@@ -7,6 +7,7 @@ Prints three markdown tables:
 
     python benchmarks/wire_codecs.py                 # up to 2048 tokens of the essay 'worked'
     python benchmarks/wire_codecs.py --tokens 1024 --essay addiction
+    taskset -c 0 python benchmarks/wire_codecs.py --tables 3   # throughput only, pinned to one core
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import torch
 
 RECIPES = ("identity", "int8", "int4", "int4:g32", "int2", "kivi:4", "kivi:2", "snapkv:0.25 > int8",
            "snapkv:0.25 > int4", "snapkv:0.25 > int2", "snapkv:0.25 > kivi:2")
-CODECS = (("raw", "none"), ("zstd", "none"), ("ans", "none"), ("ans", "auto"), ("range", "auto"))
+CODECS = (("raw", "none"), ("zstd", "none"), ("colzstd", "none"), ("colzstd", "auto"), ("ans", "none"),
+          ("ans", "auto"), ("range", "auto"))
+THROUGHPUT = (("identity", ("raw", "zstd")), ("int8", ("colzstd",)),
+              ("int4", ("raw", "zstd", "colzstd", "ans", "range")), ("int2", ("colzstd", "ans")),
+              ("kivi:2", ("zstd", "colzstd", "ans")))
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
@@ -37,6 +42,7 @@ def main() -> None:
     ap.add_argument("--essay", default="worked")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=2, help="timing repeats (best is reported)")
+    ap.add_argument("--tables", default="123", help="1 and 2: sizes, 3: throughput (default 123: all)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -60,6 +66,13 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}\n")
 
     caches = {r: Recipe.parse(r).apply(pre.cache, ctx) for r in RECIPES}
+    if "1" in args.tables or "2" in args.tables:
+        sizes_tables(wire, caches)
+    if "3" in args.tables:
+        throughput_table(wire, caches, fp16, args.repeat)
+
+
+def sizes_tables(wire, caches) -> None:
     blobs = {(r, c, d): wire.encode(caches[r], codes=c, delta=d) for r in RECIPES for c, d in CODECS}
     int8_bytes = len(blobs[("int8", "raw", "none")])
 
@@ -72,35 +85,43 @@ def main() -> None:
         print(f"| {r} | {caches[r].nbytes / 1e6:.3f} | " + " | ".join(f"{s / 1e6:.3f}" for s in sizes)
               + f" | {int8_bytes / min(sizes):.2f} |")
 
-    print("\n### 2. Quantized codes only (MB): packed vs coded; x = packed / ans-auto\n")
-    print("| recipe | packed | zstd | ans none | ans seq | ans anchor | ans auto | x |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n### 2. Quantized codes only (MB): packed vs coded; x = packed / coded\n")
+    print("| recipe | packed | zstd | colzstd none | colzstd seq | colzstd auto | ans none | ans seq | ans anchor "
+          "| ans auto | x colzstd auto | x ans auto |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in RECIPES:
         if r == "identity":
             continue
         row = {}
-        for c, d in (("raw", "none"), ("zstd", "none"), ("ans", "none"), ("ans", "seq"), ("ans", "anchor"),
-                     ("ans", "auto")):
+        for c, d in (("raw", "none"), ("zstd", "none"), ("colzstd", "none"), ("colzstd", "seq"), ("colzstd", "auto"),
+                     ("ans", "none"), ("ans", "seq"), ("ans", "anchor"), ("ans", "auto")):
             blob = blobs.get((r, c, d)) or wire.encode(caches[r], codes=c, delta=d)
             row[(c, d)] = wire.byte_breakdown(blob).get("codes", 0)
         vals = list(row.values())
+        packed = row[("raw", "none")]
         print(f"| {r} | " + " | ".join(f"{v / 1e6:.3f}" for v in vals)
-              + f" | {row[('raw', 'none')] / row[('ans', 'auto')]:.3f} |")
+              + f" | {packed / row[('colzstd', 'auto')]:.3f} | {packed / row[('ans', 'auto')]:.3f} |")
 
+
+def throughput_table(wire, caches, fp16: int, repeat: int) -> None:
     print("\n### 3. Throughput, one core: MB/s of dense fp16 KV (encode = cache -> bytes, decode = bytes -> cache)\n")
-    print("| recipe | codec | encode MB/s | decode MB/s |")
-    print("| --- | --- | --- | --- |")
-    for r in ("identity", "int4", "kivi:2"):
-        for c, d in (("raw", "raw"), *CODECS):
-            if r == "identity" and c in ("ans", "range"):
-                continue  # no codes to entropy code: same as zstd
-            # ("raw", "raw"): every array raw, codes and tensors alike (pure serialisation)
-            opts = dict(codes="raw", tensors="raw") if d == "raw" else dict(codes=c, delta=d)
-            enc, blob = timed(lambda r=r, opts=opts: wire.encode(caches[r], **opts), args.repeat)
-            dec, back = timed(lambda blob=blob: wire.decode(blob), args.repeat)
+    print("| recipe | codes codec (delta auto; tensors zstd) | MB on the wire | encode MB/s | decode MB/s |")
+    print("| --- | --- | --- | --- | --- |")
+    from kvstack.wire.arrays import CODE_CODECS
+
+    for r, codecs in THROUGHPUT:
+        for c in codecs:
+            if c not in CODE_CODECS:  # an older kvstack (before/after comparisons run this script on both)
+                print(f"| {r} | {c} | (not in this kvstack) | - | - |")
+                continue
+            # "raw": every array raw, codes and tensors alike (pure serialisation)
+            opts = dict(codes="raw", tensors="raw") if c == "raw" else dict(codes=c, delta="auto")
+            enc, blob = timed(lambda r=r, opts=opts: wire.encode(caches[r], **opts), repeat)
+            dec, back = timed(lambda blob=blob: wire.decode(blob), repeat)
             assert wire.cache_differences(caches[r], back) == []
-            name = "all raw" if d == "raw" else f"{c}/{d}"
-            print(f"| {r} | {name} | {fp16 / enc / 1e6:.0f} | {fp16 / dec / 1e6:.0f} |", flush=True)
+            name = "all raw" if c == "raw" else c
+            print(f"| {r} | {name} | {len(blob) / 1e6:.2f} | {fp16 / enc / 1e6:.0f} | {fp16 / dec / 1e6:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

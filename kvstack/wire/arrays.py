@@ -1,9 +1,10 @@
 """One array on the wire: its header description, and how a block of its rows is coded.
 
 Non-code tensors (scales, dense rows, positions, token ids) are ``raw`` little-endian bytes or
-``zstd``-compressed. Packed integer codes may also be ``ans``/``range`` entropy coded: the
+``zstd``-compressed. Packed integer codes may also be ``colzstd``-coded (column-major packed
+bytes through zstd, :mod:`kvstack.wire.colzstd`: fast) or ``ans``/``range`` entropy coded (the
 block is unpacked to one symbol per element, optionally delta-transformed along rows, and
-coded with the array's channel-group model. Every size is derived from the validated shape,
+coded with the array's channel-group model: smallest, slow). Every size is derived from the validated shape,
 so decoding allocates exactly what the header announced and nothing more.
 """
 
@@ -16,14 +17,14 @@ import torch
 
 from kvstack.errors import CacheFormatError
 from kvstack.stages.quant_pack import SUPPORTED_BITS, packed_width
-from kvstack.wire import bitpack, entropy
+from kvstack.wire import bitpack, colzstd, entropy
 from kvstack.wire import delta as deltas
 from kvstack.wire.deps import require
 from kvstack.wire.format import DTYPES, Limits, dtype_name
 
 TENSOR_CODECS = ("raw", "zstd")
 _ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
-CODE_CODECS = TENSOR_CODECS + entropy.ENTROPY_CODECS
+CODE_CODECS = TENSOR_CODECS + ("colzstd", *entropy.ENTROPY_CODECS)
 
 
 @dataclass
@@ -63,6 +64,8 @@ class ArraySpec:
             out.update(bits=self.bits, dim=self.dim)
         if self.codec in entropy.ENTROPY_CODECS:
             out.update(delta=self.delta, model=self.model.to_json())
+        elif self.codec == "colzstd":
+            out["delta"] = self.delta
         return out
 
     @classmethod
@@ -104,6 +107,10 @@ class ArraySpec:
                 raise bad(f"{name}: delta {obj.get('delta')!r}")
             spec.delta = obj["delta"]
             spec.model = entropy.Model.from_json(obj.get("model"), spec.dim, 1 << spec.bits)
+        elif codec == "colzstd":
+            if obj.get("delta") not in colzstd.DELTAS:
+                raise bad(f"{name}: colzstd delta {obj.get('delta')!r}")
+            spec.delta = obj["delta"]
         return spec
 
     # --- coding one block of rows --------------------------------------------------------------
@@ -111,6 +118,8 @@ class ArraySpec:
         if self.codec in entropy.ENTROPY_CODECS:
             symbols = deltas.forward(bitpack.unpack(block.numpy(), self.bits, self.dim), self.delta, 1 << self.bits)
             return entropy.encode(symbols, self.model, self.codec)
+        if self.codec == "colzstd":
+            return colzstd.encode(block.numpy(), self.delta)
         raw = tensor_bytes(block)
         if self.codec == "zstd":
             zstandard = require("zstandard")
@@ -124,6 +133,8 @@ class ArraySpec:
             symbols = entropy.decode(bytes(payload), rows, self.model, self.codec)
             codes = deltas.inverse(symbols, self.delta, 1 << self.bits)
             out = bitpack.pack(codes, self.bits).reshape(-1)
+        elif self.codec == "colzstd":
+            out = colzstd.decode(payload, rows, self.row_bytes, self.delta)
         elif self.codec == "zstd":
             zstandard = require("zstandard")
             try:

@@ -63,8 +63,8 @@ def fsync_dir(directory: Path) -> None:
 def save(cache: KVCache, path: str | os.PathLike, *, tokenizer=None, **options) -> int:
     """Write ``cache`` to ``path`` in the wire format; returns the file size in bytes.
 
-    ``options`` are :class:`kvstack.wire.WireOptions` fields, e.g. ``codes="ans"`` (default,
-    entropy coded) or ``codes="raw"`` (fastest). Pass the ``tokenizer`` to record its hash.
+    ``options`` are :class:`kvstack.wire.WireOptions` fields, e.g. ``codes="colzstd"`` (default,
+    fast), ``codes="ans"`` (smallest) or ``codes="raw"`` (no coding). Pass the ``tokenizer`` to record its hash.
     """
     return atomic_write(path, encode_stream(cache, tokenizer=tokenizer, **options))
 

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import torch
 
 MAGIC = b"KVSTACK\x1a"
-VERSION = 1
+# 2 added the ``colzstd`` codec for packed codes; streams are written as 2, and 1 is still read.
+# A kvstack that reads only 1 refuses a 2 with a message to use a newer kvstack or re-save.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PREAMBLE = struct.Struct("<8sHHI")
 FRAME = struct.Struct("<III")
 END_INDEX = 0xFFFFFFFF

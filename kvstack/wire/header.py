@@ -16,7 +16,7 @@ import torch
 from kvstack.errors import CacheFormatError
 from kvstack.wire import jsonvalues
 from kvstack.wire.arrays import ArraySpec
-from kvstack.wire.format import DTYPES, VERSION, Limits
+from kvstack.wire.format import DTYPES, READABLE_VERSIONS, Limits
 
 FORMAT_NAME = "kvstack-wire"
 _MAX_NODE_DEPTH = 8
@@ -83,9 +83,10 @@ def parse_header(data: bytes, limits: Limits) -> Header:
         raise _bad(f"not JSON ({exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise _bad("this is not a kvstack wire stream")
-    if raw.get("version") != VERSION:
+    if raw.get("version") not in READABLE_VERSIONS:
         raise CacheFormatError(
-            f"cache header says format version {raw.get('version')!r}; this kvstack reads version {VERSION}. "
+            f"cache header says format version {raw.get('version')!r}; this kvstack reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. "
             "Use the kvstack version that wrote it, or re-save the cache with this one."
         )
     _str(raw.get("model_fingerprint"), "model_fingerprint", 256)

@@ -19,7 +19,7 @@ from kvstack.errors import CacheFormatError, InputError, KvstackError
 from kvstack.kv import Encoded, KVCache, KVLayer
 from kvstack.wire.checksum import crc32c
 from kvstack.wire.encodings import encoding_of_kind
-from kvstack.wire.format import END_INDEX, END_PAYLOAD, FRAME, MAGIC, PREAMBLE, VERSION, Limits
+from kvstack.wire.format import END_INDEX, END_PAYLOAD, FRAME, MAGIC, PREAMBLE, READABLE_VERSIONS, Limits
 from kvstack.wire.hashing import prefix_hash
 from kvstack.wire.header import Header, parse_header
 
@@ -111,9 +111,10 @@ class StreamDecoder:
             magic, version, flags, length = PREAMBLE.unpack(pre)
             if magic != MAGIC:
                 raise CacheFormatError("not a kvstack cache (bad magic bytes); save caches with kvstack.save")
-            if version != VERSION:
+            if version not in READABLE_VERSIONS:
                 raise CacheFormatError(
-                    f"cache format version {version}; this kvstack reads version {VERSION}. Use the kvstack "
+                    f"cache format version {version}; this kvstack reads versions "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}. Use the kvstack "
                     "that wrote it, or re-save the cache with this version"
                 )
             if flags != 0:
@@ -269,7 +270,7 @@ def _max_payload(spec, rows: int, limits: Limits) -> int:
     exact = rows * spec.row_bytes
     if spec.codec == "raw":
         bound = exact
-    elif spec.codec == "zstd":
+    elif spec.codec in ("zstd", "colzstd"):
         bound = exact + exact // 128 + 1024
     else:  # entropy coded: at most ~24 bits per symbol with the coder's leaky model, plus flush words
         bound = rows * spec.dim * 4 + 64

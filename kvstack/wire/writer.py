@@ -17,7 +17,7 @@ import torch
 
 from kvstack.errors import InputError
 from kvstack.kv import KVCache, KVLayer
-from kvstack.wire import entropy, jsonvalues
+from kvstack.wire import colzstd, entropy, jsonvalues
 from kvstack.wire.arrays import CODE_CODECS, TENSOR_CODECS, ArraySpec, plan_codes
 from kvstack.wire.checksum import crc32c
 from kvstack.wire.delta import DELTAS
@@ -29,12 +29,14 @@ from kvstack.wire.header import FORMAT_NAME
 
 @dataclass(frozen=True)
 class WireOptions:
-    """How arrays are coded. ``codes``: packed integer codes (``raw``, ``zstd``, ``ans``,
-    ``range``); ``tensors``: everything else (``raw``, ``zstd``); ``delta``: transform of codes
-    ahead of ``ans``/``range`` (``none``, ``seq``, ``anchor``, or ``auto`` = cheapest per array);
-    ``chunk_rows``: rows per chunk (a receiver decodes chunk by chunk)."""
+    """How arrays are coded. ``codes``: packed integer codes (``raw``, ``zstd``, ``colzstd``
+    (default: zstd over column-major codes, fast), ``ans``/``range`` (per-channel entropy models:
+    a little smaller, several times slower)); ``tensors``: everything else (``raw``, ``zstd``);
+    ``delta``: transform of codes ahead of ``colzstd`` (``none``, ``seq``) or ``ans``/``range``
+    (also ``anchor``), or ``auto`` = cheapest per array; ``chunk_rows``: rows per chunk (a receiver
+    decodes chunk by chunk)."""
 
-    codes: str = "ans"
+    codes: str = "colzstd"
     tensors: str = "zstd"
     delta: str = "auto"
     chunk_rows: int = 1024
@@ -47,6 +49,8 @@ class WireOptions:
             raise InputError(f"tensors={self.tensors!r}: pick one of {', '.join(TENSOR_CODECS)}")
         if self.delta not in (*DELTAS, "auto"):
             raise InputError(f"delta={self.delta!r}: pick one of {', '.join((*DELTAS, 'auto'))}")
+        if self.codes == "colzstd" and self.delta not in (*colzstd.DELTAS, "auto"):
+            raise InputError(f"delta={self.delta!r} is for codes='ans'/'range'; colzstd takes none, seq or auto")
         if not isinstance(self.chunk_rows, int) or not 1 <= self.chunk_rows <= 1 << 24:
             raise InputError(f"chunk_rows={self.chunk_rows!r}: give a whole number of rows, 1 to 16777216")
         if not isinstance(self.zstd_level, int) or not -7 <= self.zstd_level <= 22:
@@ -80,6 +84,8 @@ class _Planner:
             spec = ArraySpec(name, torch.uint8, tuple(tensor.shape), opts.codes, value.bits, value.dim)
             if opts.codes in entropy.ENTROPY_CODECS:
                 spec.delta, spec.model = plan_codes(tensor, value.bits, value.dim, opts.chunk_rows, opts.delta)
+            elif opts.codes == "colzstd":
+                spec.delta = colzstd.choose_delta(tensor.numpy(), opts.chunk_rows, opts.delta)
         else:
             if not isinstance(value, torch.Tensor) or value.dtype not in DTYPE_NAMES or not 1 <= value.dim() <= 2:
                 raise InputError(f"{name}: the wire format stores 1-D/2-D tensors of {', '.join(DTYPE_NAMES.values())}")
@@ -151,7 +157,7 @@ def build_plan(cache: KVCache, options: WireOptions, tokenizer=None) -> Plan:
 def encode_stream(cache: KVCache, *, tokenizer=None, options: WireOptions | None = None, **kwargs) -> Iterator[bytes]:
     """Yield the wire bytes of ``cache`` piece by piece (header first, then chunk frames).
 
-    Keyword arguments are :class:`WireOptions` fields (``codes="ans"``, ``delta="auto"``, ...).
+    Keyword arguments are :class:`WireOptions` fields (``codes="colzstd"``, ``delta="auto"``, ...).
     ``tokenizer`` records a hash of its vocabulary, checked again by :func:`kvstack.wire.load`.
     """
     opts = options or WireOptions(**kwargs)

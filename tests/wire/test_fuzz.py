@@ -25,6 +25,7 @@ def streams(wire_caches):
         wire.encode(wire_caches["kivi:2,g8,residual=6"], codes="ans", chunk_rows=32),
         wire.encode(wire_caches["snapkv:0.5,window=8,alloc=adakv > int3:axis=channel,g4"], codes="zstd"),
         wire.encode(wire_caches["int4"], codes="range", delta="seq", chunk_rows=40),
+        wire.encode(wire_caches["int4:sym,g8"], codes="colzstd", delta="seq", chunk_rows=24),
     ]
 
 

@@ -13,7 +13,7 @@ from kvstack.kv import DenseRows
 from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quant_split import SplitRows
 
-CODECS = ("raw", "zstd", "ans", "range")
+CODECS = ("raw", "zstd", "colzstd", "ans", "range")
 
 
 def _encodings(cache) -> set[type]:

@@ -35,6 +35,8 @@ def test_entropy_coded_int4_beats_packed_int4_by_1_2x_and_is_exact(smol):
     blob = wire.encode(cache, codes="ans")
     coded = wire.byte_breakdown(blob)["codes"]
     assert packed / coded >= 1.2, f"ans codes {coded} B vs packed {packed} B"
+    fast = wire.byte_breakdown(wire.encode(cache, codes="colzstd"))["codes"]
+    assert packed / fast >= 1.2, f"colzstd codes {fast} B vs packed {packed} B"
     back = wire.decode(blob)
     assert wire.cache_differences(cache, back) == []
     assert torch.equal(kvstack.generate(model, cache, q, 8), kvstack.generate(model, back, q, 8))

@@ -14,7 +14,7 @@ from kvstack import wire
 from kvstack.errors import CacheFormatError, InputError, ModelError
 from kvstack.kv import KVLayer
 from kvstack.wire.checksum import crc32c
-from kvstack.wire.format import PREAMBLE, Limits
+from kvstack.wire.format import PREAMBLE, VERSION, Limits
 
 
 def test_load_with_another_model_raises_model_error_before_decoding(wire_caches, tmp_path):
@@ -136,8 +136,8 @@ def _rewrite(blob: bytes, edit) -> bytes:
 def test_future_versions_and_unknown_encodings_say_what_to_do(wire_caches):
     blob = wire.encode(wire_caches["int4"])
     future = bytearray(blob)
-    future[8] = 2
-    with pytest.raises(CacheFormatError, match="version 2.*re-save"):
+    future[8] = VERSION + 1
+    with pytest.raises(CacheFormatError, match=f"version {VERSION + 1}.*re-save"):
         wire.decode(bytes(future))
     renamed = _rewrite(blob, lambda h: h["layers"][0]["keys"].update(kind="lowrank9"))
     with pytest.raises(CacheFormatError, match="lowrank9.*Upgrade kvstack"):
