@@ -47,6 +47,10 @@ def make_press(name: str, kwargs: dict):
     if cls is None or not isinstance(cls, type):
         presses = sorted(n for n in dir(kvpress) if n.endswith("Press"))
         raise LookupError(f"kvpress has no press {name!r}; presses: {', '.join(presses)}")
+    if isinstance(kwargs.get("press"), str):  # composed (AdaKVPress, CriticalKVPress): press=<scorer>, ratio inside
+        kwargs = dict(kwargs)
+        inner = make_press(kwargs.pop("press"), {"compression_ratio": kwargs.pop("compression_ratio", 0.0)})
+        return cls(press=inner, **kwargs)
     return cls(**kwargs)
 
 
