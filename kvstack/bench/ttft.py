@@ -11,19 +11,14 @@ on the same model, scored from caches that went through the wire format (encode,
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass, field
 
-import torch
-
 from kvstack.bench.adapt import Costs, Plan, choose, plan_recipe
+from kvstack.bench.costs import GROUP, LEVELS, best_seconds, measure_costs
 from kvstack.bench.link import LoopbackLink, gbits
+from kvstack.bench.payload import FP16, TEXT, Payload, encode, save_payload, text_blob
+from kvstack.bench.receiver import Receiver, answer_contains
 from kvstack.errors import InputError
-from kvstack.kv import KVCache
-
-TEXT, FP16 = "text", "fp16"
-LEVELS = ("int8", "int4", "int2")
-GROUP = 64
 
 
 @dataclass
@@ -74,92 +69,6 @@ class Row:
 
 
 @dataclass
-class Payload:
-    """What is sent for one path: its name (``text`` is answered by prefilling) and wire bytes."""
-
-    name: str
-    blob: bytes
-
-
-def text_blob(cache: KVCache, ids: torch.Tensor) -> bytes:
-    """The text path's message: the token ids in a wire stream with no layers (zstd-coded ids)."""
-    from kvstack import wire
-
-    empty = KVCache([], ids.to(torch.int32), cache.dense_dtype, recipe=TEXT,
-                    model_fingerprint=cache.model_fingerprint, dense_layout=[])
-    return wire.encode(empty)
-
-
-def payload_file(directory, name: str):
-    """Where ``save_dir`` keeps a payload: its name with anything but letters, digits, ``.-_`` as ``_``."""
-    import re
-    from pathlib import Path
-
-    return Path(directory) / (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") + ".kvw")
-
-
-def save_payload(directory, name: str, blob: bytes) -> int:
-    from pathlib import Path
-
-    from kvstack.wire.files import atomic_write
-
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return atomic_write(payload_file(directory, name), [blob])
-
-
-def encode(cache: KVCache, name: str) -> bytes:
-    """Wire bytes of a payload: fp16 goes raw (the plain cache), compressed recipes entropy-coded."""
-    from kvstack import wire
-
-    if name == FP16:
-        return wire.encode(cache, codes="raw", tensors="raw")
-    return wire.encode(cache)
-
-
-class Receiver:
-    """The receiving side: pull a payload through the link at a rate and produce the first token."""
-
-    def __init__(self, model, link: LoopbackLink) -> None:
-        from kvstack.hf.model import model_info
-
-        self.model, self.link = model, link
-        self.fingerprint = model_info(model).fingerprint
-
-    def first_token(self, payload: Payload, key: str, question: torch.Tensor, rate: float | None) -> dict:
-        import kvstack
-        from kvstack.wire import StreamDecoder
-
-        dec = StreamDecoder(expect_fingerprint=self.fingerprint)
-        start = time.perf_counter()
-        transfer = self.link.pull(key, rate, dec.feed)
-        cache = dec.finish()
-        received = time.perf_counter()
-        if payload.name == TEXT:
-            ids = torch.cat([cache.context_ids.long(), question]).view(1, -1)
-            self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)
-        else:
-            kvstack.generate(self.model, cache, question, max_new_tokens=1)
-        done = time.perf_counter()
-        return {"ttft": done - start, "receive": received - start, "answer": done - received, "rate": transfer.rate,
-                "bytes": transfer.bytes}
-
-
-def answer_contains(model, tok, sample, prompt, payload_name: str, cache: KVCache | None, max_new: int) -> float:
-    """``contains`` score of one sample's answer from a payload (the text path prefills it all)."""
-    import kvstack
-    from kvstack.eval.metrics import score
-
-    if payload_name == TEXT:
-        ids = torch.cat([prompt.context_ids, prompt.question_ids]).view(1, -1)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False)
-        new = out[0, ids.shape[1]:]
-    else:
-        new = kvstack.generate(model, cache, prompt.question_ids, max_new_tokens=max_new)
-    text = tok.decode(new, skip_special_tokens=True).strip()
-    return score(text, sample.answers, sample.mode)[1]
-
-
-@dataclass
 class Result:
     spec: TtftSpec
     rows: list[Row]
@@ -167,39 +76,6 @@ class Result:
     plans: dict[float, Plan] = field(default_factory=dict)
     costs: Costs | None = None
     context_tokens: int = 0
-
-
-def _best(fn, repeat: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def measure_costs(model, prompt, level_blobs: dict[str, bytes], first_token_s: float, text_s: float,
-                  text_bytes: int, progress: bool) -> Costs:
-    """Everything :func:`kvstack.bench.adapt.choose` needs, measured on one context."""
-    from kvstack import wire
-    from kvstack.diagnose.sensitivity import Probe, measure
-    from kvstack.wire.stats import bytes_by_layer
-
-    per_level = {lv: bytes_by_layer(blob) for lv, blob in level_blobs.items()}
-    layers = len(next(iter(per_level.values()))[0])
-    cont = prompt.question_ids if prompt.answer_ids is None else torch.cat([prompt.question_ids, prompt.answer_ids])
-    sens = measure(Probe(model, prompt.context_ids, cont), LEVELS, GROUP, progress=progress)
-    return Costs(
-        levels=LEVELS,
-        bytes=[{lv: per_level[lv][0][i] for lv in LEVELS} for i in range(layers)],
-        damage=sens.kl,
-        decode_s={lv: _best(lambda b=blob: wire.decode(b)) for lv, blob in level_blobs.items()},
-        shared_bytes=max(shared for _, shared in per_level.values()),
-        tokens=int(prompt.context_ids.numel()),
-        first_token_s=first_token_s,
-        text_s=text_s,
-        text_bytes=text_bytes,
-    )
 
 
 def _plan_name(plan: Plan) -> str:
@@ -269,7 +145,7 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
         costs = None
         if spec.deadline_ms is not None:
             mid_level = wire.decode(blobs[level_recipes[1]])
-            first = _best(lambda: kvstack.generate(model, mid_level, p0.question_ids, max_new_tokens=1))
+            first = best_seconds(lambda: kvstack.generate(model, mid_level, p0.question_ids, max_new_tokens=1))
             costs = measure_costs(model, p0, dict(zip(LEVELS, (blobs[r] for r in level_recipes))), first,
                                   unshaped[TEXT]["answer"], len(payloads[0].blob), progress)
             for gbit, rate in zip(spec.bandwidths, rates):

@@ -9,7 +9,8 @@ import kvstack
 from kvstack import wire
 from kvstack.bench.cli import format_result
 from kvstack.bench.link import gbits
-from kvstack.bench.ttft import TtftSpec, payload_file, run_ttft
+from kvstack.bench.payload import payload_file
+from kvstack.bench.ttft import TtftSpec, run_ttft
 from kvstack.errors import InputError
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
