@@ -145,6 +145,14 @@ def _wrap(base_name: str):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     def attention(module, query, key, value, attention_mask, **kwargs):
+        fast = getattr(key, "_kvstack_fast", None)
+        if fast is not None:  # a compressed layer offering its packed rows (kvstack.hf.fast_decode)
+            out = fast.attend(module, query, kwargs) if base_name == "sdpa" else None
+            if out is not None:
+                return out, None
+            keys, values, row_meta = fast.materialize()
+            key, value = keys.unsqueeze(0), values.unsqueeze(0)
+            key._kvstack = row_meta
         meta = getattr(key, "_kvstack", None)
         if meta is not None:
             attention_mask = meta.mask(query.shape[1], query.dtype)

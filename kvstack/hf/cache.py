@@ -17,6 +17,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvstack.errors import ModelError
 from kvstack.hf.attention import RowMeta
+from kvstack.hf.fast_decode import plan_step
 from kvstack.kv import KVCache, KVLayer, tensor_nbytes
 from kvstack.stack import parse_stage
 from kvstack.stages.select import streaming_keep
@@ -68,6 +69,11 @@ class CompressedLayer(CacheLayerMixin):
             self.tail_k = torch.cat([self.tail_k, k_new], dim=1)
             self.tail_v = torch.cat([self.tail_v, v_new], dim=1)
             self.tail_pos = torch.cat([self.tail_pos.to(new_pos.device), new_pos])
+        step = plan_step(self, new_pos)
+        if step is not None:  # the attention hook reads the packed rows through the GPU kernels
+            marker = key_states.new_empty((1, key_states.shape[1], 0, key_states.shape[-1]))
+            marker._kvstack_fast = step
+            return marker, marker
         keys, values, meta = self._materialize(new_pos)
         self._trim()
         self._quantize_tail()
