@@ -20,7 +20,7 @@ import os
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import kvstack
 
@@ -50,6 +50,17 @@ def decode_rate(run, tokens: int) -> tuple[float, float]:
     torch.cuda.reset_peak_memory_stats()
     tn, _ = timed(lambda: run(tokens))
     return (tn - t1) / (tokens - 1), torch.cuda.max_memory_allocated() / GiB
+
+
+def step_loop(model, cache, first: torch.Tensor, n: int) -> float:
+    """Seconds per greedy step of a plain ``model(...)`` loop over ``cache`` (no generate() overhead)."""
+    ids = first.view(1, 1)
+    times = []
+    for _ in range(n):
+        t, out = timed(lambda: model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1))
+        ids = out.logits[:, -1:].argmax(-1)
+        times.append(t)
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def main() -> None:
@@ -82,6 +93,11 @@ def main() -> None:
         res["full_prefill_s"] = t_prefill
         res["full_prefill_peak_gib"] = torch.cuda.max_memory_allocated() / GiB
         step, peak = decode_rate(run_full, args.tokens)
+        dyn = DynamicCache()
+        model(input_ids=ids.view(1, -1), past_key_values=dyn, use_cache=True, logits_to_keep=1)
+        res["full_loop_step_ms"] = step_loop(model, dyn, question, 16) * 1e3
+        del dyn
+        torch.cuda.empty_cache()
     res.update(full_step_ms=step * 1e3, full_tok_s=1 / step, full_decode_peak_gib=peak)
     cfg = model.config
     res["full_cache_bytes_per_token"] = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * 128 * 2
@@ -101,11 +117,15 @@ def main() -> None:
         res.update(kvstack_step_ms=step * 1e3, kvstack_tok_s=1 / step, kvstack_decode_peak_gib=peak)
         print(f"kvstack: compress {t_compress:.1f}s, {kv.nbytes / GiB:.2f} GiB cache ({res['kvstack_ratio']:.1f}x), "
               f"{1 / step:.1f} tok/s, peak {peak:.1f} GiB", flush=True)
+        with kvstack.hf.enable(model):
+            res["kvstack_loop_step_ms"] = step_loop(model, kvstack.hf.CompressedCache(kv, model.dtype), question,
+                                                    16) * 1e3
         os.environ["KVSTACK_KERNELS"] = "0"
         step_g, peak_g = decode_rate(run_kv, min(args.tokens, 9))
         os.environ.pop("KVSTACK_KERNELS")
         res.update(generic_step_ms=step_g * 1e3, generic_tok_s=1 / step_g, generic_decode_peak_gib=peak_g)
-        print(f"kvstack without kernels: {1 / step_g:.1f} tok/s, peak {peak_g:.1f} GiB", flush=True)
+        print(f"kvstack without kernels: {1 / step_g:.1f} tok/s, peak {peak_g:.1f} GiB; plain step loops: full "
+              f"{res['full_loop_step_ms']:.1f} ms, kvstack {res['kvstack_loop_step_ms']:.1f} ms", flush=True)
 
     # longest context whose cache fits: memory not taken by the cache at this context stays fixed
     total = res["total_gib"] * GiB

@@ -120,7 +120,7 @@ def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, **ge
     q_ids = _as_ids(question_ids, "question_ids")
     info = model_info(model)
     device = next(model.parameters()).device
-    input_ids = torch.cat([cache.context_ids.long(), q_ids]).view(1, -1).to(device)
+    input_ids = torch.cat([cache.context_ids.long().cpu(), q_ids.cpu()]).view(1, -1).to(device)
     hf_cache = CompressedCache(cache, info.dtype)
     generate_kwargs.setdefault("do_sample", False)
     if not generate_kwargs["do_sample"]:

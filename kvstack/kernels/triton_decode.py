@@ -159,7 +159,7 @@ def _split_kernel(
     M: tl.constexpr, M_PAD: tl.constexpr, QM: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     K_BITS: tl.constexpr, K_GROUP: tl.constexpr, K_CHANNEL: tl.constexpr, K_SYM: tl.constexpr,
     V_BITS: tl.constexpr, V_GROUP: tl.constexpr, V_CHANNEL: tl.constexpr, V_SYM: tl.constexpr,
-    CAUSAL_TAIL: tl.constexpr,
+    CAUSAL_TAIL: tl.constexpr, IEEE: tl.constexpr,
 ):
     seg = tl.program_id(0)
     split = tl.program_id(1)
@@ -186,7 +186,10 @@ def _split_kernel(
         rows = start + local
         if K_BITS == 16:
             k = tl.load(K + rows[:, None] * D + cols[None, :], mask=mask[:, None], other=0.0)
-            s = tl.dot(q0.to(k.dtype), tl.trans(k))
+            if IEEE:  # float32 rows: exact products, not TF32
+                s = tl.dot(q0, tl.trans(k.to(tl.float32)), input_precision="ieee")
+            else:
+                s = tl.dot(q0.to(k.dtype), tl.trans(k))
         else:
             s = _packed_scores(q0, q1, q2, q3, K, KS, KZ, rows, mask, g0 + b0 // K_GROUP,
                                D, K_BITS, K_GROUP, K_CHANNEL, K_SYM)
@@ -204,7 +207,10 @@ def _split_kernel(
         m_i = m_new
         if V_BITS == 16:
             v = tl.load(V + rows[:, None] * D + cols[None, :], mask=mask[:, None], other=0.0)
-            acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            if IEEE:
+                acc0 = acc0 * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            else:
+                acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         else:
             vrow = g0 + b0 // V_GROUP
             acc0 = acc0 * alpha[:, None] + _packed_values(
@@ -312,7 +318,8 @@ def decode_attention(
     total = n_main + n_tail
     o_part = torch.empty(S * total * m_pad * D, dtype=torch.float32, device=q.device)
     l_part = torch.empty(S * total * m_pad, dtype=torch.float32, device=q.device)
-    common = dict(M=M, M_PAD=m_pad, QM=query_tokens, D=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    common = dict(M=M, M_PAD=m_pad, QM=query_tokens, D=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
+                  IEEE=q.dtype == torch.float32)
     k, ks, kz, kb, kg, kc, ksym = _rows_args(keys)
     v, vs, vz, vb, vg, vc, vsym = _rows_args(values)
     _split_kernel[(S, n_main)](
