@@ -44,7 +44,8 @@ def uses_kernels(
     """Whether data of this shape on ``device`` goes through a Triton kernel.
 
     Attention reads per-channel scales a tile at a time, so there the token groups must
-    be a power of two of at least 16 (the smallest matrix-product tile).
+    be a power of two of at least 16 (the smallest matrix-product tile), and each channel
+    phase of a packed row (``dim * bits / 8`` channels) must be at least 16 wide.
     """
     if os.environ.get("KVSTACK_KERNELS") == "0" or not kernels_available():
         return False
@@ -54,6 +55,8 @@ def uses_kernels(
         return False
     if bits == 16:
         return True
+    if attention and dim * bits // 8 < 16:  # a channel phase (dim / codes per byte) feeds a matrix product
+        return False
     if axis == "channel":
         return not attention or (_pow2(group) and group >= 16)
     return _pow2(group) and dim % group == 0

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import kvstack
 from kvstack import kernels
 from kvstack.hf import fast_decode
+
+
+def _model(device):
+    """A small Llama with head_dim 64, the narrowest the kernels take at 2 bits (16 channels a phase)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
+                      initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval().to(device)
 
 
 def _step_logits(model, cache, q_ids, steps):
@@ -21,11 +31,11 @@ def _step_logits(model, cache, q_ids, steps):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("recipe", ["int4:g16", "snapkv:0.5,alloc=adakv > int4:g8", "int8:g16,axis=channel",
+@pytest.mark.parametrize("recipe", ["int4:g32", "snapkv:0.5,alloc=adakv > int4:g16", "int8:g16,axis=channel",
                                     "int2:g16,axis=channel", "snapkv:0.6"])
-def test_kernel_steps_equal_generic_steps(device, tiny_model, make_ids, monkeypatch, recipe):
+def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe):
     monkeypatch.setattr(fast_decode, "ALLOW_CPU", True)
-    model = tiny_model("llama").to(device)
+    model = _model(device)
     ctx, q = make_ids(96).to(device), make_ids(2, seed=3).to(device)
     cache = kvstack.compress(model, ctx, recipe)
     calls = []
@@ -41,18 +51,18 @@ def test_kernel_steps_equal_generic_steps(device, tiny_model, make_ids, monkeypa
     assert err < 5e-3, err
 
 
-def test_long_query_chunks_and_other_layers_fall_back(device, tiny_model, make_ids, monkeypatch):
+def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypatch):
     monkeypatch.setattr(fast_decode, "ALLOW_CPU", True)
-    model = tiny_model("llama").to(device)
-    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g16")
+    model = _model(device)
+    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g32")
     hf = kvstack.hf.CompressedCache(cache, model.dtype)
     layer = hf.layers[0]
-    long_q = torch.randn(1, 4, 40, 16, device=device)  # 2 heads x 40 tokens = 80 rows > MAX_QUERY_ROWS
-    layer.update(torch.randn(1, 2, 40, 16, device=device), torch.randn(1, 2, 40, 16, device=device))
+    long_q = torch.randn(1, 4, 40, 64, device=device)  # 2 heads x 40 tokens = 80 rows > MAX_QUERY_ROWS
+    layer.update(torch.randn(1, 2, 40, 64, device=device), torch.randn(1, 2, 40, 64, device=device))
     step = fast_decode.plan_step(layer, torch.arange(64, 104, device=device))
     assert step is not None and step.attend(model.model.layers[0].self_attn, long_q, {}) is None
-    kivi = kvstack.compress(model, make_ids(64).to(device), "kivi:2,group=16,residual=16")
+    kivi = kvstack.compress(model, make_ids(64).to(device), "kivi:2,group=32,residual=16")
     kivi_layer = kvstack.hf.CompressedCache(kivi, model.dtype).layers[0]
-    kivi_layer.update(torch.randn(1, 2, 1, 16, device=device), torch.randn(1, 2, 1, 16, device=device))
+    kivi_layer.update(torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device))
     assert kivi_layer.tail_k is not None  # a step was taken, yet KIVI's decode blocks keep the generic path
     assert fast_decode.plan_step(kivi_layer, torch.arange(64, 65, device=device)) is None
