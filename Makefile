@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt requirements-data.txt
+$(STAMP): pyproject.toml requirements.txt requirements-data.txt requirements-kernels.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-data.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-kernels.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
