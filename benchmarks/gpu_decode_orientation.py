@@ -39,11 +39,11 @@ print(json.dumps(dict(ms=ms, err=err)))
 
 def main() -> None:
     rows = []
-    for B, T in [(16, 32768), (16, 131072), (1, 131072)]:
+    for B, T in [(16, 32768), (16, 131072)]:
         for name, bits, kaxis, vgroup in [("int4 kt64 v64", 4, "token", 64), ("int4 kc64 v128", 4, "channel", 128),
                                           ("int8 kt128 v128", 8, "token", 128)]:
-            for transposed in (True, False):
-                for stages in (1, 2, 3):
+            for transposed, stages in [(True, 1), (True, 2), (False, 2)]:
+                if True:
                     cfg = [B, T, bits, kaxis, vgroup, transposed, stages, 2]
                     p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True)
                     last = (p.stdout.strip().splitlines() or [""])[-1]
