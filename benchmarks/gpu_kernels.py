@@ -132,22 +132,19 @@ def decode_table(bw: float, quick: bool) -> list[dict]:
             err = ((got[:Hkv].float() - want).norm() / want.norm()).item()
             tuned = {}
             sms = torch.cuda.get_device_properties(0).multi_processor_count
-            for transposed in (True, False):
-                for block_n, warps, stages, per_sm in [(64, 4, 2, 4), (64, 4, 3, 2), (128, 4, 3, 4), (64, 8, 3, 4)]:
-                    try:
-                        tuned[("T" if transposed else "N", block_n, warps, stages, per_sm)] = bench(
-                            lambda: triton_decode.decode_attention(
-                                q, kp, vp, seg, block_n=block_n, num_warps=warps, num_stages=stages,
-                                target_programs=per_sm * sms, transposed=transposed))
-                    except triton.runtime.errors.OutOfResources:
-                        pass
-            by_orient = {o: min(t for c, t in tuned.items() if c[0] == o) for o in ("T", "N")}
+            for block_n, warps, stages, per_sm in [(64, 4, 2, 4), (64, 4, 3, 4), (64, 8, 3, 4), (64, 4, 3, 2),
+                                                   (32, 4, 3, 4), (128, 4, 3, 4), (128, 8, 3, 2)]:
+                try:
+                    tuned[(block_n, warps, stages, per_sm)] = bench(lambda: triton_decode.decode_attention(
+                        q, kp, vp, seg, block_n=block_n, num_warps=warps, num_stages=stages,
+                        target_programs=per_sm * sms))
+                except triton.runtime.errors.OutOfResources:
+                    pass
             best = min(tuned, key=tuned.get)
             t = tuned[best]
             moved = kp.nbytes + vp.nbytes
             deq = bench(lambda: (triton_quant.dequantize(kp, seg), triton_quant.dequantize(vp, seg)))
-            row[name] = dict(ms=t, ms_transposed=by_orient["T"], ms_plain=by_orient["N"],
-                             speedup=t_fp16 / t, bw=moved / (t * 1e-3) / bw, err=err, config=best,
+            row[name] = dict(ms=t, speedup=t_fp16 / t, bw=moved / (t * 1e-3) / bw, err=err, config=best,
                              bytes=moved, dequant_then_sdpa_ms=deq + t_fp16, vs_dequant=(deq + t_fp16) / t)
         out.append(row)
         del k, v
@@ -181,15 +178,14 @@ def main() -> None:
               f"| {r['quant_config']}; {r['dequant_config']} |")
     dt = decode_table(bw, args.quick)
     print("\n| batch | context | SDPA flash fp16 ms (% BW) | format | kvstack ms | speedup vs fp16 | % of copy BW "
-          "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | best config | ms transposed / plain |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | block,warps,stages,programs/SM |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in dt:
         for name, *_ in FORMATS:
             c = r[name]
             print(f"| {r['batch']} | {r['context']} | {r['sdpa_fp16_ms']:.3f} ({100 * r['sdpa_bw']:.0f}%, "
                   f"{r['sdpa_variant']}) | {name} | {c['ms']:.3f} | {c['speedup']:.2f}x | {100 * c['bw']:.0f}% "
-                  f"| {c['dequant_then_sdpa_ms']:.3f} | {c['vs_dequant']:.1f}x | {c['err']:.1e} | {c['config']} "
-                  f"| {c['ms_transposed']:.3f} / {c['ms_plain']:.3f} |")
+                  f"| {c['dequant_then_sdpa_ms']:.3f} | {c['vs_dequant']:.1f}x | {c['err']:.1e} | {c['config']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(env=env, copy_bw=bw, quant=[{k: str(v) for k, v in r.items()} for r in qt], decode=[

@@ -293,26 +293,22 @@ def decode_attention(
     query_tokens: int = 1,
     block_n: int = 64,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int = 3,
     target_programs: int | None = None,
-    transposed: bool = True,
 ) -> torch.Tensor:
     """Attention of ``q [S, M, D]`` over each segment's packed (or dense) rows plus its dense tail.
 
     ``M`` rows of a segment are its query group (query heads of one KV head) times
     ``query_tokens`` new tokens, ordered ``g * query_tokens + t``; the new tokens are the
     last ``query_tokens`` rows of the tail and attend causally among themselves.
-    ``transposed`` picks :func:`kvstack.kernels.triton_decode_t.split_kernel_t` (packed
-    rows as the left operand) over ``_split_kernel``. Returns ``[S, M, D]`` in ``q.dtype``.
+    Defaults are the configuration measured fastest on an H100 (benchmarks/RESULTS.md).
+    Returns ``[S, M, D]`` in ``q.dtype``.
     """
-    from kvstack.kernels.triton_decode_t import split_kernel_t
-
-    split_kernel = split_kernel_t if transposed else _split_kernel
     S, M, D = q.shape
     q = q.contiguous()
     m_pad = max(16, next_pow2(M))
     scale = D**-0.5 if scale is None else scale
-    target = target_programs or 4 * torch.cuda.get_device_properties(q.device).multi_processor_count
+    target = target_programs or 2 * torch.cuda.get_device_properties(q.device).multi_processor_count
     for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
         if isinstance(rows, PackedRows) and rows.axis == "channel":
             block_n = min(block_n, rows.group)
@@ -327,14 +323,14 @@ def decode_attention(
                   IEEE=q.dtype == torch.float32)
     k, ks, kz, kb, kg, kc, ksym = _rows_args(keys)
     v, vs, vz, vb, vg, vc, vsym = _rows_args(values)
-    split_kernel[(S, n_main)](
+    _split_kernel[(S, n_main)](
         q, k, ks, kz, v, vs, vz, segments.starts, segments.lengths, segments.group_starts, o_part, l_part,
         scale * LOG2E, chunk, total, 0,
         K_BITS=kb, K_GROUP=kg, K_CHANNEL=kc, K_SYM=ksym, V_BITS=vb, V_GROUP=vg, V_CHANNEL=vc, V_SYM=vsym,
         CAUSAL_TAIL=False, **common,
     )
     if tail is not None:
-        split_kernel[(S, n_tail)](
+        _split_kernel[(S, n_tail)](
             q, tail_k, tail_k, tail_k, tail_v, tail_v, tail_v, tail.starts, tail.lengths, tail.group_starts,
             o_part, l_part, scale * LOG2E, tail_chunk, total, n_main,
             K_BITS=16, K_GROUP=1, K_CHANNEL=False, K_SYM=True, V_BITS=16, V_GROUP=1, V_CHANNEL=False, V_SYM=True,

@@ -84,6 +84,25 @@ def test_one_sequence_split_across_many_programs_merges_exactly(device):
     assert err < 2e-3, err
 
 
+def test_one_program_walking_many_tiles(device):
+    # every tile of a long head in one program: the software-pipelined loop over tiles
+    # (prefetching the next tile's codes and scales) must stay inside the head
+    from kvstack.kernels import triton_decode
+
+    g = torch.Generator().manual_seed(21)
+    lengths = [5000, 3000] if device.type == "cuda" else [600, 200]  # the interpreter is slow
+    seg = Segments.from_lengths(lengths, 64, device=device)
+    k = (torch.randn(sum(lengths), 128, generator=g)).half().to(device)
+    v = torch.randn(sum(lengths), 128, generator=g).half().to(device)
+    q = torch.randn(2, 8, 128, generator=g).half().to(device)
+    for axis in ("channel", "token"):
+        kp, vp = kernels.quantize(k, 4, 64, axis, False, seg), kernels.quantize(v, 4, 64, "token", False, seg)
+        got = triton_decode.decode_attention(q, kp, vp, seg, target_programs=1)
+        kd, vd = kernels.dequantize(kp, seg, torch.float32), kernels.dequantize(vp, seg, torch.float32)
+        want = reference.decode_attention(q.double(), kd.double(), vd.double(), seg, dtype=torch.float64)
+        assert ((got.double().cpu() - want.cpu()).norm() / want.norm()) < 2e-3
+
+
 def test_reference_fallback_agrees_with_kernel(device, monkeypatch):
     got, want = _case(device, 4, "token", torch.float16, 1, [90, 33], [2, 2], seed=11)
     monkeypatch.setenv("KVSTACK_KERNELS", "0")
