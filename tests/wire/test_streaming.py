@@ -58,3 +58,21 @@ def test_byte_breakdown_accounts_for_every_byte(wire_caches):
     # raw coding stores exactly the bytes the cache holds in memory
     assert parts["codes"] + parts["scales"] + parts["zeros"] + parts["data"] == cache.nbytes
     assert parts["context_ids"] == 4 * cache.context_length
+
+
+def test_bytes_by_layer_prices_each_layer(wire_caches):
+    from kvstack.stack import Recipe, StageContext
+    from kvstack.wire.format import FRAME
+    from kvstack.wire.stats import bytes_by_layer
+
+    cache = wire_caches["identity"]
+    mixed = Recipe.parse("int2:g8 > int8:g8@layer1").apply(cache, StageContext(4, 2, 16, 2))
+    blob = wire.encode(mixed, codes="raw", tensors="raw")
+    per_layer, shared = bytes_by_layer(blob)
+    assert sum(per_layer) + shared == len(blob)
+    # raw: a layer's frames hold exactly its tensors (codes, scales, zeros) plus one frame header per chunk
+    for layer, got in zip(mixed.layers, per_layer):
+        tensors = [t for e in (layer.keys, layer.values) for t in (e.codes, e.scales, e.zeros) if t is not None]
+        frames = sum(-(-t.shape[0] // 1024) for t in tensors)
+        assert got == layer.nbytes + frames * FRAME.size
+    assert per_layer[1] > per_layer[0]  # int8 against int2
