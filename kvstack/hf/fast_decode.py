@@ -26,8 +26,6 @@ from kvstack.kv import DenseRows
 # Query rows (query heads of one KV head x new tokens) one kernel program holds: more than
 # this and a decode step is really a prefill chunk, which the generic path does better.
 MAX_QUERY_ROWS = 64
-# Tests set this to run the kernels on CPU through Triton's interpreter (TRITON_INTERPRET=1).
-ALLOW_CPU = False
 
 
 def kernel_rows(enc, dtype: torch.dtype) -> PackedRows | torch.Tensor | None:
@@ -80,7 +78,7 @@ class FastStep:
 
 def plan_step(layer, query_pos: torch.Tensor) -> FastStep | None:
     """A :class:`FastStep` for this decode step of ``layer``, or None to take the generic path."""
-    if layer.tail_k is None or layer.window is not None or not (layer.tail_k.is_cuda or ALLOW_CPU):
+    if layer.tail_k is None or layer.window is not None or not (layer.tail_k.is_cuda or kernels.ALLOW_CPU):
         return None
     base = layer.base
     if len(layer.segments) != 1 or base.meta.get("decode_budget") or base.meta.get("decode_quantize"):

@@ -5,8 +5,9 @@ with Triton installed (and a shape the kernels take) go to the kernels in
 ``triton_*.py``; anything else runs the reference in :mod:`kvstack.kernels.reference`,
 which is also what the kernels are tested against. ``KVSTACK_KERNELS=0`` forces the
 references (to compare, or to rule the kernels out when debugging). With
-``TRITON_INTERPRET=1`` the kernels run on CPU tensors through Triton's interpreter:
-slow, but the same code, which is how the tests check them on machines without a GPU.
+``TRITON_INTERPRET=1`` and :data:`ALLOW_CPU` set, the kernels run on CPU tensors through
+Triton's interpreter: slow, but the same code, which is how the tests check them on
+machines without a GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 KERNEL_BITS = (2, 4, 8)
+# CPU tensors go through the kernels only when this is set *and* TRITON_INTERPRET=1: the
+# kernel tests flip it, so no other code in the same test session changes path.
+ALLOW_CPU = False
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,7 +53,7 @@ def uses_kernels(
     """
     if os.environ.get("KVSTACK_KERNELS") == "0" or not kernels_available():
         return False
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type != "cuda" and not (ALLOW_CPU and os.environ.get("TRITON_INTERPRET") == "1"):
         return False
     if not (_pow2(dim) and dim >= 16) or bits not in (*KERNEL_BITS, 16):
         return False

@@ -94,6 +94,13 @@ def attention_received(
     hk, length = rows.num_heads, rows.valid.shape[1]
     keys = rows.keys
     dev = keys.device
+    from kvstack import kernels
+
+    if not softcap and kernels.uses_kernels(dev, d, attention=True) and (hq // hk) * n > 0:
+        from kvstack.kernels.triton_scores import attention_received as received_kernel
+
+        q = queries.to(device=dev, dtype=torch.float32 if keys.dtype == torch.float32 else keys.dtype)
+        return received_kernel(q, query_pos, keys, rows.pos, rows.valid, scaling or d**-0.5, rows.window)
     q = queries.float().to(dev).reshape(hk, hq // hk, n, d)
     kp = rows.pos.to(dev).unsqueeze(1)  # [Hk, 1, L]
     valid = rows.valid.to(dev).unsqueeze(1)

@@ -37,7 +37,12 @@ if HAS_TRITON and not ON_GPU:
 
 
 @pytest.fixture
-def device() -> torch.device:
+def device(monkeypatch) -> torch.device:
+    """The device kernel tests run on; on a CPU it lets kvstack.kernels use the interpreter for this test only."""
     if not HAS_TRITON:
         pytest.skip("Triton is not installed (pip install -r requirements-kernels.txt)")
+    if not ON_GPU:
+        from kvstack import kernels
+
+        monkeypatch.setattr(kernels, "ALLOW_CPU", True)
     return torch.device("cuda" if ON_GPU else "cpu")

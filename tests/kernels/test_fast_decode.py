@@ -34,7 +34,6 @@ def _step_logits(model, cache, q_ids, steps):
 @pytest.mark.parametrize("recipe", ["int4:g32", "snapkv:0.5,alloc=adakv > int4:g16", "int8:g16,axis=channel",
                                     "int2:g16,axis=channel", "snapkv:0.6"])
 def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe):
-    monkeypatch.setattr(fast_decode, "ALLOW_CPU", True)
     model = _model(device)
     ctx, q = make_ids(96).to(device), make_ids(2, seed=3).to(device)
     cache = kvstack.compress(model, ctx, recipe)
@@ -52,7 +51,6 @@ def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe)
 
 
 def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypatch):
-    monkeypatch.setattr(fast_decode, "ALLOW_CPU", True)
     model = _model(device)
     cache = kvstack.compress(model, make_ids(64).to(device), "int4:g32")
     hf = kvstack.hf.CompressedCache(cache, model.dtype)
