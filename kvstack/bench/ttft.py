@@ -111,7 +111,9 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
     payloads += [Payload(n, blobs[n]) for n in names]
 
     rates = [gbits(g) for g in spec.bandwidths]
-    steps = (len(payloads) + (len(rates) if spec.deadline_ms is not None else 0)) * (len(rates) * spec.repeat + 1)
+    # one warm-up pull per payload, then `repeat` per bandwidth; each adaptive plan at its own bandwidth only
+    steps = len(payloads) * (len(rates) * spec.repeat + 1)
+    steps += len(rates) * (spec.repeat + 1) if spec.deadline_ms is not None else 0
     bar = tqdm(total=steps, desc="ttft", unit="pull", disable=not progress)
     rows: list[Row] = []
     unshaped: dict[str, dict] = {}
