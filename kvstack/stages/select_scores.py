@@ -99,8 +99,11 @@ def attention_received(
     if not softcap and kernels.uses_kernels(dev, d, attention=True) and (hq // hk) * n > 0:
         from kvstack.kernels.triton_scores import attention_received as received_kernel
 
-        q = queries.to(device=dev, dtype=torch.float32 if keys.dtype == torch.float32 else keys.dtype)
-        return received_kernel(q, query_pos, keys, rows.pos, rows.valid, scaling or d**-0.5, rows.window)
+        # fp16 operands, fp32 accumulation (what the model's own attention does on a GPU): exact
+        # float32 products in Triton run 80x slower than this (benchmarks/RESULTS.md)
+        half = torch.float16
+        return received_kernel(queries.to(dev, half), query_pos, keys.to(half), rows.pos, rows.valid,
+                               scaling or d**-0.5, rows.window)
     q = queries.float().to(dev).reshape(hk, hq // hk, n, d)
     kp = rows.pos.to(dev).unsqueeze(1)  # [Hk, 1, L]
     valid = rows.valid.to(dev).unsqueeze(1)

@@ -30,7 +30,7 @@ def test_kernel_equals_reference(device, monkeypatch, window):
     want = attention_received(queries, qpos, rows, scaling=0.125)
     assert got.shape == want.shape == (8, 300)
     assert torch.all(got[:4, -7:] == 0)  # padding receives nothing (query heads 0..3 share KV head 0)
-    assert ((got - want).norm() / want.norm()) < 1e-5  # float32 products, not TF32
+    assert ((got - want).norm() / want.norm()) < 2e-3  # fp16 operands on the kernel path
     # each query's weights sum to one over what it may see: total = queries per head
     assert torch.allclose(got.sum(-1), want.sum(-1), rtol=1e-3)
 
@@ -46,3 +46,16 @@ def test_half_precision_inputs(device):
     rows.keys = rows.keys.half().float()
     want = attention_received(queries.half().float(), qpos, rows, scaling=0.125)
     assert ((got - want).norm() / want.norm()) < 2e-3
+
+
+def test_float32_inputs_get_exact_products(device, monkeypatch):
+    from kvstack.kernels.triton_scores import attention_received as kernel
+
+    g = torch.Generator().manual_seed(5)
+    rows = _rows(2, 100, 64, None, device, g)
+    queries = torch.randn(4, 16, 64, generator=g).to(device)
+    qpos = torch.arange(300, 316, device=device)
+    got = kernel(queries, qpos, rows.keys, rows.pos, rows.valid, 0.125)
+    monkeypatch.setenv("KVSTACK_KERNELS", "0")
+    want = attention_received(queries, qpos, rows, scaling=0.125)
+    assert ((got - want).norm() / want.norm()) < 1e-5
