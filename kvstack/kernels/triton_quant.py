@@ -62,6 +62,15 @@ def _pack(q, N: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
+def _store_codes(C, x, inv, z, rows, mask, N: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYM: tl.constexpr,
+                 RINT: tl.constexpr):
+    """Encode ``x [N, D]`` and store its packed codes in the rows ``rows`` of ``C``."""
+    packed = _pack(_encode(x, inv, z, BITS, SYM, RINT), N, D, BITS)
+    W: tl.constexpr = D * BITS // 8
+    tl.store(C + rows[:, None] * W + tl.arange(0, W)[None, :], packed, mask=mask[:, None])
+
+
+@triton.jit
 def _fit(lo, hi, BITS: tl.constexpr, SYM: tl.constexpr):
     """fp16 (scale, zero) of groups with minimum ``lo`` and maximum ``hi``, rounded outward."""
     if SYM:
@@ -94,9 +103,7 @@ def _quant_token_kernel(
     else:
         tl.store(Z + rows[:, None] * G + gcols[None, :], zero, mask=mask[:, None])
         z = tl.reshape(tl.broadcast_to(zero.to(tl.float32)[:, :, None], (BLOCK_N, G, GROUP)), (BLOCK_N, D))
-    packed = _pack(_encode(x, inv, z, BITS, SYM, RINT), BLOCK_N, D, BITS)
-    W: tl.constexpr = D * BITS // 8
-    tl.store(C + rows[:, None] * W + tl.arange(0, W)[None, :], packed, mask=mask[:, None])
+    _store_codes(C, x, inv, z, rows, mask, BLOCK_N, D, BITS, SYM, RINT)
 
 
 @triton.jit
@@ -125,9 +132,7 @@ def _quant_channel_kernel(
         else:
             tl.store(Z + grow * D + cols, zero)
             z = tl.broadcast_to(zero.to(tl.float32)[None, :], (G_PAD, D))
-        packed = _pack(_encode(x, inv, z, BITS, SYM, RINT), G_PAD, D, BITS)
-        W: tl.constexpr = D * BITS // 8
-        tl.store(C + rows[:, None] * W + tl.arange(0, W)[None, :], packed, mask=mask[:, None])
+        _store_codes(C, x, inv, z, rows, mask, G_PAD, D, BITS, SYM, RINT)
 
 
 @triton.jit

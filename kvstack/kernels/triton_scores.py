@@ -29,6 +29,16 @@ def _allowed(kpos, kvalid, qpos, WINDOW: tl.constexpr):
 
 
 @triton.jit
+def _key_tile(K, KPOS, KVALID, h, s, L, D: tl.constexpr):
+    """Keys ``s`` of head ``h`` with their positions and validity (zeros past the end)."""
+    smask = s < L
+    k = tl.load(K + (h * L + s[:, None]) * D + tl.arange(0, D)[None, :], mask=smask[:, None], other=0.0)
+    kpos = tl.load(KPOS + h * L + s, mask=smask, other=0)
+    kvalid = tl.load(KVALID + h * L + s, mask=smask, other=0)
+    return k, kpos, kvalid
+
+
+@triton.jit
 def _logits(q, k, IEEE: tl.constexpr):
     if IEEE:
         x = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -54,10 +64,7 @@ def _lse_kernel(
     l_i = tl.zeros([BM], tl.float32)
     for s0 in range(0, L, BN):
         s = s0 + tl.arange(0, BN)
-        smask = s < L
-        k = tl.load(K + (h * L + s[:, None]) * D + cols[None, :], mask=smask[:, None], other=0.0)
-        kpos = tl.load(KPOS + h * L + s, mask=smask, other=0)
-        kvalid = tl.load(KVALID + h * L + s, mask=smask, other=0)
+        k, kpos, kvalid = _key_tile(K, KPOS, KVALID, h, s, L, D)
         x = _logits(q, k, IEEE) * qk_scale
         x = tl.where(_allowed(kpos, kvalid, qpos, WINDOW), x, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(x, 1))
@@ -79,9 +86,7 @@ def _received_kernel(
     s = tl.program_id(2) * BN + tl.arange(0, BN)
     smask = s < L
     cols = tl.arange(0, D)
-    k = tl.load(K + (h * L + s[:, None]) * D + cols[None, :], mask=smask[:, None], other=0.0)
-    kpos = tl.load(KPOS + h * L + s, mask=smask, other=0)
-    kvalid = tl.load(KVALID + h * L + s, mask=smask, other=0)
+    k, kpos, kvalid = _key_tile(K, KPOS, KVALID, h, s, L, D)
     acc = tl.zeros([BN], tl.float32)
     for t0 in range(0, n, BM):
         t = t0 + tl.arange(0, BM)
