@@ -6,7 +6,8 @@ attention any reconstruction query of its KV head's group gives it (softmax over
 context and the chunk so far). Unlike window or question scores this sees every token being
 *read*, which is what copying a needle digit by digit needs.
 
-Costs one extra pass over the context (about one more prefill; ``cache.stats["kvzip_seconds"]``).
+Costs one extra pass over the context, every query scored in plain PyTorch (``cache.stats["kvzip_seconds"]``;
+4.5x the prefill on the retrieval model at 4k on a loaded CPU, benchmarks/RESULTS.md).
 Differences from the paper: no "Repeat the previous context" instruction before each chunk
 (a stage has no tokenizer; the chunk follows the context directly, which base models copy by
 induction anyway), and each chunk starts right after the context (positions ``T..``), as the

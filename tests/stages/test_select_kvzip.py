@@ -68,10 +68,8 @@ def test_kvzip_after_another_selection_scores_by_position(ref):
         assert heads == [top(scores[layer][h], budget(0.5, 32), candidates=held) for h in range(HKV)]
 
 
-def test_sliding_window_model_matches_reference():
-    from conftest import build_tiny_model
-
-    model = build_tiny_model("mistral_swa", attn_implementation="eager")  # window 16
+def test_sliding_window_model_matches_reference(tiny_model):
+    model = tiny_model("mistral_swa", attn_implementation="eager")  # window 16
     ids = context(2)
     cache = kvstack.compress(model, ids, "identity")
     mine = reconstruction_scores(model, model_info(model), cache, chunk=20)
