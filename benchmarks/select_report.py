@@ -85,7 +85,6 @@ def tables() -> str:
     summary = [s for s in summarize(read_rows(combined())[0]) if s.get("kind") == "generate"]
     by = {(s["task"], s["recipe"]): s for s in summary}
     lines = []
-    head = "| method | " + " | ".join(f"{t} {int(k * 100 * 10) / 10:g}%" for t in TASKS for k in KEEP[1:2]) + " |"
     # one table per task: rows = methods, columns = kept share (contains accuracy and bytes/token)
     for task in TASKS:
         full = by.get((task, "identity"), {})
@@ -117,7 +116,6 @@ def tables() -> str:
             lines.append(f"| `{s['recipe']}` (kept {s['bytes_per_token'] / full.get('bytes_per_token', 1):.0%} of "
                          f"bytes) | {s['contains']:.2f}{spread(s['contains'], s['n'])} / "
                          f"{s.get('answer_nll_delta', 0):+.2f} / {s['bytes_per_token']:,.0f} | | |")
-    del head
     return "\n".join(lines)
 
 
