@@ -54,5 +54,14 @@ def test_rank_larger_than_head_dim_is_a_budget_error(tiny_model, make_ids):
 
 @torch.no_grad()
 def test_pre_rope_without_rotary_tables_says_what_to_do(tiny_model, make_ids):
+    # kvstack.compress captures the tables (hf/prefill.py); a driver that does not gets this error
+    from kvstack.hf.model import model_info
+    from kvstack.hf.prefill import prefill
+    from kvstack.stack import StageContext
+
+    model = tiny_model("llama")
+    info = model_info(model)
+    full = prefill(model, info, make_ids(20), frozenset()).cache
+    ctx = StageContext(info.num_query_heads, info.num_kv_heads, info.head_dim, info.num_layers)
     with pytest.raises(RecipeError, match="rotary tables.*use rope=post"):
-        kvstack.compress(tiny_model("llama"), make_ids(20), "svd:rank=4,rope=pre")
+        Recipe.parse("svd:rank=4,rope=pre").apply(full, ctx)
