@@ -232,7 +232,9 @@ class Recipe:
     def parse(cls, text: str) -> Recipe:
         if not isinstance(text, str) or not text.strip():
             raise RecipeError("empty recipe: use 'identity' for no compression, or see `kvstack recipes`")
-        return cls([parse_stage(part) for part in text.split(">")], text=text.strip())
+        from kvstack.presets import expand  # `best:16x` names a whole recipe (kvstack/presets.py)
+
+        return cls([parse_stage(part) for part in expand(text).split(">")], text=text.strip())
 
     @property
     def needs(self) -> frozenset[str]:
