@@ -8,13 +8,18 @@ as accuracy *relative to the full cache on the same samples*, against the bytes 
 holds per context token and the ratio to an fp16 dense cache (4,096 B/token on this model).
 CPU is scarce, so the search is staged (successive halving) and every stage is resumable:
 
-0. ``bytes``: one prefill, every grid recipe compressed once: exact bytes (``bytes.jsonl``).
-   Recipes under ``MIN_RATIO`` vs fp16 are dropped (the anchors in ``ANCHORS`` are kept).
-1. ``screen1``: one ``niah_single`` sample for every survivor; the worst are dropped by gold
-   answer NLL (a continuous signal where one greedy answer is only right or wrong).
-2. ``screen2``: two samples of each task for the survivors.
-3. ``confirm``: the Pareto candidates of the screen (and the best of each ratio band) on
-   ``--confirm-samples`` samples of each task.
+0. ``axes``: every option of every axis *alone* (plus ``ANCHORS``) on one sample of each task. An
+   option whose gold-answer NLL rises by more than ``AXIS_MAX_NLL`` on its own is not stacked
+   further: stacking only adds error, so every combination containing it would fail too.
+1. ``bytes``: the combinations of the surviving options (and ``EXTRA``), each compressed once from
+   one prefill: exact bytes (``bytes.jsonl``), no generation. Kept: recipes that reach at least
+   ``MIN_RATIO`` vs fp16, minus no-ops (a stage that saved no byte, e.g. MiniCache merging
+   nothing), and of those the ones just past a band (``band <= ratio < BAND_SPAN * band``).
+2. ``screen1``: one ``niah_single`` sample each; the ``--screen1-keep`` best per band go on.
+3. ``screen2``: one sample of each task; the ``--screen2-keep`` best per band go on.
+4. ``confirm``: ``--confirm-samples`` samples of each task; the frontier and the named recipes come
+   from these only. Scores: mean over tasks of accuracy relative to the full cache (capped at 1),
+   ties broken by the gold answer's NLL delta.
 
 One prefill per sample feeds all recipes of a stage (the harness's ``compress_many``); results go
 to ``benchmarks/reports/stacking/results.jsonl`` as they finish, so a crash loses nothing. To add a
@@ -38,13 +43,15 @@ LENGTH = 4096
 FULL = "identity"
 BANDS = (4, 8, 16, 32)  # name the best recipe at each ratio vs fp16 dense
 MIN_RATIO = 3.0  # grid recipes below this ratio vs fp16 are not screened
+MAX_NEW_TOKENS = 10  # answers are 7-digit numbers (one token per digit) or 1-4-token names; decoding dominates CPU
+BAND_SPAN = 1.6  # screen recipes with band <= ratio < BAND_SPAN * band
 
 # --- the search space: one axis per family; "" = the family is left out -------------------------------
 SELECTION = ["", "streaming:window=3068", "snapkv:0.75", "q2c:0.75", "q2c:0.5"]
 PROJECTION = [
     "", "svd:rank=32,rope=pre", "svd:rank=24,rope=pre", "svd:rank=16,rope=pre", "svd:rank=12,rope=pre",
     "svd:rank=8,rope=pre", "svd:rank=16", "latent:rank=128", "latent:rank=64", "latent:rank=32",
-    "xkv:group=2,rank=96", "xkv:group=2,rank=48",
+    "xkv:group=2,rank=96", "xkv:group=2,rank=48", "xkv:group=2,rank=32", "xkv:group=4,rank=64",
 ]
 CROSSLAYER = ["", "minicache"]
 QUANT = ["", "int8", "int4", "int3", "int2", "int4:axis=channel", "int2:axis=channel", "kivi:2,residual=32",
@@ -62,6 +69,9 @@ EXTRA: list[str] = [
     "svd:rank=16,rope=pre,target=k,bits=4,qgroup=256 > svd:rank=32,target=v,bits=2,qgroup=256",
     "svd:rank=8,rope=pre,target=k,bits=4,qgroup=256 > svd:rank=8,target=v,bits=4,qgroup=256",
     "svd:rank=8,rope=pre,bits=4,qgroup=256", "svd:rank=12,rope=pre,bits=3,qgroup=256",
+    # xkv's per-context bases dominate its bytes at 4k: fewer directions shared by more layers
+    "xkv:group=4,rank=48,bits=2", "xkv:group=4,rank=32,bits=2", "xkv:group=8,rank=64,bits=2",
+    "xkv:group=8,rank=48,bits=2",
 ]
 ANCHORS = ["identity", "int8", "int4"]  # always screened: the reference points of the plots
 SELECTION_SAME_TOKENS = ("", "streaming")  # latent/xkv need every head to keep the same tokens
@@ -173,8 +183,14 @@ def statistics_mean(xs: list[float]) -> float:
 
 def score(sums: dict[str, dict], tasks: list[str]) -> tuple[float, float]:
     """(mean relative accuracy over tasks, minus mean answer-NLL delta): larger is better, ties by likelihood."""
-    rel = [sums[t].get("relative") for t in tasks if t in sums]
-    rel = [min(r, 1.0) if r is not None else 0.0 for r in rel]  # a lucky sample is not better than the full cache
+    # a lucky sample is not better than the full cache (cap at 1); a task the full cache never answered has no
+    # relative accuracy and is left out (a recipe that ran no sample of it gets 0)
+    rel = []
+    for s in (sums[t] for t in tasks if t in sums):
+        if s.get("relative") is not None:
+            rel.append(min(s["relative"], 1.0))
+        elif s.get("contains_full") != 0:
+            rel.append(0.0)
     nll = [sums[t].get("answer_nll_delta") or 0.0 for t in tasks if t in sums]
     return (statistics_mean(rel) if rel else 0.0, -statistics_mean(nll) if nll else 0.0)
 
@@ -226,19 +242,29 @@ def drop_no_ops(recipes: list[str], sizes: dict[str, dict]) -> list[str]:
 def run_grid(model, tok, recipes: list[str], tasks: list[str], samples: int, threads: int) -> None:
     from kvstack.eval.runner import EvalSpec, Runner
 
-    recipes = [FULL] + [r for r in recipes if r != FULL]
-    spec = EvalSpec(MODEL, recipes, tasks, [LENGTH], samples, threads=threads)
+    recipes = list(dict.fromkeys([FULL, *recipes]))
+    spec = EvalSpec(MODEL, recipes, tasks, [LENGTH], samples, threads=threads, max_new_tokens=MAX_NEW_TOKENS)
     print(Runner(spec, OUT / "results.jsonl", model=model, tokenizer=tok).run(), flush=True)
 
 
-def screened(recipes: list[str], tasks: list[str], keep: float, per_band: int) -> list[str]:
-    """Survivors of a screen: the best ``keep`` share by score, plus the best ``per_band`` at each ratio band."""
+def in_band(ratio: float, band: int) -> bool:
+    """The "Nx" band: at least N times smaller than fp16, less than 2N (so best:4x is not a 20x recipe)."""
+    return band <= ratio < 2 * band
+
+
+def near_bands(recipes: list[str], ratio: dict[str, float]) -> list[str]:
+    """Recipes just past a band (``band <= ratio < BAND_SPAN * band``): the cheapest ways to reach it."""
+    return [r for r in recipes if r in ANCHORS or any(b <= ratio[r] < BAND_SPAN * b for b in BANDS)]
+
+
+def screened(recipes: list[str], tasks: list[str], per_band: int) -> list[str]:
+    """Survivors of a screen: the ``per_band`` best-scoring recipes at or past each ratio band."""
     sums = summaries()
     have = [r for r in recipes if r != FULL and all(t in sums.get(r, {}) for t in tasks)]
     ranked = sorted(have, key=lambda r: score(sums[r], tasks), reverse=True)
-    out = ranked[: max(1, math.ceil(keep * len(ranked)))]
+    out: list[str] = []
     for band in BANDS:
-        inside = [r for r in ranked if recipe_ratio(sums[r]) >= band]
+        inside = [r for r in ranked if in_band(recipe_ratio(sums[r]), band)]
         out += [r for r in inside[:per_band] if r not in out]
     return [r for r in recipes if r in out or r in ANCHORS]
 
@@ -254,7 +280,7 @@ def pareto(recipes: list[str], sums: dict, tasks: list[str]) -> list[str]:
 def best_per_band(sums: dict, recipes: list[str]) -> dict[int, str | None]:
     out = {}
     for band in BANDS:
-        inside = [r for r in recipes if recipe_ratio(sums[r]) >= band]
+        inside = [r for r in recipes if in_band(recipe_ratio(sums[r]), band)]
         out[band] = max(inside, key=lambda r: score(sums[r], TASKS)) if inside else None
     return out
 
@@ -281,6 +307,7 @@ def table_md(recipes: list[str], sums: dict, marks: dict[str, str] | None = None
 
 
 def plots(sums: dict, confirmed: list[str], screened_only: list[str]) -> list[str]:
+    """Per task: relative accuracy and gold-answer NLL delta vs bytes/token, the confirmed recipes' frontier drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,31 +315,34 @@ def plots(sums: dict, confirmed: list[str], screened_only: list[str]) -> list[st
 
     from kvstack.eval.plots import _frontier
 
+    panels = (("relative", "accuracy relative to the full cache (same samples)", True),
+              ("answer_nll_delta", "gold answer NLL delta vs full cache (nats/token, lower is better)", False))
     names = []
     for task in TASKS:
-        fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
-        for group, style in ((screened_only, dict(color="0.7", marker=".", label="screen only (n<=2)")),
-                             (confirmed, dict(color="tab:blue", marker="o", label="confirmed"))):
-            pts = [(sums[r][task]["bytes_per_token"], sums[r][task].get("relative") or 0.0, r) for r in group
-                   if task in sums[r]]
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, **style)
-            if group is confirmed:
-                for x, y, r in pts:
-                    ax.annotate(r, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-                front = _frontier([(x, y) for x, y, _ in pts], True)
-                ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green",
-                        label="Pareto frontier (confirmed)", zorder=2)
-        fp16 = fp16_per_token()
-        for band in BANDS:
-            ax.axvline(fp16 / band, color="tab:red", alpha=0.3, ls="--")
-            ax.text(fp16 / band, 0.02, f"{band}x", color="tab:red", fontsize=8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("cache bytes per context token (log); dashed: 4/8/16/32x smaller than fp16 dense")
-        ax.set_ylabel("accuracy relative to the full cache (same samples)")
+        fig, axes = plt.subplots(1, 2, figsize=(16, 6), dpi=100)
+        for ax, (key, label, higher) in zip(axes, panels):
+            for group, style in ((screened_only, dict(color="0.7", marker=".", label="screen only (n<=2)")),
+                                 (confirmed, dict(color="tab:blue", marker="o", label="confirmed"))):
+                pts = [(sums[r][task]["bytes_per_token"], sums[r][task].get(key) or 0.0, r) for r in group
+                       if task in sums[r]]
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, **style)
+                if group is confirmed and pts:
+                    for x, y, r in pts:
+                        ax.annotate(r, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                    front = _frontier([(x, y) for x, y, _ in pts], higher)
+                    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green",
+                            label="Pareto frontier (confirmed)", zorder=2)
+            for band in BANDS:
+                ax.axvline(fp16_per_token() / band, color="tab:red", alpha=0.3, ls="--")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("cache bytes per context token (log); dashed: 4/8/16/32x smaller than fp16 dense")
+            ax.set_ylabel(label)
+            if key == "answer_nll_delta":
+                ax.set_yscale("symlog", linthresh=0.1)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
         n = max((sums[r][task]["n"] for r in confirmed if task in sums[r]), default=0)
-        ax.set_title(f"{task} at {LENGTH} tokens, {MODEL} (confirmed n={n})")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        fig.suptitle(f"{task} at {LENGTH} tokens, {MODEL} (confirmed: n={n} per recipe)")
         fig.tight_layout()
         name = f"{task}_{LENGTH}.png"
         fig.savefig(OUT / name)
@@ -359,9 +389,9 @@ def report(confirm_samples: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--screen1-keep", type=float, default=0.35, help="share of recipes kept after screen 1")
-    ap.add_argument("--screen2-keep", type=float, default=0.3, help="share kept after screen 2")
-    ap.add_argument("--confirm-samples", type=int, default=8)
+    ap.add_argument("--screen1-keep", type=int, default=2, help="recipes kept per ratio band after screen 1")
+    ap.add_argument("--screen2-keep", type=int, default=2, help="recipes kept per ratio band after screen 2")
+    ap.add_argument("--confirm-samples", type=int, default=3)
     ap.add_argument("--stop-after", choices=("axes", "bytes", "screen1", "screen2", "confirm"), default="confirm")
     ap.add_argument("--report", action="store_true", help="only write the report of finished results")
     args = ap.parse_args()
@@ -398,21 +428,20 @@ def main() -> None:
     print(f"grid {len(all_recipes)} recipes, {len(ok)} compress, {len(pool)} at >= {MIN_RATIO}x vs fp16", flush=True)
     if args.stop_after == "bytes":
         return
-    run_grid(model, tok, pool, TASKS, 1, args.threads)
-    pool = screened(pool, TASKS, args.screen1_keep, per_band=4)
+    pool = near_bands(pool, ratio)
+    print(f"{len(pool)} recipes just past a band ({', '.join(f'{b}x' for b in BANDS)}): {pool}", flush=True)
+    run_grid(model, tok, pool, TASKS[:1], 1, args.threads)
+    pool = screened(pool, TASKS[:1], args.screen1_keep)
     print(f"screen 1 keeps {len(pool)}: {pool}", flush=True)
     if args.stop_after == "screen1":
         return
-    run_grid(model, tok, pool, TASKS, 2, args.threads)
-    sums = summaries()
-    pool = screened(pool, TASKS, args.screen2_keep, per_band=2)
-    pool += [r for r in pareto([r for r in pool if r != FULL], sums, TASKS) if r not in pool]
+    run_grid(model, tok, pool, TASKS, 1, args.threads)
+    pool = screened(pool, TASKS, args.screen2_keep)
     print(f"screen 2 keeps {len(pool)}: {pool}", flush=True)
     if args.stop_after == "screen2":
         return
     run_grid(model, tok, pool, TASKS, args.confirm_samples, args.threads)
     print(report(args.confirm_samples))
-
 
 if __name__ == "__main__":
     main()
