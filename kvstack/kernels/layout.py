@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from kvstack.errors import InputError
+from kvstack.kv import tensor_nbytes
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,7 @@ class PackedRows:
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.zeros is None else self.zeros.numel() * self.zeros.element_size()
-        return self.codes.numel() + self.scales.numel() * self.scales.element_size() + extra
+        return tensor_nbytes(self.codes) + tensor_nbytes(self.scales) + tensor_nbytes(self.zeros)
 
     @classmethod
     def from_quant_rows(cls, q) -> PackedRows:

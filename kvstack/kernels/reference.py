@@ -10,24 +10,16 @@ from __future__ import annotations
 import torch
 
 from kvstack.kernels.layout import PackedRows, Segments
-from kvstack.stages.quant_groups import token_groups
-from kvstack.stages.quant_pack import unpack_codes
+from kvstack.stages.quant_rows import QuantRows
 
 
 def dequantize(p: PackedRows, segments: Segments | None = None) -> torch.Tensor:
-    """Rows as float32 ``[rows, dim]``; channel-axis rows need their ``segments``."""
-    q = unpack_codes(p.codes, p.bits, p.dim).float()
-    if p.axis == "token":
-        s = p.scales.float().repeat_interleave(p.group, dim=1)
-        z = None if p.zeros is None else p.zeros.float().repeat_interleave(p.group, dim=1)
-    else:
-        lengths = segments.lengths.tolist() if segments is not None else [q.shape[0]]
-        gid, _ = token_groups(lengths, p.group, device=q.device)
-        s = p.scales.float().index_select(0, gid)
-        z = None if p.zeros is None else p.zeros.float().index_select(0, gid)
-    if z is None:
-        return (q - (1 << (p.bits - 1))) * s
-    return q * s + z
+    """Rows as float32 ``[rows, dim]``: :meth:`QuantRows.dequantize` itself; channel-axis rows need ``segments``."""
+    lengths = None
+    if p.axis == "channel":
+        lengths = tuple(segments.lengths.tolist()) if segments is not None else (int(p.codes.shape[0]),)
+    rows = QuantRows(p.codes, p.scales, p.zeros, p.bits, p.group, p.axis, p.dim, torch.float32, lengths)
+    return rows.dequantize()
 
 
 def decode_attention(

@@ -150,26 +150,22 @@ class Client:
         return atomic_write(path, pieces)
 
     async def exists(self, key: CacheKey | str) -> bool:
-        text = _key_text(key)
-        try:
-            async with self.session.head(f"{self.url}/v1/caches/{text}") as resp:
-                if resp.status == 404:
-                    return False
-                await self._check(resp, f"head {text}")
-                return True
-        except aiohttp.ClientError as exc:
-            raise self._conn_error(exc, f"head {text}") from exc
+        return await self._found("head", key)
 
     async def delete(self, key: CacheKey | str) -> bool:
+        return await self._found("delete", key)
+
+    async def _found(self, method: str, key: CacheKey | str) -> bool:
+        """Send ``method`` for one cache: True if the server had it, False on 404, typed errors otherwise."""
         text = _key_text(key)
         try:
-            async with self.session.delete(f"{self.url}/v1/caches/{text}") as resp:
+            async with self.session.request(method.upper(), f"{self.url}/v1/caches/{text}") as resp:
                 if resp.status == 404:
                     return False
-                await self._check(resp, f"delete {text}")
+                await self._check(resp, f"{method} {text}")
                 return True
         except aiohttp.ClientError as exc:
-            raise self._conn_error(exc, f"delete {text}") from exc
+            raise self._conn_error(exc, f"{method} {text}") from exc
 
     async def list(self, fingerprint: str | None = None) -> list[dict]:
         params = {"fingerprint": fingerprint} if fingerprint else {}
