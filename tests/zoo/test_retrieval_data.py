@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from kvstack.errors import InputError
 from kvstack.zoo.train import templates as T
-from kvstack.zoo.train.retrieval import TASKS, SampleMaker, make_batch
+from kvstack.zoo.train.retrieval import TASKS, TRAIN, Facts, SampleMaker, make_batch
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +34,21 @@ def test_facts_and_answers_sit_where_the_sample_says(task, maker, vocab):
     for (a, b), needle in zip(s.needle_spans, s.needle_texts):
         assert decode(a, b) == " " + needle
         assert b <= s.context_len
-    for (block, start, end), (question, answer, prefix) in zip(s.qa_spans, s.qas):
+    for i, ((block, start, end), (question, answer, prefix)) in enumerate(zip(s.qa_spans, s.qas)):
         assert question in decode(block, start) and decode(block, start).endswith(prefix)
         assert decode(start, end) == " " + answer
-        assert s.answer[start:end].all() and not s.answer[block:start].any()
+        # After a previous answer, the block's first token (the newline that ends that answer) is trained on.
+        assert s.answer[start:end].all() and s.answer[block] == (i > 0) and not s.answer[block + 1 : start].any()
     assert not s.answer[: s.context_len].any()
 
 
 def test_depths_place_a_single_fact_at_that_fraction_of_the_haystack(maker):
     for depth in (0.1, 0.5, 0.9):
         s = maker.make("passkey", 1000, np.random.default_rng(3), depths=[depth])
-        (start, _), = s.needle_spans
-        # The fact goes after the sentence end nearest the depth; filler sentences are ~7 tokens long.
-        assert abs(start / s.context_len - depth) < 0.03
+        (start, end), = s.needle_spans
+        # The fact goes after the sentence end nearest the depth (of the haystack, which excludes the
+        # fact itself); filler sentences are ~7 tokens long.
+        assert abs(start / (s.context_len - (end - start)) - depth) < 0.02
 
 
 def test_same_seed_same_sample_other_seed_other_sample(maker):
@@ -80,7 +84,7 @@ def test_heldout_split_uses_only_heldout_frames_and_questions(maker):
         assert all(_made_by(n, T.HELDOUT_NEEDLE_FRAMES) for n in s.needle_texts)
         assert _made_by(s.qas[0][0], T.HELDOUT_QUESTION_FRAMES)
         t = maker.make("single", 512, np.random.default_rng(seed), split="train")
-        assert all(_made_by(n, T.NEEDLE_FRAMES) for n in t.needle_texts)
+        assert all(_made_by(n, T.NEEDLE_FRAMES + T.GENERATED_NEEDLE_FRAMES) for n in t.needle_texts)
     assert set(T.HELDOUT_NEEDLE_FRAMES).isdisjoint(T.NEEDLE_FRAMES)
     assert set(T.HELDOUT_QUESTION_FRAMES).isdisjoint(T.QUESTION_FRAMES)
     for kind, attrs in T.HELDOUT_ATTRIBUTES.items():
@@ -104,3 +108,31 @@ def test_training_strings_include_every_template_group():
     strings = T.training_strings()
     assert set(T.NEEDLE_FRAMES) <= strings and set(T.QUESTION_FRAMES) <= strings and set(T.FIRST_NAMES) <= strings
     assert not (set(T.HELDOUT_NEEDLE_FRAMES) & strings)
+
+
+def test_generated_frames_are_many_distinct_and_avoid_every_heldout_and_evaluation_phrase():
+    from kvstack.eval.tasks import vocab as V
+    from kvstack.zoo.train import frame_grammar as G
+
+    needles, questions = T.GENERATED_NEEDLE_FRAMES, T.GENERATED_QUESTION_FRAMES
+    assert len(set(needles)) == len(needles) >= 2000 and len(set(questions)) == len(questions) >= 1000
+    assert all({"{E}", "{A}", "{V}"} <= set(re.findall(r"\{[A-Z]\}", f)) for f in needles)
+    assert all({"{E}", "{A}"} == set(re.findall(r"\{[A-Z]\}", f)) for f in questions)
+    assert G.needle_frames() == needles  # deterministic: training is reproducible
+    text = [f.lower() for f in needles + questions]
+    assert not [b for b in G.BANNED if any(b in f for f in text)]
+    # Every distinctive word of the held-out frames and of the evaluation templates is banned or absent.
+    for frame in T.HELDOUT_NEEDLE_FRAMES + T.HELDOUT_QUESTION_FRAMES + list(V.TEMPLATES):
+        assert frame not in needles + questions
+    assert not set(needles + questions) & set(T.HELDOUT_NEEDLE_FRAMES + T.HELDOUT_QUESTION_FRAMES)
+
+
+def test_training_samples_draw_generated_frames_and_invented_attributes(maker):
+    rng = np.random.default_rng(7)
+    samples = [maker.make("single", 256, rng) for _ in range(60)]
+    needles = [n for s in samples for n in s.needle_texts]
+    assert sum(_made_by(n, T.GENERATED_NEEDLE_FRAMES) and not _made_by(n, T.NEEDLE_FRAMES) for n in needles) >= 15
+    known = {a for attrs in T.ATTRIBUTES.values() for a in attrs}
+    drawn = [Facts(TRAIN, np.random.default_rng(i)).attribute()[1] for i in range(200)]
+    invented = [a for a in drawn if a not in known]
+    assert len(invented) >= 40 and not set(invented) & T.HELDOUT_ATTRIBUTE_SET

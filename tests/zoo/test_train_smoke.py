@@ -62,3 +62,29 @@ def test_export_loads_in_transformers_with_the_trained_logits(run, tmp_path):
     with torch.no_grad():
         assert torch.allclose(hf(ids).logits, ours.logits(ours(ids)), atol=1e-4, rtol=1e-4)
     assert hf.config.eos_token_id == 0 and hf.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(run, tmp_path):
+    """Long trainings span several device calls: the resumed run must see the same batches and optimizer."""
+    from safetensors.torch import load_file
+
+    from kvstack.zoo.train.train import main
+
+    data = run.parent
+    common = ["--data", str(data), "--shape", "tiny", "--phases", "128:14", "--device", "cpu", "--tokens-per-step",
+              "1024", "--lr", "3e-3", "--warmup", "2", "--no-eval", "--workers", "0"]
+    out = tmp_path / "resumed"
+    state = tmp_path / "state.pt"
+    assert main([*common, "--out", str(out), "--checkpoint", str(state), "--stop-at-step", "5"]) == 0
+    half = load_file(str(out / "weights-00.safetensors"))
+    assert main([*common, "--out", str(out), "--checkpoint", str(state), "--resume"]) == 0
+    whole, resumed = load_file(str(run / "weights-00.safetensors")), load_file(str(out / "weights-00.safetensors"))
+    assert whole.keys() == resumed.keys()
+    assert any(not torch.equal(half[k], whole[k]) for k in whole)  # the stop really happened mid-run
+    for k in whole:
+        torch.testing.assert_close(resumed[k].float(), whole[k].float(), atol=1e-3, rtol=0)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps_done"] == 14
+    with pytest.raises(SystemExit, match="other --phases"):
+        main([*common[:5], "128:15", *common[6:], "--out", str(out), "--checkpoint", str(state), "--resume"])

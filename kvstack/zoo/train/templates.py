@@ -13,6 +13,8 @@ its grass/sky/sun filler, and NIAH's San Francisco sandwich needle.
 
 from __future__ import annotations
 
+from kvstack.zoo.train import frame_grammar
+
 FIRST_NAMES = [
     "Abel", "Adriana", "Agnes", "Alder", "Alma", "Ambrose", "Anika", "Arlo", "Astrid", "Beatrix", "Bertram",
     "Blythe", "Bruno", "Caspian", "Cecily", "Clement", "Cordelia", "Cyril", "Dagny", "Dashiell", "Delphine",
@@ -272,13 +274,19 @@ HELDOUT_ATTRIBUTES = {
 HELDOUT_FIRST_NAMES = ["Anselm", "Brigid", "Corwin", "Delia", "Fiora", "Gaspard", "Hilde", "Ione", "Jorah"]
 HELDOUT_LAST_NAMES = ["Ashgrove", "Brackenbury", "Cullingford", "Dewhurst", "Erskine", "Fothergill", "Gresham"]
 HELDOUT_VALUE_WORDS = ["aubergine", "cassowary", "gentian", "kohlrabi", "mangosteen", "nasturtium", "tourmaline"]
+HELDOUT_ATTRIBUTE_SET = frozenset(a for attrs in HELDOUT_ATTRIBUTES.values() for a in attrs)
 HELDOUT_QA_FORMATS = [("\n\nQuestion: ", "\nAnswer:")]  # the house format, with unseen frames inside
 
+
+# Thousands of procedurally generated frames (``frame_grammar``), drawn once with fixed seeds.
+GENERATED_NEEDLE_FRAMES = frame_grammar.needle_frames()
+GENERATED_QUESTION_FRAMES = frame_grammar.question_frames()
+ATTRIBUTE_HEADS = frame_grammar.ATTRIBUTE_HEADS
 
 _TEMPLATE_GROUPS = (
     NEEDLE_FRAMES, QUESTION_FRAMES, REVERSE_QUESTION_FRAMES, MULTI_VALUE_FRAMES, MULTI_VALUE_QUESTIONS,
     MULTI_QUERY_QUESTIONS, ASSIGN_FRAMES, COPY_FRAMES, TRACK_QUESTIONS, TRACK_VALUE_QUESTIONS, HOP_FRAMES,
-    FILLER_SENTENCES, *ANSWER_PREFIXES.values(),
+    FILLER_SENTENCES, *ANSWER_PREFIXES.values(), GENERATED_NEEDLE_FRAMES, GENERATED_QUESTION_FRAMES,
 )
 
 

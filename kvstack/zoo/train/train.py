@@ -119,6 +119,17 @@ def save_shards(model: TrainLlama, out: Path, max_bytes: int = SHARD_BYTES) -> l
     return names
 
 
+def save_state(path: Path | None, model: TrainLlama, opt, step: int, phases, seed: int) -> None:
+    """Everything ``--resume`` needs, written atomically (a run killed mid-write keeps the previous state)."""
+    if path is None or step < 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "phases": [list(p) for p in phases], "seed": seed}, tmp)
+    os.replace(tmp, path)
+
+
 def evaluate_all(model: TrainLlama, vocab: VocabTables, heldout, args, device: str) -> dict:
     from kvstack.zoo.train.evaluate import perplexity, retrieval_accuracy
     from kvstack.zoo.train.retrieval import TASKS
@@ -150,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", type=Path, default=SHIPPED_DIR / "tokenizer.json")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="shipped")
-    ap.add_argument("--init", type=Path, default=None, help="start from the weights-*.safetensors in this folder")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from the weights-*.safetensors (or model.safetensors) in this folder")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="file for the full training state (weights, optimizer, step), written with the shards")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from --checkpoint if it exists (same --phases and --seed: same batches)")
     ap.add_argument("--phases", default="256:300,512:250,1024:200,2048:150,4096:120,8192:100",
                     help="curriculum: length:steps,... (ignored with --auto-budget)")
     ap.add_argument("--auto-budget", type=float, default=None,
@@ -167,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--time-budget", type=float, default=1e9, help="seconds; past it, stop training and save")
+    ap.add_argument("--stop-at-step", type=int, default=None,
+                    help="stop (and save) before this step; --resume continues from there")
     ap.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (smoke runs)")
     ap.add_argument("--eval-n", type=int, default=100)
     ap.add_argument("--eval-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096, 8192])
@@ -198,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         from safetensors.torch import load_file
 
         state = {}
-        for shard in sorted(args.init.glob("weights-*.safetensors")):
+        for shard in sorted(args.init.glob("weights-*.safetensors")) or [args.init / "model.safetensors"]:
             state.update(load_file(str(shard)))
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if unexpected or [m for m in missing if m != "lm_head.weight"]:
@@ -223,16 +241,29 @@ def main(argv: list[str] | None = None) -> int:
         phases = parse_phases(args.phases)
     print(f"[phases] {','.join(f'{a}:{b}' for a, b in phases)}", flush=True)
     lengths = step_lengths(phases)
+    start = 0
+    if args.resume and args.checkpoint and args.checkpoint.is_file():
+        state = torch.load(args.checkpoint, map_location=device, weights_only=True)
+        if state["phases"] != [list(p) for p in phases] or state["seed"] != args.seed:
+            raise SystemExit(f"--resume: {args.checkpoint} was written with other --phases/--seed")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"]) + 1
+        print(f"[resume] from step {start} of {len(lengths)} ({args.checkpoint})", flush=True)
     maker = SampleMaker(vocab, train_streams.text, train_streams.code)
-    batches = StepBatches(maker, train_streams.lm, lengths, args.tokens_per_step, args.seed, args.retrieval_fraction)
+    batches = StepBatches(maker, train_streams.lm, lengths, args.tokens_per_step, args.seed, args.retrieval_fraction,
+                          start=start)
     loader = make_loader(batches, args.workers if device.startswith("cuda") else 0)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     log: list[dict] = []
     tokens_done, t_train, last_t, last_tokens = 0, time.time(), time.time(), 0
     stopped_early = False
-    steps_done, last_save = 0, time.time()
+    steps_done, last_save = start, time.time()
     for step, ids, ans in loader:
+        if args.stop_at_step is not None and step >= args.stop_at_step:
+            stopped_early = True
+            break
         if time.time() - t0 > args.time_budget:
             stopped_early = True
             print(f"[time] budget reached at step {step}; stopping", flush=True)
@@ -252,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         steps_done = step + 1
         if time.time() - last_save > args.save_every:  # a checkpoint survives a run cut off at its time limit
             save_shards(model, args.out)
+            save_state(args.checkpoint, model, opt, step, phases, args.seed)
             last_save = time.time()
         if step % args.log_every == 0 or step == len(lengths) - 1:
             if device.startswith("cuda"):
@@ -268,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             last_t, last_tokens = now, tokens_done
     train_s = time.time() - t_train
     shards = save_shards(model, args.out)
+    save_state(args.checkpoint, model, opt, steps_done - 1, phases, args.seed)
     summary = {"shape": shape.to_dict(), "parameters": parameter_count(shape), "phases": phases,
                "tokens_per_step": args.tokens_per_step, "tokens": tokens_done, "train_seconds": train_s,
                "stopped_early": stopped_early, "steps_done": steps_done,
