@@ -43,6 +43,15 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 2 / (ms * 1e-3)
 
 
+# quantize configurations swept: per token (rows a program, warps); per channel (rows a tile,
+# channels a program, groups a program, warps) - the first per-channel one is the default
+TOKEN_KNOBS = ("block_n", "num_warps")
+CHANNEL_KNOBS = ("block_t", "block_d", "groups_per_program", "num_warps")
+TOKEN_CONFIGS = [(16, 4), (32, 4), (64, 4), (64, 8), (128, 8)]
+CHANNEL_CONFIGS = [(64, 64, 1, 1), (64, 32, 1, 1), (32, 64, 1, 1), (64, 64, 4, 1), (64, 64, 1, 2), (64, 128, 1, 4),
+                   (16, 128, 2, 4), (32, 128, 1, 2)]
+
+
 def quant_table(bw: float, quick: bool) -> list[dict]:
     rows = (1 << 20) if quick else (1 << 22)
     dim = 128
@@ -53,18 +62,24 @@ def quant_table(bw: float, quick: bool) -> list[dict]:
                                    (4, 64, "channel", False), (2, 64, "channel", False)]:
         s = seg if axis == "channel" else None
         p = triton_quant.quantize(x, bits, group, axis, sym, s)
-        n = 1 << 16  # bit-exactness against the CPU reference (torch on CUDA divides via reciprocals)
-        hs = Segments.from_lengths([4096] * 16, 64, "cuda") if s is not None else None
-        head = triton_quant.quantize(x[:n], bits, group, axis, sym, hs)
-        ref = QuantRows.quantize(x[:n].cpu(), bits, group, axis, sym, segments=[4096] * 16 if s else None)
-        exact = torch.equal(head.codes.cpu(), ref.codes) and torch.equal(head.scales.cpu(), ref.scales)
         moved = x.numel() * 2 + p.nbytes
         qconf = {}
-        for block_n, warps in [(16, 4), (32, 4), (64, 4), (64, 8), (128, 8)] if axis == "token" else [(0, 4), (0, 8)]:
-            qconf[(block_n, warps)] = bench(lambda: triton_quant.quantize(
-                x, bits, group, axis, sym, s, block_n=block_n or 32, num_warps=warps))
+        names = TOKEN_KNOBS if axis == "token" else CHANNEL_KNOBS
+        for conf in TOKEN_CONFIGS if axis == "token" else CHANNEL_CONFIGS:
+            qconf[conf] = bench(lambda: triton_quant.quantize(x, bits, group, axis, sym, s, **dict(zip(names, conf))))
         qbest = min(qconf, key=qconf.get)
+        # bit-exactness of the default and the fastest configuration against the CPU reference
+        # (torch on CUDA divides via reciprocals, so it is not the reference)
+        n = 1 << 16
+        hs = Segments.from_lengths([4096] * 16, 64, "cuda") if s is not None else None
+        ref = QuantRows.quantize(x[:n].cpu(), bits, group, axis, sym, segments=[4096] * 16 if s else None)
+        exact = True
+        for kw in ({}, dict(zip(names, qbest))):
+            head = triton_quant.quantize(x[:n], bits, group, axis, sym, hs, **kw)
+            exact &= torch.equal(head.codes.cpu(), ref.codes) and torch.equal(head.scales.cpu(), ref.scales)
+            exact &= sym or torch.equal(head.zeros.cpu(), ref.zeros)
         tq = qconf[qbest]
+        t_default = bench(lambda: triton_quant.quantize(x, bits, group, axis, sym, s))
         dconf = {}
         for block_n, warps in [(32, 4), (64, 4), (128, 4), (128, 8)]:
             dconf[(block_n, warps)] = bench(lambda: triton_quant.dequantize(
@@ -75,7 +90,8 @@ def quant_table(bw: float, quick: bool) -> list[dict]:
         tr = bench(lambda: QuantRows.quantize(x, bits, group, axis, sym, segments=lengths))
         out.append(dict(
             fmt=f"int{bits} {axis} g{group} {'sym' if sym else 'asym'}", rows=rows, exact=exact,
-            quant_ms=tq, quant_bw=moved / (tq * 1e-3) / bw, dequant_ms=td, dequant_bw=moved / (td * 1e-3) / bw,
+            quant_ms=tq, quant_bw=moved / (tq * 1e-3) / bw, quant_default_bw=moved / (t_default * 1e-3) / bw,
+            dequant_ms=td, dequant_bw=moved / (td * 1e-3) / bw,
             torch_quant_ms=tr, quant_config=qbest, dequant_config=dbest,
         ))
     return out
@@ -163,6 +179,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--decode-only", action="store_true", help="skip the quantize/dequantize table")
+    ap.add_argument("--quant-only", action="store_true", help="skip the decode attention table")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     env = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
@@ -170,13 +187,15 @@ def main() -> None:
     bw = copy_bandwidth()
     print(f"# {env}\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s")
     qt = [] if args.decode_only else quant_table(bw, args.quick)
-    print("\n| format | rows x 128 | bit-exact vs CPU ref | quantize ms | % of copy BW | dequantize ms | % of copy BW "
-          "| torch reference quantize ms | configs (quant; dequant) |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| format | rows x 128 | bit-exact vs CPU ref | quantize ms | % of copy BW | same, default config "
+          "| dequantize ms | % of copy BW | torch reference quantize ms | configs (quant; dequant) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for r in qt:
         print(f"| {r['fmt']} | {r['rows']} | {r['exact']} | {r['quant_ms']:.3f} | {100 * r['quant_bw']:.0f}% "
+              f"| {100 * r['quant_default_bw']:.0f}% "
               f"| {r['dequant_ms']:.3f} | {100 * r['dequant_bw']:.0f}% | {r['torch_quant_ms']:.2f} "
               f"| {r['quant_config']}; {r['dequant_config']} |")
-    dt = decode_table(bw, args.quick)
+    dt = [] if args.quant_only else decode_table(bw, args.quick)
     print("\n| batch | context | SDPA flash fp16 ms (% BW) | format | kvstack ms | speedup vs fp16 | % of copy BW "
           "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | block,warps,stages,programs/SM |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -4,8 +4,9 @@ One pass over the input: group min/max, fp16 scales rounded outward (as
 :class:`~kvstack.stages.quant_rows.QuantRows` does, so codes and scales equal the
 PyTorch reference bit for bit), round-half-even codes, and packing into bytes in
 registers. Per-token groups take a tile of rows per program; per-channel groups
-(KIVI keys) take one group of tokens of one segment per program, so no group ever
-crosses a head.
+(KIVI keys) take a block of channels of a few groups of tokens of one segment per
+program, so no group ever crosses a head, and with one warp a program the min/max over
+a group's tokens never leaves the warp (no shared-memory round trip, no barrier).
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def _pack(q, N: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
 
 @triton.jit
 def _store_codes(C, x, inv, z, rows, mask, N: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SYM: tl.constexpr,
-                 RINT: tl.constexpr):
-    """Encode ``x [N, D]`` and store its packed codes in the rows ``rows`` of ``C``."""
+                 RINT: tl.constexpr, ROW_BYTES: tl.constexpr, col0):
+    """Encode ``x [N, D]`` and store its packed codes at byte column ``col0`` of rows ``rows`` of ``C``."""
     packed = _pack(_encode(x, inv, z, BITS, SYM, RINT), N, D, BITS)
     W: tl.constexpr = D * BITS // 8
-    tl.store(C + rows[:, None] * W + tl.arange(0, W)[None, :], packed, mask=mask[:, None])
+    tl.store(C + rows[:, None] * ROW_BYTES + col0 + tl.arange(0, W)[None, :], packed, mask=mask[:, None])
 
 
 @triton.jit
@@ -103,36 +104,72 @@ def _quant_token_kernel(
     else:
         tl.store(Z + rows[:, None] * G + gcols[None, :], zero, mask=mask[:, None])
         z = tl.reshape(tl.broadcast_to(zero.to(tl.float32)[:, :, None], (BLOCK_N, G, GROUP)), (BLOCK_N, D))
-    _store_codes(C, x, inv, z, rows, mask, BLOCK_N, D, BITS, SYM, RINT)
+    _store_codes(C, x, inv, z, rows, mask, BLOCK_N, D, BITS, SYM, RINT, D * BITS // 8, 0)
+
+
+@triton.jit
+def _channel_tile(X, seg_start, n, gi, t0, cols,
+                  D: tl.constexpr, GROUP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows ``t0 .. t0 + BLOCK_T`` of group ``gi`` (channels ``cols``) in the input dtype, their mask and indices.
+
+    Rows past the group read its first row again (a cache hit), so min and max need no
+    masking and no constant of the input dtype.
+    """
+    t = t0 + tl.arange(0, BLOCK_T)
+    local = gi * GROUP + t
+    mask = (t < GROUP) & (local < n)
+    rows = seg_start + tl.where(mask, local, gi * GROUP)
+    x = tl.load(X + rows[:, None] * D + cols[None, :])
+    return x, rows, mask
 
 
 @triton.jit
 def _quant_channel_kernel(
     X, C, S, Z, STARTS, LENS, GSTARTS,
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr, SYM: tl.constexpr,
-    RINT: tl.constexpr,
+    RINT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, GROUPS_PER_PROGRAM: tl.constexpr,
 ):
-    gi = tl.program_id(0)  # on the x axis: a long segment may have more than 65,535 groups
+    """``GROUPS_PER_PROGRAM`` groups of one segment, ``BLOCK_D`` channels of them.
+
+    Min and max are taken in the input dtype (exact: they select an element), so the rows
+    a thread holds stay half-size while the reduction runs. A group that fits one
+    ``BLOCK_T``-row tile (``BLOCK_T == G_PAD``) is read once; a taller one is read twice
+    (min/max, then codes; the second read hits the cache), so no thread holds more than
+    one tile.
+    """
     seg = tl.program_id(1)
     n = tl.load(LENS + seg)
-    if gi * GROUP < n:
-        local = gi * GROUP + tl.arange(0, G_PAD)
-        mask = (local < n) & (tl.arange(0, G_PAD) < GROUP)
-        rows = tl.load(STARTS + seg) + local
-        cols = tl.arange(0, D)
-        x = tl.load(X + rows[:, None] * D + cols[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
-        lo = tl.min(tl.where(mask[:, None], x, float("inf")), 0)
-        hi = tl.max(tl.where(mask[:, None], x, float("-inf")), 0)
-        scale, zero = _fit(lo, hi, BITS, SYM)
-        grow = tl.load(GSTARTS + seg) + gi
-        tl.store(S + grow * D + cols, scale)
-        inv = tl.broadcast_to(_reciprocal(scale)[None, :], (G_PAD, D))
+    seg_start = tl.load(STARTS + seg)
+    g0 = tl.load(GSTARTS + seg)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    ROW_BYTES: tl.constexpr = D * BITS // 8
+    col0 = tl.program_id(2) * (BLOCK_D * BITS // 8)
+    first = tl.program_id(0) * GROUPS_PER_PROGRAM  # x axis: a long segment may have more than 65,535 groups
+    last = tl.minimum(first + GROUPS_PER_PROGRAM, tl.cdiv(n, GROUP))
+    for gi in range(first, last):
+        x, rows, mask = _channel_tile(X, seg_start, n, gi, 0, cols, D, GROUP, BLOCK_T, BLOCK_D)
+        lo_t = x
+        hi_t = x
+        for t0 in tl.static_range(BLOCK_T, G_PAD, BLOCK_T):  # taller groups: elementwise, then one reduction
+            xt, _, _ = _channel_tile(X, seg_start, n, gi, t0, cols, D, GROUP, BLOCK_T, BLOCK_D)
+            lo_t = tl.minimum(lo_t, xt)
+            hi_t = tl.maximum(hi_t, xt)
+        scale, zero = _fit(tl.min(lo_t, 0).to(tl.float32), tl.max(hi_t, 0).to(tl.float32), BITS, SYM)
+        tl.store(S + (g0 + gi) * D + cols, scale)
+        if not SYM:
+            tl.store(Z + (g0 + gi) * D + cols, zero)
+        inv = tl.broadcast_to(_reciprocal(scale)[None, :], (BLOCK_T, BLOCK_D))
         if SYM:
             z = inv
         else:
-            tl.store(Z + grow * D + cols, zero)
-            z = tl.broadcast_to(zero.to(tl.float32)[None, :], (G_PAD, D))
-        _store_codes(C, x, inv, z, rows, mask, G_PAD, D, BITS, SYM, RINT)
+            z = tl.broadcast_to(zero.to(tl.float32)[None, :], (BLOCK_T, BLOCK_D))
+        if BLOCK_T == G_PAD:  # the tile is still in registers
+            _store_codes(C, x.to(tl.float32), inv, z, rows, mask, BLOCK_T, BLOCK_D, BITS, SYM, RINT, ROW_BYTES, col0)
+        else:
+            for t0 in tl.static_range(0, G_PAD, BLOCK_T):
+                xt, rt, mt = _channel_tile(X, seg_start, n, gi, t0, cols, D, GROUP, BLOCK_T, BLOCK_D)
+                _store_codes(C, xt.to(tl.float32), inv, z, rt, mt, BLOCK_T, BLOCK_D, BITS, SYM, RINT, ROW_BYTES,
+                             col0)
 
 
 @triton.jit
@@ -151,9 +188,16 @@ def _dequant_kernel(
 
 def quantize(
     x: torch.Tensor, bits: int, group: int, axis: str = "token", sym: bool = False,
-    segments: Segments | None = None, block_n: int = 32, num_warps: int = 4,
+    segments: Segments | None = None, block_n: int = 32, num_warps: int | None = None,
+    block_t: int = 64, block_d: int = 64, groups_per_program: int = 1,
 ) -> PackedRows:
-    """Quantize ``[rows, D]`` into packed codes + fp16 scales (+ zeros) in one pass."""
+    """Quantize ``[rows, D]`` into packed codes + fp16 scales (+ zeros) in one pass.
+
+    Per-token groups: ``block_n`` rows a program. Per-channel groups: ``block_d`` channels
+    of ``groups_per_program`` groups a program, read ``block_t`` rows at a time. Defaults
+    are the configuration chosen for an H100 (benchmarks/RESULTS.md); every configuration
+    gives the same bits.
+    """
     n, d = x.shape
     x = x.contiguous()
     codes = torch.empty(n, d * bits // 8, dtype=torch.uint8, device=x.device)
@@ -162,16 +206,21 @@ def quantize(
         zeros = None if sym else torch.empty_like(scales)
         _quant_token_kernel[(triton.cdiv(n, block_n),)](
             x, codes, scales, scales if sym else zeros, n,
-            D=d, BITS=bits, GROUP=group, SYM=sym, BLOCK_N=block_n, RINT=x.is_cuda, num_warps=num_warps,
+            D=d, BITS=bits, GROUP=group, SYM=sym, BLOCK_N=block_n, RINT=x.is_cuda, num_warps=num_warps or 4,
         )
     else:
         segments = segments or Segments.from_lengths([n], group, device=x.device)
         groups = int(((segments.lengths.long() + group - 1) // group).sum())
         scales = torch.empty(groups, d, dtype=torch.float16, device=x.device)
         zeros = None if sym else torch.empty_like(scales)
-        _quant_channel_kernel[(max(1, math.ceil(segments.max_length / group)), segments.count)](
+        block_d = min(block_d, d)
+        g_pad = next_pow2(group)
+        per = max(1, groups_per_program)
+        grid = (max(1, math.ceil(segments.max_length / (group * per))), segments.count, d // block_d)
+        _quant_channel_kernel[grid](
             x, codes, scales, scales if sym else zeros, segments.starts, segments.lengths, segments.group_starts,
-            D=d, BITS=bits, GROUP=group, G_PAD=next_pow2(group), SYM=sym, RINT=x.is_cuda, num_warps=num_warps,
+            D=d, BITS=bits, GROUP=group, G_PAD=g_pad, SYM=sym, RINT=x.is_cuda, BLOCK_T=min(next_pow2(block_t), g_pad),
+            BLOCK_D=block_d, GROUPS_PER_PROGRAM=per, num_warps=num_warps or 1,
         )
     return PackedRows(codes, scales, zeros, bits, group, axis, d)
 

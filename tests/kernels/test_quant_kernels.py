@@ -42,6 +42,22 @@ def test_quantize_equals_reference_exactly(device, bits, sym, axis, group, dtype
         assert ((back - x.cpu().double()).abs() <= scale.double() / 2 * (1 + 1e-3) + 1e-6).all()
 
 
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("block_t,block_d,per,warps", [(64, 64, 1, 1), (16, 64, 3, 1), (32, 16, 2, 2), (8, 32, 1, 4)])
+def test_every_channel_kernel_configuration_gives_the_same_bits(device, bits, block_t, block_d, per, warps):
+    # tiles shorter than a group (two reads), channel blocks, several groups a program, ragged heads
+    from kvstack.kernels import triton_quant
+
+    lengths = [200, 1, 0, 64, 65]
+    x = _rows(lengths, 64, torch.bfloat16, device, seed=block_t + block_d)
+    segments = Segments.from_lengths(lengths, 64, device=device)
+    got = triton_quant.quantize(x, bits, 64, "channel", False, segments, block_t=block_t, block_d=block_d,
+                                groups_per_program=per, num_warps=warps)
+    want = QuantRows.quantize(x.cpu(), bits, 64, "channel", False, segments=lengths)
+    assert torch.equal(got.codes.cpu(), want.codes)
+    assert torch.equal(got.scales.cpu(), want.scales) and torch.equal(got.zeros.cpu(), want.zeros)
+
+
 def test_packed_bytes_are_what_the_format_says(device):
     x = _rows([256], 128, torch.float16, device, seed=1)
     p = kernels.quantize(x, 4, 64)
