@@ -6,29 +6,42 @@ from __future__ import annotations
 import argparse
 
 TTFT_EPILOG = """\
-What is measured, per bandwidth and path (on the first sample's context):
+What is measured, per context, path and bandwidth:
   TTFT = HTTP request + transfer through a token bucket at the set rate (the stream decoder
-  decodes chunks as they arrive) + building the cache + the question's prefill + first token.
+  decodes chunks as they arrive, each layer goes to --device as it completes) + the question's
+  prefill + first token.
   text: the token ids travel (a wire stream without layers) and the receiver prefills them all;
-  fp16: the plain cache (fp16, raw); each recipe: its cache, entropy-coded (ans, zstd tensors).
+  fp16: the plain cache (fp16, raw); each recipe: its cache with the default coding (colzstd
+  codes, zstd tensors).
+  First every path is pulled unshaped (components: receive, answer); then each cell is shaped
+  for real unless --max-transfer-s or --budget-s rule it out, in which case it is *derived*:
+  max((bytes - burst) / rate, receive) + answer. Every row says measured or derived;
+  measured rows show the derived value too, so the derivation's error is on the page.
   Accuracy: the eval harness's niah_single on --samples contexts, answered from caches that
-  went through the wire format. --deadline adds CacheGen-style adaptation: per layer the level
-  (int8/int4/int2), or the text, that meets the deadline with the least measured damage.
+  went through the wire format ('-' for random:<preset> models: random weights, random ids).
+  --deadline adds CacheGen-style adaptation: per layer the level (int8/int4/int2), or the text,
+  that meets the deadline with the least measured damage.
 
 examples:
   kvstack bench ttft --model kvstack-retrieval --tokens 4k --bandwidth 0.1 1 10
   kvstack bench ttft --tokens 4k --recipes int8 int4 "snapkv:0.25 > int4" --deadline 900 --samples 4
+  kvstack bench ttft --model random:llama-3.1-8b --device cuda --tokens 8k 32k --repeat 1 \\
+      --recipes int4 "snapkv:0.25 > int4" int2 --max-transfer-s 10 --budget-s 300   (benchmarks/gpu_ttft.py)
 """
 
 
-def _gbit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"bandwidth {text!r}: give a positive number of Gbit/s, e.g. 0.1")
-    return value
+def _positive(unit: str, example: str):
+    """An argparse type: a positive float, with a message naming the unit."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of {unit}, e.g. {example}")
+        return value
+
+    return parse
 
 
 def _tokens(text: str) -> int:
@@ -41,56 +54,44 @@ def _tokens(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _fmt_ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{1000 * seconds:.0f}"
-
-
-def format_result(result) -> str:
-    """The result table (plain text, Markdown-friendly) and, with a deadline, the plans."""
-    from kvstack.cli import table
-
-    spec = result.spec
-    deadline = spec.deadline_ms is not None
-    header = ["Gbit/s", "path", "bytes", "TTFT ms", "receive ms", "answer ms", "link MB/s", "accuracy"]
-    if deadline:
-        header += ["predicted ms", f"meets {spec.deadline_ms:g} ms"]
-    rows = []
-    for r in sorted(result.rows, key=lambda r: r.gbit):
-        row = [f"{r.gbit:g}", r.name, f"{r.bytes:,}", _fmt_ms(r.ttft_s), _fmt_ms(r.receive_s), _fmt_ms(r.answer_s),
-               f"{r.link_rate / 1e6:.1f}", "-" if r.accuracy is None else f"{r.accuracy:.2f}"]
-        if deadline:
-            row += [_fmt_ms(r.predicted_s), "yes" if r.meets else "no"]
-        rows.append(tuple(row))
-    out = table(rows, tuple(header))
-    if result.plans:
-        out += "\n\nadaptive plans (level per layer):\n"
-        for gbit, plan in sorted(result.plans.items()):
-            levels = " ".join(plan.levels) if plan.levels else "everything as text"
-            out += (f"  {gbit:g} Gbit/s: {levels}; predicted {1000 * plan.predicted_s:.0f} ms, damage"
-                    f" {plan.damage:.4f}{'' if plan.meets else ' (no plan meets the deadline: fastest)'}\n")
-    return out
-
-
 def cmd_ttft(args: argparse.Namespace) -> int:
-    import os
+    import time
+    from pathlib import Path
 
     import torch
 
+    from kvstack.bench.models import is_random, load_bench_model
+    from kvstack.bench.report import environment, format_result, to_json
     from kvstack.bench.ttft import TtftSpec, run_ttft
-    from kvstack.eval.runner import load_model
 
-    spec = TtftSpec(model=args.model, tokens=args.tokens, recipes=list(args.recipes), bandwidths=list(args.bandwidth),
-                    samples=args.samples, repeat=args.repeat, deadline_ms=args.deadline, save_dir=args.save_dir,
-                    seed=args.seed)
+    start = time.perf_counter()  # --budget-s counts from here: building the model is part of the run
+    spec = TtftSpec(model=args.model, tokens=list(args.tokens), recipes=list(args.recipes),
+                    bandwidths=list(args.bandwidth), samples=args.samples, repeat=args.repeat,
+                    deadline_ms=args.deadline, save_dir=args.save_dir, seed=args.seed, device=args.device,
+                    chunk_size=args.chunk_size, question_tokens=args.question_tokens,
+                    max_transfer_s=args.max_transfer_s, budget_s=args.budget_s, store=args.store)
     spec.check()  # before the model loads
     torch.set_num_threads(args.threads)
     torch.manual_seed(spec.seed)
-    model, tok = load_model(spec.model)
-    result = run_ttft(spec, model, tok, progress=not args.quiet)
-    print(f"\n{spec.model}, niah_single context of {result.context_tokens} tokens; accuracy over {spec.samples} "
-          f"samples; TTFT median of {spec.repeat}; torch threads {torch.get_num_threads()}, load average "
-          f"{os.getloadavg()[0]:.1f}\n")
-    print(format_result(result))
+    t = time.perf_counter()
+    model, tok = load_bench_model(spec.model, spec.device, spec.seed)
+    built = time.perf_counter() - t
+    result = run_ttft(spec, model, tok, progress=not args.quiet, start=start)
+    env = environment(next(model.parameters()).device)
+    if is_random(spec.model):
+        what = (f"random weights (built on {spec.device} in {built:.1f} s): random context ids, a "
+                f"{spec.question_tokens}-token random question; accuracy is '-' because random weights answer nothing")
+    else:
+        what = f"niah_single context (sample 0); accuracy over {spec.samples} samples"
+    text = (f"{spec.model} on {env['device']} ({spec.device}), {what}; medians of {spec.repeat}; torch "
+            f"{env['torch']}, transformers {env['transformers']}, {env['date']}, torch threads "
+            f"{env['torch_threads']}, load average {env['load_average']}; whole run {time.perf_counter() - start:.0f} s"
+            f"\n\n{format_result(result)}")
+    print("\n" + text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(to_json(result, {**env, "model_build_s": built}) + "\n")
     return 0
 
 
@@ -106,11 +107,14 @@ def register(subparsers) -> None:
         epilog=TTFT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="kvstack-retrieval",
-                   help="zoo name or model directory (default kvstack-retrieval)")
-    p.add_argument("--tokens", type=_tokens, default=4096, help="context tokens: 4096, 4k, ... (default 4k)")
+                   help="zoo name, model directory, or random:<plan preset>[,field=value...] (random weights of "
+                        "that shape, e.g. random:llama-3.1-8b; default kvstack-retrieval)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the receiver (and sender) compute")
+    p.add_argument("--tokens", type=_tokens, nargs="+", default=[4096], metavar="N",
+                   help="context tokens, one or more: 4096, 4k, 32k ... (default 4k)")
     p.add_argument("--recipes", nargs="+", default=["int8", "int4", "snapkv:0.25 > int4", "streaming > int4"],
                    metavar="R", help="compressed recipes to send (text and fp16 are always measured)")
-    p.add_argument("--bandwidth", nargs="+", type=_gbit, default=[0.1, 1.0, 10.0], metavar="GBIT",
+    p.add_argument("--bandwidth", nargs="+", type=_positive("Gbit/s", "0.1"), default=[0.1, 1.0, 10.0], metavar="GBIT",
                    help="link rates in Gbit/s (default 0.1 1 10)")
     p.add_argument("--deadline", type=float, metavar="MS",
                    help="TTFT deadline in ms: add the bandwidth-adaptive plan and mark who meets it")
@@ -118,6 +122,17 @@ def register(subparsers) -> None:
     p.add_argument("--repeat", type=int, default=1, help="timed pulls per path and bandwidth; the median is shown")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    p.add_argument("--max-transfer-s", type=_positive("seconds", "10"), metavar="S",
+                   help="shape the link for real only for cells whose link time (bytes / rate) is at most S; "
+                        "derive the others from measured components")
+    p.add_argument("--budget-s", type=_positive("seconds", "10"), metavar="S",
+                   help="start no shaped cell that would end more than S seconds after the command started; "
+                        "the rest are derived")
+    p.add_argument("--question-tokens", type=int, default=64, help="random models: question length (default 64)")
+    p.add_argument("--chunk-size", type=int, default=1024, help="prefill chunk when compressing (default 1024)")
+    p.add_argument("--store", metavar="DIR", help="where the loopback server keeps payloads (default: a temp dir)")
+    p.add_argument("--out", metavar="FILE", help="also write the report (tables) to FILE")
+    p.add_argument("--json", metavar="FILE", help="write rows, components, spec and environment as JSON to FILE")
     p.add_argument("--save-dir", metavar="DIR", help="also write every payload sent to DIR/<path>.kvw")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ttft)

@@ -2,31 +2,55 @@
 receiver; (b) its fp16 cache; (c) its cache compressed by each recipe and wire-encoded; and,
 with a deadline, (d) the bandwidth-adaptive plan of :mod:`kvstack.bench.adapt`.
 
-Every path is measured end to end over a real loopback HTTP link (:class:`LoopbackLink`):
-TTFT = request + shaped transfer (decoding overlapped, chunk by chunk) + building the cache
-+ the question's prefill and first token. Accuracy is the eval harness's ``niah_single`` task
-on the same model, scored from caches that went through the wire format (encode, decode).
+Every path goes over a real loopback HTTP link (:class:`LoopbackLink`, one server per path: the
+store is content-addressed, one cache per model and context): TTFT = request + shaped
+transfer (decoding overlapped, chunk by chunk, each layer moved to the model's device as it
+completes) + the question's prefill and first token. The run has two phases:
+
+1. per context and path: compress, encode, push, then pull *unshaped* (after one warm-up pull per
+   path on the first context) - the measured components of :mod:`kvstack.bench.derive`;
+2. per cell (context x path x bandwidth), cheapest first: shape the link for real when the cell's
+   link time is within ``max_transfer_s`` and it fits the time budget, else derive it from the
+   components. Rows say which (``how``), and measured rows carry the derived value beside them.
+
+Accuracy is the eval harness's ``niah_single`` on the same model, from caches that went through
+the wire format; a random-weight model (``random:<preset>``) gets random contexts and no accuracy.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import torch
 
 from kvstack.bench.adapt import Costs, Plan, choose, plan_recipe
 from kvstack.bench.costs import GROUP, LEVELS, best_seconds, measure_costs
-from kvstack.bench.link import LoopbackLink, gbits
+from kvstack.bench.derive import Components, derived_receive, derived_ttft, should_measure, transfer_seconds
+from kvstack.bench.link import LinkPool, LoopbackLink, gbits
+from kvstack.bench.models import is_random, random_prompt
 from kvstack.bench.payload import FP16, TEXT, Payload, encode, save_payload, text_blob
 from kvstack.bench.receiver import Receiver, answer_contains
 from kvstack.errors import InputError
+from kvstack.kv import DenseRows
+from kvstack.wire.encodings import encoding_for
+
+MEASURED, DERIVED = "measured", "derived"
 
 
 @dataclass
 class TtftSpec:
-    """What to measure; ``bandwidths`` in Gbit/s, ``deadline_ms`` enables the adaptive plan."""
+    """What to measure; ``bandwidths`` in Gbit/s, ``deadline_ms`` enables the adaptive plan.
+
+    ``max_transfer_s``: cells whose link time (bytes / rate) is longer are derived, not shaped;
+    ``budget_s``: no shaped cell starts that would end after this many seconds of the run.
+    """
 
     model: str = "kvstack-retrieval"
-    tokens: int = 4096
+    tokens: list[int] = field(default_factory=lambda: [4096])
     recipes: list[str] = field(default_factory=lambda: ["int8", "int4", "snapkv:0.25 > int4", "streaming > int4"])
     bandwidths: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
     samples: int = 3
@@ -34,18 +58,34 @@ class TtftSpec:
     deadline_ms: float | None = None
     seed: int = 0
     save_dir: str | None = None  # write every payload sent to <save_dir>/<path>.kvw
+    device: str = "cpu"
+    chunk_size: int = 1024  # prefill chunk when compressing
+    question_tokens: int = 64  # random models: the question's length
+    max_transfer_s: float | None = None
+    budget_s: float | None = None
+    store: str | None = None  # parent directory of the loopback server's store (default: the temp dir)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, int):
+            self.tokens = [self.tokens]
 
     def check(self) -> None:
         from kvstack.stack import Recipe
 
-        if self.tokens < 64:
-            raise InputError(f"--tokens {self.tokens}: give at least 64 context tokens")
+        if not self.tokens or min(self.tokens) < 64 or len(set(self.tokens)) != len(self.tokens):
+            raise InputError(f"--tokens {self.tokens}: give distinct context lengths of at least 64 tokens")
         if not self.bandwidths or min(self.bandwidths) <= 0:
             raise InputError("--bandwidth: give one or more positive rates in Gbit/s, e.g. 0.1 1 10")
-        if self.samples < 1 or self.repeat < 1:
-            raise InputError("--samples and --repeat must be at least 1")
+        if self.samples < 1 or self.repeat < 1 or self.question_tokens < 1 or self.chunk_size < 1:
+            raise InputError("--samples, --repeat, --question-tokens and --chunk-size must be at least 1")
         if self.deadline_ms is not None and self.deadline_ms <= 0:
             raise InputError(f"--deadline {self.deadline_ms}: give a positive number of milliseconds")
+        for name, value in (("--max-transfer-s", self.max_transfer_s), ("--budget-s", self.budget_s)):
+            if value is not None and not value > 0:
+                raise InputError(f"{name} {value}: give a positive number of seconds")
+        if self.deadline_ms is not None and is_random(self.model):
+            raise InputError("--deadline chooses levels by measured damage, which random weights make meaningless; "
+                             "drop --deadline for a random:<preset> model")
         if len(set(self.recipes)) != len(self.recipes) or {TEXT, FP16} & set(self.recipes):
             raise InputError("--recipes: list each recipe once; text and fp16 are always measured")
         for r in self.recipes:
@@ -54,17 +94,20 @@ class TtftSpec:
 
 @dataclass
 class Row:
-    """One payload at one bandwidth."""
+    """One payload of one context at one bandwidth; ``how`` says whether the link was shaped for real."""
 
+    tokens: int  # context tokens
     gbit: float
     name: str
     bytes: int
     ttft_s: float
-    receive_s: float  # request to decoded cache (transfer and decode overlapped)
+    receive_s: float  # request to decoded cache on the device (transfer and decode overlapped)
     answer_s: float  # cache -> first token (the text path: prefill of everything)
-    link_rate: float  # achieved bytes/s of the shaped transfer
+    link_rate: float | None  # achieved bytes/s of the shaped transfer (None when derived)
+    how: str = MEASURED
+    derived_s: float = 0.0  # what the components predict (equal to ttft_s when derived)
     accuracy: float | None = None
-    predicted_s: float | None = None
+    predicted_s: float | None = None  # the adaptive chooser's prediction
     meets: bool | None = None
 
 
@@ -72,18 +115,200 @@ class Row:
 class Result:
     spec: TtftSpec
     rows: list[Row]
-    accuracy: dict[str, float]
-    plans: dict[float, Plan] = field(default_factory=dict)
-    costs: Costs | None = None
-    context_tokens: int = 0
+    components: dict[tuple[int, str], Components]  # (context tokens, path)
+    accuracy: dict[tuple[int, str], float]  # empty for random models
+    plans: dict[tuple[int, float], Plan] = field(default_factory=dict)  # (context tokens, Gbit/s)
+    costs: dict[int, Costs] = field(default_factory=dict)
+
+    @property
+    def contexts(self) -> list[int]:
+        return sorted({r.tokens for r in self.rows})
+
+
+@dataclass
+class Sent:
+    """A payload on the server: what the cells of one path pull."""
+
+    payload: Payload  # its name decides how it is answered; blob dropped once pushed
+    label: str
+    link: LoopbackLink  # the server holding it (one per path: see LinkPool)
+    key: str
+    nbytes: int
+    components: Components | None = None
+    gbit: float | None = None  # adaptive plans run at their own bandwidth only
+    predicted_s: float | None = None
+
+
+@dataclass
+class Context:
+    tokens: int
+    prompt: object
+    samples: list | None
+    sent: list[Sent]
+    plans: dict[float, Plan]
+    costs: Costs | None
 
 
 def _plan_name(plan: Plan) -> str:
     return f"adaptive: {plan.describe()}"
 
 
-def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
-    """Measure every path at every bandwidth (sample 0's context) and every path's accuracy."""
+def _median_pull(receiver: Receiver, sent: Sent, question, rate: float | None, repeat: int) -> dict:
+    runs = [receiver.first_token(sent.payload, sent.link, sent.key, question, rate) for _ in range(repeat)]
+    if any(r["bytes"] != sent.nbytes for r in runs):
+        raise InputError(f"{sent.label}: the link delivered a different byte count than was sent")
+    mid = sorted(runs, key=lambda r: r["ttft"])[len(runs) // 2]
+    return {**mid, "ttft": statistics.median(r["ttft"] for r in runs)}
+
+
+class _Run:
+    """One ``run_ttft``: the model, link and receiver shared by every context."""
+
+    def __init__(self, spec: TtftSpec, model, tok, links: LinkPool, bar) -> None:
+        self.spec, self.model, self.tok, self.links, self.bar = spec, model, tok, links, bar
+        self.receiver = Receiver(model)
+
+    def push(self, items: list[tuple[str, object]], server: str | None = None) -> list[Sent]:
+        """Encode (caches), save and store ``(label, payload or cache)`` items, several at once:
+        sender-side work, not timed. Each goes to the server named ``server`` or its label."""
+        spec = self.spec
+
+        def one(item: tuple[str, object]) -> Sent:
+            label, what = item
+            payload = what if isinstance(what, Payload) else Payload(label, encode(what, label))
+            if spec.save_dir is not None:
+                save_payload(spec.save_dir, label, payload.blob)
+            link = self.links[server or label]
+            return Sent(payload, label, link, link.put(payload.blob), len(payload.blob))
+
+        self.links.start([server or label for label, _ in items])
+        encoding_for(DenseRows(torch.zeros(1, 1)))  # loads the registry once, before threads race to
+        with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1, 8))) as pool:
+            return list(pool.map(one, items))
+
+    def components(self, sent: Sent, question, warmup: bool) -> None:
+        if warmup:
+            self.receiver.first_token(sent.payload, sent.link, sent.key, question, None)
+            self.bar.update(1)
+        r = _median_pull(self.receiver, sent, question, None, self.spec.repeat)
+        sent.components = Components(sent.nbytes, r["receive"], r["answer"])
+        sent.payload = Payload(sent.payload.name, b"")  # the server has it; free the sender's copy
+        self.bar.update(self.spec.repeat)
+
+    def prepare(self, tokens: int, warmup: bool) -> Context:
+        """Phase 1 for one context: payloads pushed and their components measured."""
+        import kvstack
+        from kvstack import wire
+        from kvstack.eval.prompt import format_sample
+        from kvstack.eval.tasks import get_task
+        from kvstack.stack import Recipe
+
+        spec = self.spec
+        if self.tok is None:
+            vocab = self.model.config.get_text_config(decoder=True).vocab_size
+            prompt, samples = random_prompt(vocab, tokens, spec.question_tokens, spec.seed), None
+        else:
+            samples = get_task("niah_single").samples(self.tok, tokens, spec.samples, spec.seed)
+            prompt = format_sample(self.tok, samples[0])
+        names = [FP16, *spec.recipes]
+        level_recipes = [f"{lv}:g{GROUP}" for lv in LEVELS] if spec.deadline_ms is not None else []
+        caches = []
+        for name, (_, cache) in zip([*names, *level_recipes], kvstack.compress_many(
+                self.model, prompt.context_ids, [Recipe.parse(n) for n in [*names, *level_recipes]],
+                chunk_size=spec.chunk_size)):
+            if isinstance(cache, Exception):
+                raise cache
+            caches.append((name, cache))
+        text = Payload(TEXT, text_blob(caches[0][1], prompt.context_ids))
+        level_blobs = {lv: encode(cache, name) for lv, (name, cache) in zip(LEVELS, caches[len(names):])}
+        sent = self.push([(TEXT, text), *caches[:len(names)]])
+        del caches
+        for s in sent:
+            self.components(s, prompt.question_ids, warmup)
+
+        plans: dict[float, Plan] = {}
+        costs = None
+        if spec.deadline_ms is not None:
+            mid_level = wire.decode(level_blobs[LEVELS[1]])
+            first = best_seconds(lambda: kvstack.generate(self.model, mid_level, prompt.question_ids, max_new_tokens=1))
+            costs = measure_costs(self.model, prompt, level_blobs, first, sent[0].components.answer_s, sent[0].nbytes,
+                                  progress=False)
+            for gbit, rate in zip(spec.bandwidths, map(gbits, spec.bandwidths)):
+                plan = plans[gbit] = choose(costs, rate, spec.deadline_ms / 1000)
+                if plan.is_text:
+                    item: tuple[str, object] = (_plan_name(plan), Payload(TEXT, text.blob))
+                else:
+                    item = (_plan_name(plan), kvstack.compress(self.model, prompt.context_ids, plan_recipe(plan, GROUP),
+                                                               chunk_size=spec.chunk_size))
+                s = self.push([item], server=f"adaptive@{gbit}")[0]  # plans of equal name may differ
+                s.gbit, s.predicted_s = gbit, plan.predicted_s
+                self.components(s, prompt.question_ids, warmup=True)
+                sent.append(s)
+        n = int(prompt.context_ids.numel())
+        return Context(n, prompt, samples, sent, plans, costs)
+
+    def cells(self, contexts: list[Context], end: float | None) -> list[Row]:
+        """Phase 2: every cell, cheapest first; shaped for real where allowed, else derived."""
+        spec = self.spec
+        todo = []
+        for ctx in contexts:
+            for s in ctx.sent:
+                for gbit in spec.bandwidths if s.gbit is None else [s.gbit]:
+                    todo.append((derived_ttft(s.components, gbits(gbit)), ctx, s, gbit))
+        rows = []
+        for predicted, ctx, s, gbit in sorted(todo, key=lambda t: t[0]):
+            rate, c = gbits(gbit), s.components
+            if should_measure(transfer_seconds(s.nbytes, rate), predicted, spec.repeat, time.perf_counter(), end,
+                              spec.max_transfer_s):
+                r = _median_pull(self.receiver, s, ctx.prompt.question_ids, rate, spec.repeat)
+                row = Row(ctx.tokens, gbit, s.label, s.nbytes, r["ttft"], r["receive"], r["answer"], r["rate"],
+                          MEASURED, predicted)
+            else:
+                row = Row(ctx.tokens, gbit, s.label, s.nbytes, predicted, derived_receive(c, rate), c.answer_s, None,
+                          DERIVED, predicted)
+            row.predicted_s = s.predicted_s
+            rows.append(row)
+            self.bar.update(spec.repeat)
+        return rows
+
+
+def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True, start: float | None = None) -> Result:
+    """Measure every path of every context (components, then cells), and accuracy for a trained model
+    (``tok`` None: a random model). ``start``: the ``time.perf_counter()`` the budget counts from."""
+    from tqdm.auto import tqdm
+
+    spec.check()
+    start = time.perf_counter() if start is None else start
+    end = None if spec.budget_s is None else start + spec.budget_s
+    paths = 2 + len(spec.recipes)
+    adaptive = len(spec.bandwidths) if spec.deadline_ms is not None else 0
+    steps = paths + (paths + adaptive) * len(spec.tokens) * spec.repeat + adaptive * len(spec.tokens)
+    steps += (paths * len(spec.bandwidths) + adaptive) * len(spec.tokens) * spec.repeat
+    bar = tqdm(total=steps, desc="ttft", unit="pull", disable=not progress)
+    with LinkPool(spec.store) as links:
+        run = _Run(spec, model, tok, links, bar)
+        contexts = [run.prepare(n, warmup=i == 0) for i, n in enumerate(spec.tokens)]
+        rows = run.cells(contexts, end)
+    bar.close()
+
+    accuracy: dict[tuple[int, str], float] = {}
+    if tok is not None:
+        for ctx in contexts:
+            for name, value in _accuracy(spec, model, tok, ctx, progress).items():
+                accuracy[(ctx.tokens, name)] = value
+    for row in rows:
+        row.accuracy = accuracy.get((row.tokens, row.name))
+        if spec.deadline_ms is not None:
+            row.meets = row.ttft_s * 1000 <= spec.deadline_ms
+    order = {s.label: i for i, s in enumerate(contexts[0].sent)}
+    rows.sort(key=lambda r: (r.tokens, r.gbit, order.get(r.name, len(order)), r.name))
+    return Result(spec, rows, {(c.tokens, s.label): s.components for c in contexts for s in c.sent}, accuracy,
+                  {(c.tokens, g): p for c in contexts for g, p in c.plans.items()},
+                  {c.tokens: c.costs for c in contexts if c.costs is not None})
+
+
+def _accuracy(spec: TtftSpec, model, tok, ctx: Context, progress: bool) -> dict[str, float]:
+    """``contains`` of ``niah_single`` per path, averaged over the samples, from wire round trips."""
     from tqdm.auto import tqdm
 
     import kvstack
@@ -92,97 +317,15 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True) -> Result:
     from kvstack.eval.tasks import get_task
     from kvstack.stack import Recipe
 
-    spec.check()
     task = get_task("niah_single")
-    samples = task.samples(tok, spec.tokens, spec.samples, spec.seed)
-    prompts = [format_sample(tok, s) for s in samples]
-    p0 = prompts[0]
     names = [FP16, *spec.recipes]
-    level_recipes = [f"{lv}:g{GROUP}" for lv in LEVELS] if spec.deadline_ms is not None else []
-    blobs: dict[str, bytes] = {}
-    some_cache = None
-    for name, (_, cache) in zip([*names, *level_recipes], kvstack.compress_many(
-            model, p0.context_ids, [Recipe.parse(n) for n in [*names, *level_recipes]])):
-        if isinstance(cache, Exception):
-            raise cache
-        blobs[name] = encode(cache, name)
-        some_cache = cache
-    payloads = [Payload(TEXT, text_blob(some_cache, p0.context_ids))]
-    payloads += [Payload(n, blobs[n]) for n in names]
-
-    rates = [gbits(g) for g in spec.bandwidths]
-    # one warm-up pull per payload, then `repeat` per bandwidth; each adaptive plan at its own bandwidth only
-    steps = len(payloads) * (len(rates) * spec.repeat + 1)
-    steps += len(rates) * (spec.repeat + 1) if spec.deadline_ms is not None else 0
-    bar = tqdm(total=steps, desc="ttft", unit="pull", disable=not progress)
-    rows: list[Row] = []
-    unshaped: dict[str, dict] = {}
-    with LoopbackLink() as link:
-        receiver = Receiver(model, link)
-
-        def measure_payload(payload: Payload, gbit_rates: list[tuple[float, float]], label: str = "") -> list[Row]:
-            label = label or payload.name
-            if spec.save_dir is not None:
-                save_payload(spec.save_dir, label, payload.blob)
-            key = link.push(payload.blob)
-            unshaped[payload.name] = receiver.first_token(payload, key, p0.question_ids, None)  # warm-up
-            bar.update(1)
-            out = []
-            for gbit, rate in gbit_rates:
-                runs = []
-                for _ in range(spec.repeat):
-                    runs.append(receiver.first_token(payload, key, p0.question_ids, rate))
-                    bar.update(1)
-                if any(r["bytes"] != len(payload.blob) for r in runs):
-                    raise InputError(f"{payload.name}: the link delivered a different byte count than was sent")
-                mid = sorted(runs, key=lambda r: r["ttft"])[len(runs) // 2]
-                out.append(Row(gbit, label, len(payload.blob), statistics.median(r["ttft"] for r in runs),
-                               mid["receive"], mid["answer"], mid["rate"]))
-            return out
-
-        for payload in payloads:
-            rows += measure_payload(payload, list(zip(spec.bandwidths, rates)))
-
-        plans: dict[float, Plan] = {}
-        costs = None
-        if spec.deadline_ms is not None:
-            mid_level = wire.decode(blobs[level_recipes[1]])
-            first = best_seconds(lambda: kvstack.generate(model, mid_level, p0.question_ids, max_new_tokens=1))
-            costs = measure_costs(model, p0, dict(zip(LEVELS, (blobs[r] for r in level_recipes))), first,
-                                  unshaped[TEXT]["answer"], len(payloads[0].blob), progress)
-            for gbit, rate in zip(spec.bandwidths, rates):
-                plan = plans[gbit] = choose(costs, rate, spec.deadline_ms / 1000)
-                if plan.is_text:
-                    payload = payloads[0]
-                else:
-                    cache = kvstack.compress(model, p0.context_ids, plan_recipe(plan, GROUP))
-                    payload = Payload("adaptive", encode(cache, "adaptive"))
-                for row in measure_payload(payload, [(gbit, rate)], _plan_name(plan)):
-                    row.predicted_s = plan.predicted_s
-                    rows.append(row)
-            for row in rows:
-                row.meets = row.ttft_s * 1000 <= spec.deadline_ms
-    bar.close()
-
-    accuracy = _accuracy(spec, model, tok, task, samples, prompts, names, plans, progress)
-    for row in rows:
-        row.accuracy = accuracy.get(row.name)
-    return Result(spec, rows, accuracy, plans, costs, int(p0.context_ids.numel()))
-
-
-def _accuracy(spec, model, tok, task, samples, prompts, names, plans, progress) -> dict[str, float]:
-    """``contains`` of ``niah_single`` per path, averaged over the samples, from wire round trips."""
-    from tqdm.auto import tqdm
-
-    import kvstack
-    from kvstack import wire
-    from kvstack.stack import Recipe
-
-    kv_plans = {_plan_name(p): p for p in plans.values() if not p.is_text}
-    text_plans = {_plan_name(p) for p in plans.values() if p.is_text}
+    kv_plans = {_plan_name(p): p for p in ctx.plans.values() if not p.is_text}
+    text_plans = {_plan_name(p) for p in ctx.plans.values() if p.is_text}
     scores: dict[str, list[float]] = {n: [] for n in [TEXT, *names, *kv_plans, *text_plans]}
-    bar = tqdm(total=len(samples), desc="accuracy", unit="sample", disable=not progress)
-    for sample, prompt in zip(samples, prompts):
+    bar = tqdm(total=len(ctx.samples), desc=f"accuracy {ctx.tokens}", unit="sample", disable=not progress)
+    for sample in ctx.samples:
+        prompt = format_sample(tok, sample)
+
         def score(name, cache, sample=sample, prompt=prompt):
             back = None if cache is None else wire.decode(encode(cache, name))
             scores[name].append(answer_contains(model, tok, sample, prompt, name, back, task.max_new_tokens))
@@ -192,7 +335,7 @@ def _accuracy(spec, model, tok, task, samples, prompts, names, plans, progress) 
             scores[n].append(scores[TEXT][-1])
         recipes = [*names, *(plan_recipe(p, GROUP) for p in kv_plans.values())]
         for name, (_, cache) in zip([*names, *kv_plans], kvstack.compress_many(
-                model, prompt.context_ids, [Recipe.parse(r) for r in recipes])):
+                model, prompt.context_ids, [Recipe.parse(r) for r in recipes], chunk_size=spec.chunk_size)):
             if isinstance(cache, Exception):
                 raise cache
             score(name, cache)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kvstack import wire
-from kvstack.bench.link import LoopbackLink, gbits
+from kvstack.bench.link import MIN_BURST, LoopbackLink, burst_bytes, gbits
 from kvstack.errors import InputError
 from kvstack.transport.loadtest import synthetic_caches
 
@@ -47,10 +47,11 @@ def test_the_shaper_holds_the_set_rate(link, saved):
     rate = 4e6  # bytes/s: ~0.5 s for 2 MB, far below what loopback does unshaped
     shaped = link.pull(key, rate)
     free = link.pull(key, None)
-    # the bucket starts with a 64 KiB burst, so (size - burst) bytes take at least (size - burst) / rate;
-    # slower is possible on a loaded machine, but not by half
-    assert shaped.seconds >= (len(data) - (64 << 10)) / rate
-    assert shaped.rate <= rate * len(data) / (len(data) - (64 << 10)) * 1.01
+    # the bucket starts with a burst (64 KiB at this rate), so (size - burst) bytes take at least
+    # (size - burst) / rate; slower is possible on a loaded machine, but not by half
+    assert burst_bytes(rate) == MIN_BURST
+    assert shaped.seconds >= (len(data) - MIN_BURST) / rate
+    assert shaped.rate <= rate * len(data) / (len(data) - MIN_BURST) * 1.01
     assert shaped.rate >= 0.5 * rate
     assert free.rate > 2 * rate  # without the shaper the same pull is much faster: the bucket is what limits
 
@@ -60,7 +61,11 @@ def test_pieces_are_released_in_slices_no_larger_than_the_burst(link, saved):
     key = link.push(data)
     sizes = []
     link.pull(key, 1e8, lambda piece: sizes.append(len(piece)))
-    assert sum(sizes) == len(data) and max(sizes) <= 64 << 10
+    assert burst_bytes(1e8) == 1_000_000  # 10 ms of data at 100 MB/s
+    assert sum(sizes) == len(data) and max(sizes) <= 1_000_000
+    slow = []
+    link.pull(key, 4e6, lambda piece: slow.append(len(piece)))  # 10 ms is 40 KB: the 64 KiB floor holds
+    assert sum(slow) == len(data) and max(slow) <= MIN_BURST
 
 
 def test_bad_rate_is_an_input_error(link):
