@@ -136,3 +136,19 @@ def test_training_samples_draw_generated_frames_and_invented_attributes(maker):
     drawn = [Facts(TRAIN, np.random.default_rng(i)).attribute()[1] for i in range(200)]
     invented = [a for a in drawn if a not in known]
     assert len(invented) >= 40 and not set(invented) & T.HELDOUT_ATTRIBUTE_SET
+
+
+def test_open_value_words_feed_training_values_and_leave_heldout_samples_unchanged(vocab, essay_stream):
+    from kvstack.eval.texts import essay, essay_names
+    from kvstack.zoo.train.value_words import excluded_words, harvest
+
+    words = harvest([essay(n) for n in essay_names()[:10]], limit=500, min_count=2)
+    assert 100 <= len(words) <= 500 and words == sorted(words)
+    assert not set(words) & excluded_words() and "kohlrabi" in excluded_words() and "clerk" in excluded_words()
+    plain, opened = SampleMaker(vocab, essay_stream), SampleMaker(vocab, essay_stream, open_words=words)
+    drawn = [Facts(opened.train_book, np.random.default_rng(i)).value("word") for i in range(100)]
+    assert 25 <= sum(w in words for w in drawn) <= 75  # about half the word values come from the open list
+    for seed in range(4):
+        a = plain.make("single", 512, np.random.default_rng(seed), split="heldout")
+        b = opened.make("single", 512, np.random.default_rng(seed), split="heldout")
+        assert np.array_equal(a.ids, b.ids)

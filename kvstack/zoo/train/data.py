@@ -13,6 +13,7 @@ import numpy as np
 
 from kvstack.zoo.train.corpus import read_docs
 from kvstack.zoo.train.retrieval import SampleMaker, TokenStream, VocabTables, make_batch
+from kvstack.zoo.train.value_words import harvest
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Streams:
     text: TokenStream  # prose documents, paragraph breaks between them: haystacks
     code: TokenStream  # source files: some haystacks are code
     chars: int  # characters of text behind ``lm`` (bits per byte needs it)
+    words: list[str]  # open vocabulary of value words from the prose (empty for a pre-tokenized corpus)
 
 
 def pretokenize(vocab: VocabTables, corpus: Path, out: Path) -> dict:
@@ -46,17 +48,20 @@ def build_streams(vocab: VocabTables, corpus: Path, max_docs: int | None = None)
         ids = [flat[bounds[i] : bounds[i + 1]] for i in range(len(z["lengths"]))][:max_docs]
         is_prose = list(z["prose"])[:max_docs]
         chars = int(z["chars"]) if max_docs is None else int(z["chars"] * sum(map(len, ids)) / max(1, len(flat)))
+        words: list[str] = []
     else:
         docs = read_docs(corpus)[:max_docs]
         ids = vocab.encode([d["text"] for d in docs])
         is_prose = [d["kind"] == "prose" for d in docs]
         chars = sum(len(d["text"]) for d in docs)
+        words = harvest(d["text"] for d in docs if d["kind"] == "prose")
     eot = np.array([vocab.eot], np.int32)
     return Streams(
         lm=TokenStream.build(vocab, ids, eot),
         text=TokenStream.build(vocab, [x for x, p in zip(ids, is_prose) if p], vocab.paragraph),
         code=TokenStream.build(vocab, [x for x, p in zip(ids, is_prose) if not p], vocab.paragraph),
         chars=chars,
+        words=words,
     )
 
 

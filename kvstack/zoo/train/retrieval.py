@@ -16,7 +16,7 @@ attributes and names from the ``HELDOUT_*`` lists of :mod:`templates` (never tra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -135,6 +135,7 @@ class Phrasebook:
     generated_questions: Sequence[str] = ()
     generated_share: float = 0.0
     attribute_heads: dict[str, Sequence[str]] | None = None
+    open_words: Sequence[str] = ()  # value words harvested from the training prose (``value_words``)
 
 
 TRAIN = Phrasebook(T.FIRST_NAMES, T.LAST_NAMES, T.VALUE_WORDS, T.ATTRIBUTES, T.NEEDLE_FRAMES, T.QUESTION_FRAMES,
@@ -180,10 +181,10 @@ class Facts:
             )
         elif kind == 2:
             make = lambda: self.pseudo_word().title()
-        elif kind == 3 and b is TRAIN:
+        elif kind == 3 and b is not HELDOUT:
             make = lambda: f"the {_pick(r, T.ADJECTIVES)} {_pick(r, T.NOUNS)}"
         elif kind == 4:
-            make = lambda: f"{_pick(r, T.ADJECTIVES)}-{_pick(r, T.NOUNS)}" if b is TRAIN else (
+            make = lambda: f"{_pick(r, T.ADJECTIVES)}-{_pick(r, T.NOUNS)}" if b is not HELDOUT else (
                 f"{self.pseudo_word(1, 2)}-{self.pseudo_word(1, 2)}"
             )
         else:
@@ -205,7 +206,10 @@ class Facts:
         if kind == "num":
             make = lambda: str(int(r.integers(1, 10))) + "".join(map(str, r.integers(0, 10, int(r.integers(2, 9)))))
         elif kind == "word":
-            make = lambda: _pick(r, self.book.words) if r.random() < 0.6 else self.pseudo_word(2, 3)
+            if self.book.open_words and r.random() < 0.5:
+                make = lambda: _pick(r, self.book.open_words)
+            else:
+                make = lambda: _pick(r, self.book.words) if r.random() < 0.6 else self.pseudo_word(2, 3)
         else:
             alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
 
@@ -348,8 +352,10 @@ def _interleave(chains: list[list[str]], r: np.random.Generator) -> list[str]:
 class SampleMaker:
     """Builds :class:`Sample` s of an exact token length from text streams."""
 
-    def __init__(self, vocab: VocabTables, text: TokenStream, code: TokenStream | None = None):
+    def __init__(self, vocab: VocabTables, text: TokenStream, code: TokenStream | None = None,
+                 open_words: Sequence[str] = ()):
         self.vocab, self.text = vocab, text
+        self.train_book = replace(TRAIN, open_words=tuple(open_words)) if open_words else TRAIN
         self.code = code if code is not None and len(code.points) > 8 else None
         self.filler_sentences = vocab.encode([" " + s for s in T.FILLER_SENTENCES])
 
@@ -380,7 +386,7 @@ class SampleMaker:
             raise InputError(f"split must be 'train' or 'heldout', not {split!r}")
         if length < 128:
             raise InputError(f"length {length} is too short for a retrieval sample: use at least 128 tokens")
-        book = TRAIN if split == "train" else HELDOUT
+        book = self.train_book if split == "train" else HELDOUT
         facts = Facts(book, rng)
         needles, qas, meta = build_task(task, facts, max(1, length // 96), prefix_p=0.35 if split == "train" else 0.0)
         fmt = qa_format or (book.qa_formats[0] if rng.random() < 0.5 else _pick(rng, book.qa_formats))

@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"]) + 1
         print(f"[resume] from step {start} of {len(lengths)} ({args.checkpoint})", flush=True)
-    maker = SampleMaker(vocab, train_streams.text, train_streams.code)
+    maker = SampleMaker(vocab, train_streams.text, train_streams.code, train_streams.words)
+    print(f"[values] {len(train_streams.words):,} open value words", flush=True)
     batches = StepBatches(maker, train_streams.lm, lengths, args.tokens_per_step, args.seed, args.retrieval_fraction,
                           start=start)
     loader = make_loader(batches, args.workers if device.startswith("cuda") else 0)
