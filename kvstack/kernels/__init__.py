@@ -117,13 +117,23 @@ def decode_attention(
     """Attention of ``q [S, M, D]`` over packed (or dense) rows of each segment plus a dense tail.
 
     ``M`` = query heads per KV head x ``query_tokens``; see
-    :func:`kvstack.kernels.triton_decode.decode_attention` for the row order.
+    :func:`kvstack.kernels.triton_decode.decode_attention` for the row order. The tail is
+    ``tail_k``/``tail_v`` ``[rows, D]`` placed by the ``tail`` table, or ``[S, t, D]`` with
+    no table: the same ``t`` rows count for every segment (a decode cache's new tokens).
     """
     if q.dim() != 3 or q.shape[0] != segments.count:
         raise InputError(f"q must be [segments={segments.count}, rows, dim], got {tuple(q.shape)}")
-    if (tail is None) != (tail_k is None) or (tail is None) != (tail_v is None):
-        raise InputError("give tail_k, tail_v and tail together, or none of them")
-    if query_tokens > 1 and tail is None:
+    if (tail_k is None) != (tail_v is None) or (tail is not None and tail_k is None):
+        raise InputError("give tail_k and tail_v together (and a tail table only with them)")
+    if tail_k is not None:
+        want = 2 if tail is not None else 3
+        if tail_k.dim() != want or tail_v.shape != tail_k.shape or (want == 3 and tail_k.shape[0] != q.shape[0]):
+            raise InputError(
+                f"tail_k/tail_v must be [rows, dim] with a tail table or [segments={q.shape[0]}, t, dim] without, "
+                f"got {tuple(tail_k.shape)} and {tuple(tail_v.shape)}"
+            )
+        tail_k, tail_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (tail_k, tail_v))
+    if query_tokens > 1 and tail_k is None:
         raise InputError("several new query tokens must be in the tail (they attend causally among themselves)")
     fast = all(
         uses_kernels(q.device, q.shape[-1], *(
@@ -135,9 +145,12 @@ def decode_attention(
         from kvstack.kernels import triton_decode
 
         return triton_decode.decode_attention(
-            q, keys, values, segments, tail_k, tail_v, tail, scale, query_tokens,
-            **({} if q.is_cuda else {"target_programs": 8}), **tuning,
+            q, keys, values, segments, tail_k, tail_v, tail, scale, query_tokens, **tuning,
         )
+    if tail_k is not None and tail is None:  # the reference takes a table
+        s, t, d = tail_k.shape
+        tail = Segments.from_lengths([t] * s, device=q.device)
+        tail_k, tail_v = tail_k.reshape(s * t, d), tail_v.reshape(s * t, d)
     k = keys if isinstance(keys, torch.Tensor) else dequantize(keys, segments, q.dtype)
     v = values if isinstance(values, torch.Tensor) else dequantize(values, segments, q.dtype)
     out = reference.decode_attention(q, k, v, segments, tail_k, tail_v, tail, scale, query_tokens)

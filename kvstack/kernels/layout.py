@@ -31,9 +31,10 @@ class Segments:
     @classmethod
     def from_lengths(cls, lengths: Sequence[int], group: int = 0, device=None) -> Segments:
         """Segments laid end to end; ``group`` > 0 numbers per-channel scale groups of ``group`` tokens."""
-        if any(int(n) < 0 for n in lengths):
+        ints = [int(n) for n in lengths]
+        if any(n < 0 for n in ints):
             raise InputError(f"segment lengths must be >= 0, got {list(lengths)}")
-        lens = torch.tensor([int(n) for n in lengths], dtype=torch.int64)
+        lens = torch.tensor(ints, dtype=torch.int64)
         starts = torch.cumsum(lens, 0) - lens
         if group > 0:
             per = (lens + group - 1) // group
@@ -41,7 +42,7 @@ class Segments:
         else:
             gstarts = torch.zeros_like(lens)
         to = lambda t: t.to(device=device, dtype=torch.int32)
-        return cls(to(starts), to(lens), to(gstarts), int(lens.max()) if lens.numel() else 0, int(lens.sum()))
+        return cls(to(starts), to(lens), to(gstarts), max(ints, default=0), sum(ints))  # sizes from Python ints
 
     @property
     def count(self) -> int:

@@ -12,6 +12,7 @@ are merged in the same pass, so a half-quantized cache is read once, without cop
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,7 +20,6 @@ import triton
 import triton.language as tl
 
 from kvstack.kernels.layout import PackedRows, Segments
-from kvstack.kernels.triton_rows import next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -151,21 +151,20 @@ def _packed_values(
 
 
 @triton.jit
-def _split_kernel(
-    Q, K, KS, KZ, V, VS, VZ,
-    STARTS, LENS, GSTARTS,
-    O_PART, L_PART,
-    qk_scale, chunk, splits_total, split_offset,
+def _attend_rows(
+    Q, K, KS, KZ, V, VS, VZ, O_PART, L_PART, seg, slot,
+    start, k_off, v_off, k_stride, v_stride, n, g0, lo, hi, qk_scale,
     M: tl.constexpr, M_PAD: tl.constexpr, QM: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     K_BITS: tl.constexpr, K_GROUP: tl.constexpr, K_CHANNEL: tl.constexpr, K_SYM: tl.constexpr,
     V_BITS: tl.constexpr, V_GROUP: tl.constexpr, V_CHANNEL: tl.constexpr, V_SYM: tl.constexpr,
-    CAUSAL_TAIL: tl.constexpr, IEEE: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE: tl.constexpr,
 ):
-    seg = tl.program_id(0)
-    split = tl.program_id(1)
-    start = tl.load(STARTS + seg)
-    n = tl.load(LENS + seg)
-    g0 = tl.load(GSTARTS + seg)
+    """Online softmax of segment ``seg``'s query group over its rows ``[lo, hi)`` (of ``n``); partials to ``slot``.
+
+    Packed rows are addressed by row index (``start + local``: codes and scales have fixed
+    widths); dense rows by element offset (``k_off + local * k_stride``), so a tail can be
+    any strided ``[S, t, D]`` view.
+    """
     offs_m = tl.arange(0, M_PAD)
     PK: tl.constexpr = 1 if K_BITS == 16 else 8 // K_BITS
     PV: tl.constexpr = 1 if V_BITS == 16 else 8 // V_BITS
@@ -177,15 +176,13 @@ def _split_kernel(
     acc1 = tl.zeros([M_PAD, DV], tl.float32)
     acc2 = tl.zeros([M_PAD, DV], tl.float32)
     acc3 = tl.zeros([M_PAD, DV], tl.float32)
-    lo = split * chunk
-    hi = tl.minimum(lo + chunk, n)
     cols = tl.arange(0, D)
     for b0 in range(lo, hi, BLOCK_N):
         local = b0 + tl.arange(0, BLOCK_N)
         mask = local < hi
         rows = start + local
         if K_BITS == 16:
-            k = tl.load(K + rows[:, None] * D + cols[None, :], mask=mask[:, None], other=0.0)
+            k = tl.load(K + k_off + local[:, None] * k_stride + cols[None, :], mask=mask[:, None], other=0.0)
             if IEEE:  # float32 rows: exact products, not TF32
                 s = tl.dot(q0, tl.trans(k.to(tl.float32)), input_precision="ieee")
             else:
@@ -195,7 +192,7 @@ def _split_kernel(
                                D, K_BITS, K_GROUP, K_CHANNEL, K_SYM)
         s = s * qk_scale
         valid = mask[None, :]
-        if CAUSAL_TAIL:
+        if CAUSAL:
             # query token t (row r = g * QM + t) is the (QM - t)-th last row of the tail
             valid = valid & (local[None, :] <= (n - QM + offs_m % QM)[:, None])
         s = tl.where(valid, s, float("-inf"))
@@ -206,7 +203,7 @@ def _split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
         if V_BITS == 16:
-            v = tl.load(V + rows[:, None] * D + cols[None, :], mask=mask[:, None], other=0.0)
+            v = tl.load(V + v_off + local[:, None] * v_stride + cols[None, :], mask=mask[:, None], other=0.0)
             if IEEE:
                 acc0 = acc0 * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
             else:
@@ -226,7 +223,6 @@ def _split_kernel(
     has = l_i > 0.0
     inv = 1.0 / tl.where(has, l_i, 1.0)
     lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    slot = seg * splits_total + split_offset + split
     jj = tl.arange(0, DV)
     optr = O_PART + (slot * M_PAD + offs_m[:, None]) * D + PV * jj[None, :]
     omask = offs_m[:, None] < M
@@ -239,46 +235,194 @@ def _split_kernel(
     tl.store(L_PART + slot * M_PAD + offs_m, lse)
 
 
-@triton.jit
-def _combine_kernel(
-    O_PART, L_PART, OUT, splits_total,
-    M: tl.constexpr, M_PAD: tl.constexpr, D: tl.constexpr, S_PAD: tl.constexpr,
+@triton.jit(do_not_specialize=["tail_len", "tail_chunk", "n_main", "splits_total", "split_offset", "l_off"])
+def _split_kernel(
+    Q, K, KS, KZ, V, VS, VZ, STARTS, LENS, GSTARTS,
+    TK, TV, TSTARTS, TLENS, tail_len, tk_seg, tk_row, tv_seg, tv_row,
+    WORK, l_off, qk_scale, chunk, tail_chunk, n_main, splits_total, split_offset,
+    M: tl.constexpr, M_PAD: tl.constexpr, QM: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+    K_BITS: tl.constexpr, K_GROUP: tl.constexpr, K_CHANNEL: tl.constexpr, K_SYM: tl.constexpr,
+    V_BITS: tl.constexpr, V_GROUP: tl.constexpr, V_CHANNEL: tl.constexpr, V_SYM: tl.constexpr,
+    HAS_TAIL: tl.constexpr, TAIL_TABLE: tl.constexpr, IEEE: tl.constexpr,
 ):
+    """Slices ``0 .. n_main`` read the (packed) rows; the slices after them read the dense tail.
+
+    One launch for both, so a decode step costs this kernel and the merge. The tail is
+    either a table (``TAIL_TABLE``: rows ``TSTARTS[s] ..`` of a ``[rows, D]`` tensor) or
+    ``tail_len`` rows of every segment at element strides ``tk_seg``/``tk_row``.
+    """
     seg = tl.program_id(0)
-    offs_s = tl.arange(0, S_PAD)
+    split = tl.program_id(1) + split_offset
+    slot = seg * splits_total + split
+    O_PART = WORK
+    L_PART = WORK + l_off  # one workspace: partial outputs, then their log-sum-exps
+    if split < n_main:
+        start = tl.load(STARTS + seg)
+        n = tl.load(LENS + seg)
+        lo = split * chunk
+        _attend_rows(Q, K, KS, KZ, V, VS, VZ, O_PART, L_PART, seg, slot, start, start * D, start * D, D, D,
+                     n, tl.load(GSTARTS + seg), lo, tl.minimum(lo + chunk, n), qk_scale,
+                     M, M_PAD, QM, D, BLOCK_N, K_BITS, K_GROUP, K_CHANNEL, K_SYM, V_BITS, V_GROUP, V_CHANNEL, V_SYM,
+                     False, IEEE)
+    elif HAS_TAIL:
+        if TAIL_TABLE:
+            ts = tl.load(TSTARTS + seg)
+            tn = tl.load(TLENS + seg)
+            k_off = ts * D
+            v_off = ts * D
+            k_row = D
+            v_row = D
+        else:
+            tn = tail_len
+            k_off = seg * tk_seg
+            v_off = seg * tv_seg
+            k_row = tk_row
+            v_row = tv_row
+        lo = (split - n_main) * tail_chunk
+        _attend_rows(Q, TK, TK, TK, TV, TV, TV, O_PART, L_PART, seg, slot, 0, k_off, v_off, k_row, v_row,
+                     tn, 0, lo, tl.minimum(lo + tail_chunk, tn), qk_scale,
+                     M, M_PAD, QM, D, BLOCK_N, 16, 1, False, True, 16, 1, False, True, QM > 1, IEEE)
+
+
+@triton.jit(do_not_specialize=["splits_total", "l_off"])
+def _combine_kernel(WORK, l_off, OUT, splits_total, M: tl.constexpr, M_PAD: tl.constexpr, D: tl.constexpr):
+    """Merge a segment's slices by their log-sum-exp, one slice at a time (no compile per slice count)."""
+    seg = tl.program_id(0)
+    O_PART = WORK
+    L_PART = WORK + l_off
     offs_m = tl.arange(0, M_PAD)
     cols = tl.arange(0, D)
-    lse = tl.load(
-        L_PART + (seg * splits_total + offs_s[:, None]) * M_PAD + offs_m[None, :],
-        mask=offs_s[:, None] < splits_total, other=float("-inf"),
-    )
-    top = tl.max(lse, 0)
-    top = tl.where(top == float("-inf"), 0.0, top)
-    denom = tl.sum(tl.exp2(lse - top[None, :]), 0)
+    top = tl.full([M_PAD], float("-inf"), tl.float32)
+    denom = tl.zeros([M_PAD], tl.float32)
     acc = tl.zeros([M_PAD, D], tl.float32)
     for s in range(0, splits_total):
         slot = seg * splits_total + s
-        w = tl.exp2(tl.load(L_PART + slot * M_PAD + offs_m) - top)
+        lse = tl.load(L_PART + slot * M_PAD + offs_m)
+        new = tl.maximum(top, lse)
+        safe = tl.where(new == float("-inf"), 0.0, new)
+        alpha = tl.exp2(top - safe)
+        w = tl.exp2(lse - safe)
         o = tl.load(O_PART + (slot * M_PAD + offs_m[:, None]) * D + cols[None, :], mask=offs_m[:, None] < M, other=0.0)
-        acc += w[:, None] * o
+        denom = denom * alpha + w
+        acc = acc * alpha[:, None] + w[:, None] * o
+        top = new
     acc = acc / tl.where(denom > 0.0, denom, 1.0)[:, None]
     tl.store(OUT + (seg * M + offs_m[:, None]) * D + cols[None, :], acc, mask=offs_m[:, None] < M)
 
 
 def _rows_args(x: PackedRows | torch.Tensor) -> tuple:
-    """(rows, scales, zeros, bits, group, channel, sym) for the kernel; dense rows are 16-bit."""
+    """(rows, scales, zeros) pointers and (bits, group, channel, sym) constants; dense rows are 16-bit."""
     if isinstance(x, torch.Tensor):
-        return x, x, x, 16, 1, False, True
+        return (x, x, x), (16, 1, False, True)
     z = x.zeros if x.zeros is not None else x.scales
-    return x.codes, x.scales, z, x.bits, x.group, x.axis == "channel", x.zeros is None
+    return (x.codes, x.scales, z), (x.bits, x.group, x.axis == "channel", x.zeros is None)
 
 
+@functools.lru_cache(maxsize=1024)
 def _splits(segments: int, max_len: int, block_n: int, target_programs: int) -> tuple[int, int]:
     """(number of slices, rows per slice): enough programs to fill the GPU, whole tiles per slice."""
     tiles = max(1, math.ceil(max_len / block_n))
     splits = max(1, min(tiles, math.ceil(target_programs / max(1, segments))))
     chunk = math.ceil(tiles / splits) * block_n
     return math.ceil(max(1, max_len) / chunk), chunk
+
+
+@functools.lru_cache(maxsize=16)
+def _default_programs(device: torch.device) -> int:
+    """Two programs per multiprocessor on a GPU; a few in the CPU interpreter (each runs one at a time)."""
+    if device.type != "cuda":
+        return 8
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _pow2_at_least_16(m: int) -> int:
+    return max(16, 1 << (m - 1).bit_length())
+
+
+class DecodePlan:
+    """A decode launch prepared once for fixed packed rows: only queries and the tail change per call.
+
+    Everything that depends on the stored rows - kernel pointers and constants, how the
+    rows are sliced across programs - is worked out here, so a decode step pays one
+    small Python call, one allocation and two launches (slices with the tail, merge),
+    and reads nothing back from the device.
+    """
+
+    def __init__(
+        self, keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, segments: Segments,
+        block_n: int = 64, num_warps: int = 4, num_stages: int = 3, target_programs: int | None = None,
+    ) -> None:
+        device = segments.starts.device
+        for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
+            if isinstance(rows, PackedRows) and rows.axis == "channel":
+                block_n = min(block_n, rows.group)
+        self.segments = segments
+        self.block_n = block_n
+        self.target = target_programs or _default_programs(device)
+        self.n_main, self.chunk = _splits(segments.count, segments.max_length, block_n, self.target)
+        (k, ks, kz), kc = _rows_args(keys)
+        (v, vs, vz), vc = _rows_args(values)
+        self._rows = (k, ks, kz, v, vs, vz, segments.starts, segments.lengths, segments.group_starts)
+        self._consts = dict(
+            K_BITS=kc[0], K_GROUP=kc[1], K_CHANNEL=kc[2], K_SYM=kc[3],
+            V_BITS=vc[0], V_GROUP=vc[1], V_CHANNEL=vc[2], V_SYM=vc[3],
+            BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
+        )
+        self._launch_consts: dict[tuple, dict] = {}
+
+    def _kwargs(self, M: int, D: int, query_tokens: int, has_tail: bool, table: bool, ieee: bool) -> dict:
+        key = (M, D, query_tokens, has_tail, table, ieee)
+        kw = self._launch_consts.get(key)
+        if kw is None:
+            kw = dict(self._consts, M=M, M_PAD=_pow2_at_least_16(M), QM=query_tokens, D=D, HAS_TAIL=has_tail,
+                      TAIL_TABLE=table, IEEE=ieee)
+            self._launch_consts[key] = kw
+        return kw
+
+    def __call__(
+        self, q: torch.Tensor, tail_k: torch.Tensor | None = None, tail_v: torch.Tensor | None = None,
+        tail: Segments | None = None, scale: float | None = None, query_tokens: int = 1, fuse_tail: bool = True,
+    ) -> torch.Tensor:
+        """Attention of ``q [S, M, D]`` over the planned rows plus a dense tail; ``[S, M, D]`` in ``q.dtype``.
+
+        The tail is ``tail_k``/``tail_v`` as ``[rows, D]`` with a ``tail`` table, or as
+        ``[S, t, D]`` (any strides, channels contiguous) with ``tail=None``: ``t`` rows per
+        segment, read in place. ``fuse_tail=False`` reads the tail in a launch of its own
+        (the layout before fusion, kept to compare).
+        """
+        S, M, D = q.shape
+        q = q.contiguous()
+        has_tail = tail_k is not None
+        table = tail is not None
+        kw = self._kwargs(M, D, query_tokens, has_tail, table, q.dtype == torch.float32)
+        m_pad = kw["M_PAD"]
+        tail_len = tk_seg = tk_row = tv_seg = tv_row = 0
+        n_tail = tail_chunk = 0
+        if has_tail:
+            if table:
+                t_max = tail.max_length
+            else:
+                t_max = tail_len = tail_k.shape[1]
+                tk_seg, tk_row = tail_k.stride(0), tail_k.stride(1)
+                tv_seg, tv_row = tail_v.stride(0), tail_v.stride(1)
+            n_tail, tail_chunk = _splits(S, t_max, self.block_n, max(S, self.target // 8))
+        else:
+            tail_k = tail_v = q
+        tstarts, tlens = (tail.starts, tail.lengths) if table else (self.segments.starts, self.segments.starts)
+        total = self.n_main + n_tail
+        l_off = S * total * m_pad * D
+        work = torch.empty(l_off + S * total * m_pad, dtype=torch.float32, device=q.device)
+        scale = D**-0.5 if scale is None else scale
+        args = (q, *self._rows, tail_k, tail_v, tstarts, tlens, tail_len, tk_seg, tk_row, tv_seg, tv_row,
+                work, l_off, scale * LOG2E, self.chunk, tail_chunk, self.n_main, total)
+        if fuse_tail or not has_tail:
+            _split_kernel[(S, total)](*args, 0, **kw)
+        else:
+            _split_kernel[(S, self.n_main)](*args, 0, **self._kwargs(M, D, query_tokens, False, table, kw["IEEE"]))
+            _split_kernel[(S, n_tail)](*args, self.n_main, **kw)
+        out = torch.empty(S, M, D, dtype=q.dtype, device=q.device)
+        _combine_kernel[(S,)](work, l_off, out, total, M=M, M_PAD=m_pad, D=D, num_warps=4)
+        return out
 
 
 def decode_attention(
@@ -295,47 +439,17 @@ def decode_attention(
     num_warps: int = 4,
     num_stages: int = 3,
     target_programs: int | None = None,
+    fuse_tail: bool = True,
 ) -> torch.Tensor:
     """Attention of ``q [S, M, D]`` over each segment's packed (or dense) rows plus its dense tail.
 
     ``M`` rows of a segment are its query group (query heads of one KV head) times
     ``query_tokens`` new tokens, ordered ``g * query_tokens + t``; the new tokens are the
-    last ``query_tokens`` rows of the tail and attend causally among themselves.
+    last ``query_tokens`` rows of the tail and attend causally among themselves. The tail
+    is ``[rows, D]`` with a ``tail`` table, or ``[S, t, D]`` with ``tail=None`` (see
+    :class:`DecodePlan`, which a caller decoding many steps over the same rows should keep).
     Defaults are the configuration measured fastest on an H100 (benchmarks/RESULTS.md).
     Returns ``[S, M, D]`` in ``q.dtype``.
     """
-    S, M, D = q.shape
-    q = q.contiguous()
-    m_pad = max(16, next_pow2(M))
-    scale = D**-0.5 if scale is None else scale
-    target = target_programs or 2 * torch.cuda.get_device_properties(q.device).multi_processor_count
-    for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
-        if isinstance(rows, PackedRows) and rows.axis == "channel":
-            block_n = min(block_n, rows.group)
-    n_main, chunk = _splits(S, segments.max_length, block_n, target)
-    n_tail, tail_chunk = (0, 0)
-    if tail is not None:
-        n_tail, tail_chunk = _splits(S, tail.max_length, block_n, max(S, target // 8))
-    total = n_main + n_tail
-    o_part = torch.empty(S * total * m_pad * D, dtype=torch.float32, device=q.device)
-    l_part = torch.empty(S * total * m_pad, dtype=torch.float32, device=q.device)
-    common = dict(M=M, M_PAD=m_pad, QM=query_tokens, D=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
-                  IEEE=q.dtype == torch.float32)
-    k, ks, kz, kb, kg, kc, ksym = _rows_args(keys)
-    v, vs, vz, vb, vg, vc, vsym = _rows_args(values)
-    _split_kernel[(S, n_main)](
-        q, k, ks, kz, v, vs, vz, segments.starts, segments.lengths, segments.group_starts, o_part, l_part,
-        scale * LOG2E, chunk, total, 0,
-        K_BITS=kb, K_GROUP=kg, K_CHANNEL=kc, K_SYM=ksym, V_BITS=vb, V_GROUP=vg, V_CHANNEL=vc, V_SYM=vsym,
-        CAUSAL_TAIL=False, **common,
-    )
-    if tail is not None:
-        _split_kernel[(S, n_tail)](
-            q, tail_k, tail_k, tail_k, tail_v, tail_v, tail_v, tail.starts, tail.lengths, tail.group_starts,
-            o_part, l_part, scale * LOG2E, tail_chunk, total, n_main,
-            K_BITS=16, K_GROUP=1, K_CHANNEL=False, K_SYM=True, V_BITS=16, V_GROUP=1, V_CHANNEL=False, V_SYM=True,
-            CAUSAL_TAIL=query_tokens > 1, **common,
-        )
-    out = torch.empty(S, M, D, dtype=q.dtype, device=q.device)
-    _combine_kernel[(S,)](o_part, l_part, out, total, M=M, M_PAD=m_pad, D=D, S_PAD=next_pow2(total), num_warps=4)
-    return out
+    plan = DecodePlan(keys, values, segments, block_n, num_warps, num_stages, target_programs)
+    return plan(q, tail_k, tail_v, tail, scale, query_tokens, fuse_tail)

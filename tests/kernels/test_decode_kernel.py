@@ -103,6 +103,33 @@ def test_one_program_walking_many_tiles(device):
         assert ((got.double().cpu() - want.cpu()).norm() / want.norm()) < 2e-3
 
 
+@pytest.mark.parametrize("fuse_tail", [True, False])
+def test_tail_read_in_place_per_segment(device, monkeypatch, fuse_tail):
+    # a decode cache's tail: [S, t, D] views (a larger buffer's first t rows; a transposed buffer), no table
+    from kvstack.kernels import triton_decode
+
+    g = torch.Generator().manual_seed(17)
+    rand = lambda *s: torch.randn(*s, generator=g).half().to(device)
+    lengths, t, dim = [90, 0, 40], 5, 64
+    seg = Segments.from_lengths(lengths, 32, device=device)
+    kp = kernels.quantize(rand(130, dim), 4, 32, "channel", False, seg)
+    vp = kernels.quantize(rand(130, dim), 4, 32, "token", False, seg)
+    tk = rand(3, 16, dim)[:, :t]  # row stride dim, segment stride 16 * dim
+    tv = rand(t, 3, dim).transpose(0, 1)  # row stride 3 * dim, segment stride dim
+    q = rand(3, 4 * 2, dim)  # 4 query heads, 2 new tokens
+    got = triton_decode.decode_attention(q, kp, vp, seg, tk, tv, None, query_tokens=2, fuse_tail=fuse_tail)
+    table = Segments.from_lengths([t] * 3, device=device)
+    flat = lambda x: x.reshape(3 * t, dim)
+    kd, vd = kernels.dequantize(kp, seg, torch.float16), kernels.dequantize(vp, seg, torch.float16)
+    want = _expected(q, kd, vd, seg, flat(tk), flat(tv), table, 2)
+    assert ((got.double().cpu() - want.cpu()).norm() / want.norm()) < 2e-3
+    # the public function takes the same tail, and its reference fallback agrees
+    assert torch.equal(kernels.decode_attention(q, kp, vp, seg, tk, tv, query_tokens=2, fuse_tail=fuse_tail), got)
+    monkeypatch.setenv("KVSTACK_KERNELS", "0")
+    ref = kernels.decode_attention(q, kp, vp, seg, tk, tv, query_tokens=2)
+    assert ((ref.double().cpu() - want.cpu()).norm() / want.norm()) < 2e-3
+
+
 def test_reference_fallback_agrees_with_kernel(device, monkeypatch):
     got, want = _case(device, 4, "token", torch.float16, 1, [90, 33], [2, 2], seed=11)
     monkeypatch.setenv("KVSTACK_KERNELS", "0")
@@ -121,6 +148,8 @@ def test_bad_arguments_raise_typed_errors(device):
         kernels.decode_attention(torch.randn(3, 4, 64, dtype=torch.float16, device=device), k, k, seg)
     with pytest.raises(InputError, match="together"):
         kernels.decode_attention(torch.randn(2, 4, 64, dtype=torch.float16, device=device), k, k, seg, tail_k=k)
+    with pytest.raises(InputError, match=r"\[segments=2, t, dim\]"):
+        kernels.decode_attention(torch.randn(2, 4, 64, dtype=torch.float16, device=device), k, k, seg, k, k)
     with pytest.raises(InputError, match="causally"):
         kernels.decode_attention(torch.randn(2, 8, 64, dtype=torch.float16, device=device), k, k, seg, query_tokens=2)
     with pytest.raises(InputError, match=">= 0"):

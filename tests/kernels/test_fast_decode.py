@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import kvstack
-from kvstack import kernels
 from kvstack.hf import fast_decode
 
 
@@ -18,6 +19,34 @@ def _model(device):
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
                       initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return LlamaForCausalLM(cfg).eval().to(device)
+
+
+class _Counted:
+    """A Triton kernel whose launches are counted (``off`` set: launched without counting)."""
+
+    def __init__(self, kernel, name: str, counts: dict, pause: list) -> None:
+        self.kernel, self.name, self.counts, self.pause = kernel, name, counts, pause
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.counts[self.name] = self.counts.get(self.name, 0) + 1
+            self.pause.append(1)
+            try:
+                return self.kernel[grid](*args, **kwargs)
+            finally:
+                self.pause.pop()
+
+        return launch
+
+
+def _count_launches(monkeypatch, pause: list | None = None) -> dict:
+    from kvstack.kernels import triton_decode
+
+    counts: dict = {}
+    for name in ("_split_kernel", "_combine_kernel"):
+        monkeypatch.setattr(triton_decode, name, _Counted(getattr(triton_decode, name), name, counts,
+                                                          pause if pause is not None else []))
+    return counts
 
 
 def _step_logits(model, cache, q_ids, steps):
@@ -37,14 +66,14 @@ def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe)
     model = _model(device)
     ctx, q = make_ids(96).to(device), make_ids(2, seed=3).to(device)
     cache = kvstack.compress(model, ctx, recipe)
-    calls = []
-    real = kernels.decode_attention
-    monkeypatch.setattr(kernels, "decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    launches = _count_launches(monkeypatch)
     fast = _step_logits(model, cache, q, 6)
-    assert len(calls) == 6 * model.config.num_hidden_layers  # every layer, every step took the kernel
+    # every layer, every step took the kernel: one launch for the rows and the tail, one merge
+    steps = 6 * model.config.num_hidden_layers
+    assert launches == {"_split_kernel": steps, "_combine_kernel": steps}
     monkeypatch.setenv("KVSTACK_KERNELS", "0")
     generic = _step_logits(model, cache, q, 6)
-    assert len(calls) == 6 * model.config.num_hidden_layers  # and the generic run did not
+    assert launches == {"_split_kernel": steps, "_combine_kernel": steps}  # and the generic run did not
     assert torch.equal(fast.argmax(-1), generic.argmax(-1))
     err = (fast - generic).norm() / generic.norm()
     assert err < 5e-3, err
@@ -64,3 +93,57 @@ def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypa
     kivi_layer.update(torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device))
     assert kivi_layer.tail_k is not None  # a step was taken, yet KIVI's decode blocks keep the generic path
     assert fast_decode.plan_step(kivi_layer, torch.arange(64, 65, device=device)) is None
+
+
+def test_plan_is_kept_across_steps_and_rebuilt_when_the_rows_change(device, make_ids):
+    model = _model(device)
+    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g32")
+    layer = kvstack.hf.CompressedCache(cache, model.dtype).layers[0]
+    new = lambda: torch.randn(1, 2, 1, 64, device=device)
+    first, _ = layer.update(new(), new())
+    second, _ = layer.update(new(), new())
+    assert second._kvstack_fast.plan is first._kvstack_fast.plan
+    layer.segments[0] = dataclasses.replace(layer.base)  # the compressed rows replaced, as trimming does
+    third, _ = layer.update(new(), new())
+    assert third._kvstack_fast.plan is not first._kvstack_fast.plan
+    assert third._kvstack_fast.layer.tail_k.shape[1] == 3  # the tail kept growing through it
+
+
+_READS = ("_local_scalar_dense", "item", "nonzero", "masked_select", "equal", "is_nonzero", "_unique2", "tolist")
+
+
+def test_decode_steps_read_nothing_back_from_the_device(device, make_ids, monkeypatch):
+    """No ``.item()``/``int()``/``bool()`` of a tensor, no device-to-host copy, in a layer's update + attention."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = _model(device)
+    hf = kvstack.hf.CompressedCache(kvstack.compress(model, make_ids(80).to(device), "snapkv:0.5 > int4:g16"),
+                                    model.dtype)
+    pause: list = []
+    launches = _count_launches(monkeypatch, pause)
+    reads = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not pause:  # kvstack's own Python, not the interpreter running a kernel
+                back = isinstance(out, torch.Tensor) and out.device.type == "cpu" and device.type != "cpu"
+                if back or func.__name__.split(".")[0] in _READS:
+                    reads.append(func.__name__)
+            return out
+
+    new = lambda n: torch.randn(1, 2, n, 64, device=device)
+    sync = torch.cuda.set_sync_debug_mode if device.type == "cuda" else (lambda mode: None)
+    for n in (2, 1, 1):  # the question's tokens, then two decode steps
+        for i, layer in enumerate(hf.layers):
+            sync("error")
+            try:
+                with Reads():
+                    marker, _ = layer.update(new(n), new(n))
+                    out = marker._kvstack_fast.attend(model.model.layers[i].self_attn, torch.randn(1, 4, n, 64,
+                                                      device=device), {"scaling": 0.125})
+            finally:
+                sync("default")
+            assert out is not None and out.shape == (1, n, 4, 64)
+    assert reads == []
+    assert launches == {"_split_kernel": 3 * len(hf.layers), "_combine_kernel": 3 * len(hf.layers)}
