@@ -37,9 +37,10 @@ def derivation_errors(result: Result) -> list[float]:
 def components_table(result: Result) -> str:
     from kvstack.cli import table
 
-    rows = [(str(tokens), name, f"{c.nbytes:,}", _ms(c.receive_s), f"{c.nbytes / max(c.receive_s, 1e-9) / 1e6:.0f}",
-             _ms(c.answer_s)) for (tokens, name), c in sorted(result.components.items(), key=lambda kv: kv[0][0])]
-    return table(rows, ("tokens", "path", "bytes", "receive ms", "receive MB/s", "answer ms"))
+    rows = [(str(tokens), name, f"{c.nbytes:,}", _ms(result.encode_s[(tokens, name)]), _ms(c.receive_s),
+             f"{c.nbytes / max(c.receive_s, 1e-9) / 1e6:.0f}", _ms(c.answer_s))
+            for (tokens, name), c in sorted(result.components.items(), key=lambda kv: kv[0][0])]
+    return table(rows, ("tokens", "path", "bytes", "encode ms (sender)", "receive ms", "receive MB/s", "answer ms"))
 
 
 def cells_table(result: Result) -> str:
@@ -87,7 +88,8 @@ def to_json(result: Result, env: dict) -> str:
     return json.dumps({
         "environment": env,
         "spec": asdict(result.spec),
-        "components": [{"tokens": t, "path": n, **asdict(c)} for (t, n), c in result.components.items()],
+        "components": [{"tokens": t, "path": n, **asdict(c), "encode_s": result.encode_s[(t, n)]}
+                       for (t, n), c in result.components.items()],
         "rows": [asdict(r) for r in result.rows],
         "derivation_errors": derivation_errors(result),
     }, indent=1)

@@ -19,13 +19,9 @@ the wire format; a random-weight model (``random:<preset>``) gets random context
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import torch
 
 from kvstack.bench.adapt import Costs, Plan, choose, plan_recipe
 from kvstack.bench.costs import GROUP, LEVELS, best_seconds, measure_costs
@@ -35,8 +31,6 @@ from kvstack.bench.models import is_random, random_prompt
 from kvstack.bench.payload import FP16, TEXT, Payload, encode, save_payload, text_blob
 from kvstack.bench.receiver import Receiver, answer_contains
 from kvstack.errors import InputError
-from kvstack.kv import DenseRows
-from kvstack.wire.encodings import encoding_for
 
 MEASURED, DERIVED = "measured", "derived"
 
@@ -116,6 +110,7 @@ class Result:
     spec: TtftSpec
     rows: list[Row]
     components: dict[tuple[int, str], Components]  # (context tokens, path)
+    encode_s: dict[tuple[int, str], float]  # sender side: seconds to encode each payload
     accuracy: dict[tuple[int, str], float]  # empty for random models
     plans: dict[tuple[int, float], Plan] = field(default_factory=dict)  # (context tokens, Gbit/s)
     costs: dict[int, Costs] = field(default_factory=dict)
@@ -134,6 +129,7 @@ class Sent:
     link: LoopbackLink  # the server holding it (one per path: see LinkPool)
     key: str
     nbytes: int
+    encode_s: float = 0.0  # sender side, ahead of time: cache -> wire bytes
     components: Components | None = None
     gbit: float | None = None  # adaptive plans run at their own bandwidth only
     predicted_s: float | None = None
@@ -169,22 +165,19 @@ class _Run:
         self.receiver = Receiver(model)
 
     def push(self, items: list[tuple[str, object]], server: str | None = None) -> list[Sent]:
-        """Encode (caches), save and store ``(label, payload or cache)`` items, several at once:
-        sender-side work, not timed. Each goes to the server named ``server`` or its label."""
-        spec = self.spec
-
-        def one(item: tuple[str, object]) -> Sent:
-            label, what = item
-            payload = what if isinstance(what, Payload) else Payload(label, encode(what, label))
-            if spec.save_dir is not None:
-                save_payload(spec.save_dir, label, payload.blob)
-            link = self.links[server or label]
-            return Sent(payload, label, link, link.put(payload.blob), len(payload.blob))
-
+        """Encode (caches; timed, one at a time), save and store ``(label, payload or cache)`` items:
+        sender-side work, not part of TTFT. Each goes to the server named ``server`` or its label."""
         self.links.start([server or label for label, _ in items])
-        encoding_for(DenseRows(torch.zeros(1, 1)))  # loads the registry once, before threads race to
-        with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1, 8))) as pool:
-            return list(pool.map(one, items))
+        out = []
+        for label, what in items:
+            start = time.perf_counter()
+            payload = what if isinstance(what, Payload) else Payload(label, encode(what, label))
+            encode_s = time.perf_counter() - start
+            if self.spec.save_dir is not None:
+                save_payload(self.spec.save_dir, label, payload.blob)
+            link = self.links[server or label]
+            out.append(Sent(payload, label, link, link.put(payload.blob), len(payload.blob), encode_s))
+        return out
 
     def components(self, sent: Sent, question, warmup: bool) -> None:
         if warmup:
@@ -302,7 +295,8 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True, start: float 
             row.meets = row.ttft_s * 1000 <= spec.deadline_ms
     order = {s.label: i for i, s in enumerate(contexts[0].sent)}
     rows.sort(key=lambda r: (r.tokens, r.gbit, order.get(r.name, len(order)), r.name))
-    return Result(spec, rows, {(c.tokens, s.label): s.components for c in contexts for s in c.sent}, accuracy,
+    return Result(spec, rows, {(c.tokens, s.label): s.components for c in contexts for s in c.sent},
+                  {(c.tokens, s.label): s.encode_s for c in contexts for s in c.sent}, accuracy,
                   {(c.tokens, g): p for c in contexts for g, p in c.plans.items()},
                   {c.tokens: c.costs for c in contexts if c.costs is not None})
 

@@ -51,6 +51,7 @@ def test_derived_cells_are_the_measured_components_combined(report):
     comps = {(c["tokens"], c["path"]): Components(c["nbytes"], c["receive_s"], c["answer_s"])
              for c in data["components"]}
     assert len(comps) == 6
+    assert all(c["encode_s"] > 0 for c in data["components"] if c["path"] != "text")  # sender side, timed
     for r in data["rows"]:
         c, rate = comps[(r["tokens"], r["name"])], gbits(r["gbit"])
         assert r["bytes"] == c.nbytes
