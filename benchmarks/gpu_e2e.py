@@ -1,6 +1,6 @@
 """End to end on the GPU: a random-weight model of Llama-3.1-8B's shape at a long context.
 
-``python benchmarks/gpu_e2e.py [--context 32768] [--tokens 64] [--recipe "snapkv:0.25 > int4"]``
+``python benchmarks/gpu_e2e.py [--context 32768] [--tokens 64] [--recipe "snapkv:0.25 > int4"] [--loop-only]``
 
 Measures, for the full bf16 cache (transformers' DynamicCache through ``model.generate``)
 and for a kvstack recipe (``kvstack.compress`` then ``kvstack.generate``, decode steps
@@ -52,15 +52,43 @@ def decode_rate(run, tokens: int) -> tuple[float, float]:
     return (tn - t1) / (tokens - 1), torch.cuda.max_memory_allocated() / GiB
 
 
-def step_loop(model, cache, first: torch.Tensor, n: int) -> float:
-    """Seconds per greedy step of a plain ``model(...)`` loop over ``cache`` (no generate() overhead)."""
+def step_loop(model, cache, first: torch.Tensor, n: int) -> tuple[float, float]:
+    """(seconds per greedy step, host seconds per step) of a plain ``model(...)`` loop over ``cache``.
+
+    Host time: until ``model(...)`` returns, before waiting for the GPU. When it is close
+    to the step time, the step is bound by Python and launches, not by the kernels.
+    """
     ids = first.view(1, 1)
-    times = []
+    times, host = [], []
     for _ in range(n):
-        t, out = timed(lambda: model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1))
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        host.append(time.perf_counter() - t)
         ids = out.logits[:, -1:].argmax(-1)
-        times.append(t)
-    return sorted(times[1:])[len(times[1:]) // 2]
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    median = lambda xs: sorted(xs[1:])[len(xs[1:]) // 2]
+    return median(times), median(host)
+
+
+def loop_only(model, ids: torch.Tensor, question: torch.Tensor, recipe: str, res: dict, steps: int = 24) -> None:
+    """Plain step loops only (full cache, then the recipe through the kernels): the per-step overhead, quickly."""
+    with torch.no_grad():
+        dyn = DynamicCache()
+        model(input_ids=ids.view(1, -1), past_key_values=dyn, use_cache=True, logits_to_keep=1)
+        full, full_host = step_loop(model, dyn, question, steps)
+        del dyn
+        torch.cuda.empty_cache()
+        kv = kvstack.compress(model, ids, recipe, chunk_size=4096)
+        with kvstack.hf.enable(model):
+            ours, ours_host = step_loop(model, kvstack.hf.CompressedCache(kv, model.dtype), question, steps)
+    res.update(full_loop_step_ms=full * 1e3, full_loop_host_ms=full_host * 1e3, kvstack_loop_step_ms=ours * 1e3,
+               kvstack_loop_host_ms=ours_host * 1e3, kvstack_cache_bytes=kv.nbytes)
+    print(f"\n| plain decode loop, {res['context']} tokens, median of {steps - 1} steps | ms/step | host ms/step |")
+    print("|---|---|---|")
+    print(f"| full cache (DynamicCache) | {full * 1e3:.1f} | {full_host * 1e3:.1f} |")
+    print(f"| `{recipe}` through the kernels | {ours * 1e3:.1f} | {ours_host * 1e3:.1f} |")
 
 
 def main() -> None:
@@ -69,6 +97,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per timed generation")
     ap.add_argument("--recipe", default="snapkv:0.25 > int4")
     ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--loop-only", action="store_true", help="only the plain step loops (full vs recipe): ~1 minute")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
@@ -84,6 +113,10 @@ def main() -> None:
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=T, recipe=args.recipe,
                weights_gib=weights, total_gib=torch.cuda.get_device_properties(0).total_memory / GiB)
 
+    if args.loop_only:
+        loop_only(model, ids, question, args.recipe, res)
+        print(json.dumps(res, indent=1))
+        return
     full_ids = torch.cat([ids, question]).view(1, -1)
     with torch.no_grad():
         run_full = lambda n: model.generate(full_ids, attention_mask=torch.ones_like(full_ids), max_new_tokens=n,
@@ -95,7 +128,7 @@ def main() -> None:
         step, peak = decode_rate(run_full, args.tokens)
         dyn = DynamicCache()
         model(input_ids=ids.view(1, -1), past_key_values=dyn, use_cache=True, logits_to_keep=1)
-        res["full_loop_step_ms"] = step_loop(model, dyn, question, 16) * 1e3
+        res["full_loop_step_ms"] = step_loop(model, dyn, question, 16)[0] * 1e3
         del dyn
         torch.cuda.empty_cache()
     res.update(full_step_ms=step * 1e3, full_tok_s=1 / step, full_decode_peak_gib=peak)
@@ -119,7 +152,7 @@ def main() -> None:
               f"{1 / step:.1f} tok/s, peak {peak:.1f} GiB", flush=True)
         with kvstack.hf.enable(model):
             res["kvstack_loop_step_ms"] = step_loop(model, kvstack.hf.CompressedCache(kv, model.dtype), question,
-                                                    16) * 1e3
+                                                    16)[0] * 1e3
         os.environ["KVSTACK_KERNELS"] = "0"
         step_g, peak_g = decode_rate(run_kv, min(args.tokens, 9))
         os.environ.pop("KVSTACK_KERNELS")

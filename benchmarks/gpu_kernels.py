@@ -121,7 +121,12 @@ FORMATS = [("int4 kc64 v64", 4, "channel", 64), ("int4 kc64 v128", 4, "channel",
            ("int4 kt64 v64", 4, "token", 64), ("int2 kc64 v64", 2, "channel", 64), ("int8 kt128 v128", 8, "token", 128)]
 
 
-def decode_table(bw: float, quick: bool) -> list[dict]:
+# (rows a tile, warps, pipeline stages, programs per SM)
+DECODE_CONFIGS = [(64, 4, 2, 4), (64, 4, 3, 4), (64, 8, 3, 4), (64, 4, 3, 2), (32, 4, 3, 4), (128, 4, 3, 4),
+                  (128, 8, 3, 2)]
+
+
+def decode_table(bw: float, quick: bool, defaults_only: bool = False) -> list[dict]:
     Hkv, G, D = 8, 8, 128
     cases = [(1, 32768), (16, 32768), (1, 131072), (16, 131072)]
     if quick:
@@ -133,6 +138,8 @@ def decode_table(bw: float, quick: bool) -> list[dict]:
         k = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
         v = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
         q = torch.randn(S, G, D, device="cuda", dtype=torch.float16)
+        # a decode cache's dense tail of 64 generated tokens per KV head, read in place
+        tk, tv = (torch.randn(S, 64, D, device="cuda", dtype=torch.float16) for _ in range(2))
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             t_fp16, how, _ = _sdpa_fp16(k, v, q, B, Hkv, G, T, D)
         fp16_bytes = 2 * k.numel() * 2
@@ -148,19 +155,21 @@ def decode_table(bw: float, quick: bool) -> list[dict]:
             err = ((got[:Hkv].float() - want).norm() / want.norm()).item()
             tuned = {}
             sms = torch.cuda.get_device_properties(0).multi_processor_count
-            for block_n, warps, stages, per_sm in [(64, 4, 2, 4), (64, 4, 3, 4), (64, 8, 3, 4), (64, 4, 3, 2),
-                                                   (32, 4, 3, 4), (128, 4, 3, 4), (128, 8, 3, 2)]:
+            for conf in ["default"] if defaults_only else DECODE_CONFIGS:
+                kw = {} if conf == "default" else dict(block_n=conf[0], num_warps=conf[1], num_stages=conf[2],
+                                                      target_programs=conf[3] * sms)
                 try:
-                    tuned[(block_n, warps, stages, per_sm)] = bench(lambda: triton_decode.decode_attention(
-                        q, kp, vp, seg, block_n=block_n, num_warps=warps, num_stages=stages,
-                        target_programs=per_sm * sms))
+                    tuned[conf] = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, **kw))
                 except triton.runtime.errors.OutOfResources:
                     pass
+            fused = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, tk, tv))
+            apart = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, tk, tv, fuse_tail=False))
             best = min(tuned, key=tuned.get)
             t = tuned[best]
             moved = kp.nbytes + vp.nbytes
             deq = bench(lambda: (triton_quant.dequantize(kp, seg), triton_quant.dequantize(vp, seg)))
             row[name] = dict(ms=t, speedup=t_fp16 / t, bw=moved / (t * 1e-3) / bw, err=err, config=best,
+                             tail_fused_ms=fused, tail_apart_ms=apart,
                              bytes=moved, dequant_then_sdpa_ms=deq + t_fp16, vs_dequant=(deq + t_fp16) / t)
         out.append(row)
         del k, v
@@ -180,6 +189,8 @@ def main() -> None:
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--decode-only", action="store_true", help="skip the quantize/dequantize table")
     ap.add_argument("--quant-only", action="store_true", help="skip the decode attention table")
+    ap.add_argument("--decode-defaults", action="store_true", help="time decode attention in its default configuration "
+                    "only (no sweep)")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     env = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
@@ -195,16 +206,18 @@ def main() -> None:
               f"| {100 * r['quant_default_bw']:.0f}% "
               f"| {r['dequant_ms']:.3f} | {100 * r['dequant_bw']:.0f}% | {r['torch_quant_ms']:.2f} "
               f"| {r['quant_config']}; {r['dequant_config']} |")
-    dt = [] if args.quant_only else decode_table(bw, args.quick)
+    dt = [] if args.quant_only else decode_table(bw, args.quick, args.decode_defaults)
     print("\n| batch | context | SDPA flash fp16 ms (% BW) | format | kvstack ms | speedup vs fp16 | % of copy BW "
-          "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | block,warps,stages,programs/SM |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | block,warps,stages,programs/SM "
+          "| + 64-token tail, one launch ms | + tail, own launch ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in dt:
         for name, *_ in FORMATS:
             c = r[name]
             print(f"| {r['batch']} | {r['context']} | {r['sdpa_fp16_ms']:.3f} ({100 * r['sdpa_bw']:.0f}%, "
                   f"{r['sdpa_variant']}) | {name} | {c['ms']:.3f} | {c['speedup']:.2f}x | {100 * c['bw']:.0f}% "
-                  f"| {c['dequant_then_sdpa_ms']:.3f} | {c['vs_dequant']:.1f}x | {c['err']:.1e} | {c['config']} |")
+                  f"| {c['dequant_then_sdpa_ms']:.3f} | {c['vs_dequant']:.1f}x | {c['err']:.1e} | {c['config']} "
+                  f"| {c['tail_fused_ms']:.3f} | {c['tail_apart_ms']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(env=env, copy_bw=bw, quant=[{k: str(v) for k, v in r.items()} for r in qt], decode=[
