@@ -55,6 +55,7 @@ def _tokens(text: str) -> int:
 
 
 def cmd_ttft(args: argparse.Namespace) -> int:
+    import sys
     import time
     from pathlib import Path
 
@@ -76,7 +77,9 @@ def cmd_ttft(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     model, tok = load_bench_model(spec.model, spec.device, spec.seed)
     built = time.perf_counter() - t
-    result = run_ttft(spec, model, tok, progress=not args.quiet, start=start)
+    print(f"{spec.model} built on {spec.device} in {built:.1f} s", file=sys.stderr, flush=True)
+    result = run_ttft(spec, model, tok, progress=not args.quiet, start=start,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
     env = environment(next(model.parameters()).device)
     if is_random(spec.model):
         what = (f"random weights (built on {spec.device} in {built:.1f} s): random context ids, a "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvstack.bench.adapt import Costs, Plan, choose, plan_recipe
@@ -160,8 +161,8 @@ def _median_pull(receiver: Receiver, sent: Sent, question, rate: float | None, r
 class _Run:
     """One ``run_ttft``: the model, link and receiver shared by every context."""
 
-    def __init__(self, spec: TtftSpec, model, tok, links: LinkPool, bar) -> None:
-        self.spec, self.model, self.tok, self.links, self.bar = spec, model, tok, links, bar
+    def __init__(self, spec: TtftSpec, model, tok, links: LinkPool, bar, log: Callable[[str], object]) -> None:
+        self.spec, self.model, self.tok, self.links, self.bar, self.log = spec, model, tok, links, bar, log
         self.receiver = Receiver(model)
 
     def push(self, items: list[tuple[str, object]], server: str | None = None) -> list[Sent]:
@@ -179,12 +180,14 @@ class _Run:
             out.append(Sent(payload, label, link, link.put(payload.blob), len(payload.blob), encode_s))
         return out
 
-    def components(self, sent: Sent, question, warmup: bool) -> None:
+    def components(self, sent: Sent, question, warmup: bool, tokens: int) -> None:
         if warmup:
             self.receiver.first_token(sent.payload, sent.link, sent.key, question, None)
             self.bar.update(1)
         r = _median_pull(self.receiver, sent, question, None, self.spec.repeat)
         sent.components = Components(sent.nbytes, r["receive"], r["answer"])
+        self.log(f"{tokens} tokens, {sent.label}: {sent.nbytes:,} B, encode {sent.encode_s * 1e3:.0f} ms, unshaped "
+                 f"receive {r['receive'] * 1e3:.0f} ms, answer {r['answer'] * 1e3:.0f} ms")
         sent.payload = Payload(sent.payload.name, b"")  # the server has it; free the sender's copy
         self.bar.update(self.spec.repeat)
 
@@ -212,12 +215,16 @@ class _Run:
             if isinstance(cache, Exception):
                 raise cache
             caches.append((name, cache))
+        start = time.perf_counter()
         text = Payload(TEXT, text_blob(caches[0][1], prompt.context_ids))
+        text_encode_s = time.perf_counter() - start
         level_blobs = {lv: encode(cache, name) for lv, (name, cache) in zip(LEVELS, caches[len(names):])}
+        n = int(prompt.context_ids.numel())
         sent = self.push([(TEXT, text), *caches[:len(names)]])
+        sent[0].encode_s = text_encode_s
         del caches
         for s in sent:
-            self.components(s, prompt.question_ids, warmup)
+            self.components(s, prompt.question_ids, warmup, n)
 
         plans: dict[float, Plan] = {}
         costs = None
@@ -235,9 +242,8 @@ class _Run:
                                                                chunk_size=spec.chunk_size))
                 s = self.push([item], server=f"adaptive@{gbit}")[0]  # plans of equal name may differ
                 s.gbit, s.predicted_s = gbit, plan.predicted_s
-                self.components(s, prompt.question_ids, warmup=True)
+                self.components(s, prompt.question_ids, True, n)
                 sent.append(s)
-        n = int(prompt.context_ids.numel())
         return Context(n, prompt, samples, sent, plans, costs)
 
     def cells(self, contexts: list[Context], end: float | None) -> list[Row]:
@@ -261,13 +267,16 @@ class _Run:
                           DERIVED, predicted)
             row.predicted_s = s.predicted_s
             rows.append(row)
+            self.log(f"{ctx.tokens} tokens, {gbit:g} Gbit/s, {s.label}: TTFT {row.ttft_s * 1e3:.0f} ms ({row.how})")
             self.bar.update(spec.repeat)
         return rows
 
 
-def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True, start: float | None = None) -> Result:
+def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True, start: float | None = None,
+             log: Callable[[str], object] = lambda line: None) -> Result:
     """Measure every path of every context (components, then cells), and accuracy for a trained model
-    (``tok`` None: a random model). ``start``: the ``time.perf_counter()`` the budget counts from."""
+    (``tok`` None: a random model). ``start``: the ``time.perf_counter()`` the budget counts from;
+    ``log`` gets a line per component and cell as it is measured (a long run that dies keeps them)."""
     from tqdm.auto import tqdm
 
     spec.check()
@@ -279,7 +288,7 @@ def run_ttft(spec: TtftSpec, model, tok, *, progress: bool = True, start: float 
     steps += (paths * len(spec.bandwidths) + adaptive) * len(spec.tokens) * spec.repeat
     bar = tqdm(total=steps, desc="ttft", unit="pull", disable=not progress)
     with LinkPool(spec.store) as links:
-        run = _Run(spec, model, tok, links, bar)
+        run = _Run(spec, model, tok, links, bar, log)
         contexts = [run.prepare(n, warmup=i == 0) for i, n in enumerate(spec.tokens)]
         rows = run.cells(contexts, end)
     bar.close()
