@@ -15,8 +15,9 @@ What is measured, per context, path and bandwidth:
   codes, zstd tensors).
   First every path is pulled unshaped (components: receive, answer); then each cell is shaped
   for real unless --max-transfer-s or --budget-s rule it out, in which case it is *derived*:
-  max((bytes - burst) / rate, receive) + answer. Every row says measured or derived;
-  measured rows show the derived value too, so the derivation's error is on the page.
+  max((bytes - burst) / rate, receive) + answer, burst = 10 ms of data (at least 64 KiB).
+  Every row says measured or derived; measured rows show the derived value too, so the
+  derivation's error is on the page.
   Accuracy: the eval harness's niah_single on --samples contexts, answered from caches that
   went through the wire format ('-' for random:<preset> models: random weights, random ids).
   --deadline adds CacheGen-style adaptation: per layer the level (int8/int4/int2), or the text,
@@ -26,7 +27,7 @@ examples:
   kvstack bench ttft --model kvstack-retrieval --tokens 4k --bandwidth 0.1 1 10
   kvstack bench ttft --tokens 4k --recipes int8 int4 "snapkv:0.25 > int4" --deadline 900 --samples 4
   kvstack bench ttft --model random:llama-3.1-8b --device cuda --tokens 8k 32k --repeat 1 \\
-      --recipes int4 "snapkv:0.25 > int4" int2 --max-transfer-s 10 --budget-s 300   (benchmarks/gpu_ttft.py)
+      --recipes int4 "snapkv:0.25 > int4" int2 --max-transfer-s 40 --budget-s 290   (benchmarks/gpu_ttft.py)
 """
 
 

@@ -7,7 +7,7 @@ store is content-addressed, one cache per model and context): TTFT = request + s
 transfer (decoding overlapped, chunk by chunk, each layer moved to the model's device as it
 completes) + the question's prefill and first token. The run has two phases:
 
-1. per context and path: compress, encode, push, then pull *unshaped* (after one warm-up pull per
+1. per context and path: compress, encode, store, then pull *unshaped* (after one warm-up pull per
    path on the first context) - the measured components of :mod:`kvstack.bench.derive`;
 2. per cell (context x path x bandwidth), cheapest first: shape the link for real when the cell's
    link time is within ``max_transfer_s`` and it fits the time budget, else derive it from the
