@@ -59,15 +59,16 @@ class Launches:
 class Ops(TorchDispatchMode):
     """Counts dispatched ops and reads back to the host."""
 
-    def __init__(self, gpu: bool) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.gpu, self.ops, self.reads = gpu, 0, 0
+        self.ops, self.reads = 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.ops += 1
         name = func.__name__.split(".")[0]
-        to_host = self.gpu and isinstance(out, torch.Tensor) and out.device.type == "cpu"
+        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        to_host = isinstance(out, torch.Tensor) and out.device.type == "cpu" and any(a.is_cuda for a in inputs)
         self.reads += int(name in READS or to_host)
         return out
 
@@ -126,7 +127,7 @@ def main() -> None:
         split.count = merge.count = 0
         times = run_steps(model, hf, args.steps, device)
         launches = (split.count + merge.count) / n
-        ops = Ops(gpu)
+        ops = Ops()
         run_steps(model, hf, args.steps, device, ops)
     cpu = platform.processor() or platform.machine()
     where = torch.cuda.get_device_name() if gpu else f"CPU ({cpu}), kernels stubbed"

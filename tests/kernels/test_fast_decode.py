@@ -127,16 +127,18 @@ def test_decode_steps_read_nothing_back_from_the_device(device, make_ids, monkey
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             if not pause:  # kvstack's own Python, not the interpreter running a kernel
-                back = isinstance(out, torch.Tensor) and out.device.type == "cpu" and device.type != "cpu"
-                if back or func.__name__.split(".")[0] in _READS:
+                inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+                to_host = (isinstance(out, torch.Tensor) and out.device.type == "cpu"
+                           and any(a.device.type != "cpu" for a in inputs))
+                if to_host or func.__name__.split(".")[0] in _READS:
                     reads.append(func.__name__)
             return out
 
     new = lambda n: torch.randn(1, 2, n, 64, device=device)
     sync = torch.cuda.set_sync_debug_mode if device.type == "cuda" else (lambda mode: None)
-    for n in (2, 1, 1):  # the question's tokens, then two decode steps
+    for step, n in enumerate((2, 1, 1)):  # the question's tokens (plans built: one host-to-device copy), two steps
         for i, layer in enumerate(hf.layers):
-            sync("error")
+            sync("error" if step else "default")
             try:
                 with Reads():
                     marker, _ = layer.update(new(n), new(n))
