@@ -52,14 +52,19 @@ CHANNEL_CONFIGS = [(64, 64, 1, 1), (64, 32, 1, 1), (32, 64, 1, 1), (64, 64, 4, 1
                    (16, 128, 2, 4), (32, 128, 1, 2)]
 
 
-def quant_table(bw: float, quick: bool) -> list[dict]:
+QUANT_FORMATS = [(4, 64, "token", False), (2, 64, "token", False), (8, 128, "token", True), (4, 64, "channel", False),
+                 (2, 64, "channel", False)]
+
+
+def quant_table(bw: float, quick: bool, channel_only: bool = False) -> list[dict]:
     rows = (1 << 20) if quick else (1 << 22)
     dim = 128
     x = torch.randn(rows, dim, device="cuda", dtype=torch.float16)
     out = []
     seg = Segments.from_lengths([4096] * (rows // 4096), 64, device="cuda")
-    for bits, group, axis, sym in [(4, 64, "token", False), (2, 64, "token", False), (8, 128, "token", True),
-                                   (4, 64, "channel", False), (2, 64, "channel", False)]:
+    for bits, group, axis, sym in QUANT_FORMATS:
+        if channel_only and axis != "channel":
+            continue
         s = seg if axis == "channel" else None
         p = triton_quant.quantize(x, bits, group, axis, sym, s)
         moved = x.numel() * 2 + p.nbytes
@@ -189,6 +194,7 @@ def main() -> None:
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--decode-only", action="store_true", help="skip the quantize/dequantize table")
     ap.add_argument("--quant-only", action="store_true", help="skip the decode attention table")
+    ap.add_argument("--channel-only", action="store_true", help="quantize table: per-channel formats only")
     ap.add_argument("--decode-defaults", action="store_true", help="time decode attention in its default configuration "
                     "only (no sweep)")
     args = ap.parse_args()
@@ -197,7 +203,7 @@ def main() -> None:
                triton=triton.__version__, python=platform.python_version())
     bw = copy_bandwidth()
     print(f"# {env}\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s")
-    qt = [] if args.decode_only else quant_table(bw, args.quick)
+    qt = [] if args.decode_only else quant_table(bw, args.quick, args.channel_only)
     print("\n| format | rows x 128 | bit-exact vs CPU ref | quantize ms | % of copy BW | same, default config "
           "| dequantize ms | % of copy BW | torch reference quantize ms | configs (quant; dequant) |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
