@@ -48,8 +48,8 @@ def copy_bandwidth() -> float:
 TOKEN_KNOBS = ("block_n", "num_warps")
 CHANNEL_KNOBS = ("block_t", "block_d", "groups_per_program", "num_warps")
 TOKEN_CONFIGS = [(16, 4), (32, 4), (64, 4), (64, 8), (128, 8)]
-CHANNEL_CONFIGS = [(64, 64, 1, 1), (64, 32, 1, 1), (32, 64, 1, 1), (64, 64, 4, 1), (64, 64, 1, 2), (64, 128, 1, 4),
-                   (16, 128, 2, 4), (32, 128, 1, 2)]
+CHANNEL_CONFIGS = [(64, 64, 1, 1), (64, 32, 1, 1), (64, 16, 1, 1), (32, 64, 1, 1), (64, 64, 2, 1), (64, 32, 2, 1),
+                   (64, 64, 4, 1), (64, 64, 1, 2), (64, 32, 1, 2), (64, 128, 1, 4), (16, 128, 2, 4), (32, 128, 1, 2)]
 
 
 QUANT_FORMATS = [(4, 64, "token", False), (2, 64, "token", False), (8, 128, "token", True), (4, 64, "channel", False),
