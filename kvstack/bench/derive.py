@@ -8,12 +8,13 @@ the first token from what arrived (``answer_s``). A cell at ``rate`` bytes/s is 
     receive = max((bytes - burst) / rate, receive_s)        TTFT = receive + answer_s
 
 The receiver decodes each chunk as it arrives, so decoding hides behind a slow transfer and the
-transfer behind slow decoding: whichever is slower sets the pace (perfect overlap - a slight
-underestimate when both are close). ``burst`` is what the token bucket releases at once
+transfer behind slow decoding: whichever is slower sets the pace. That assumes perfect overlap,
+so it is a lower bound, off by at most the smaller of the two when they are close (their sum is
+the upper bound). ``burst`` is what the token bucket releases at once
 (:func:`kvstack.bench.link.burst_bytes`: 10 ms of data, at least 64 KiB); it matters only for
-payloads of a few hundred KB. Measured cells report
-this value beside their measurement, which shows how good the model is; derived cells are
-labelled ``derived`` wherever they appear.
+payloads of a few hundred KB. Measured cells report this value beside their measurement, which
+shows how far off it is on the machine at hand; derived cells are labelled ``derived`` wherever
+they appear.
 """
 
 from __future__ import annotations
