@@ -68,7 +68,8 @@ def format_result(result: Result) -> str:
     out = ("measured components (unshaped loopback pull; receive = request to cache decoded on the device, "
            "answer = cache or text to first token):\n" + components_table(result) + "\n\n")
     out += ("cells (how: measured = link shaped for real; derived = max((bytes - burst) / rate, receive) + answer"
-            " from the components):\n" + cells_table(result))
+            " from the components, a lower bound: it assumes decoding fully overlaps the transfer):\n"
+            + cells_table(result))
     errors = derivation_errors(result)
     if errors:
         mid = 100 * statistics.median(errors)
