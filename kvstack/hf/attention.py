@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import torch
 
 from kvstack.errors import ModelError
+from kvstack.hf.attention_scored import ReceivedAttention
 
 _SESSION: contextvars.ContextVar[CaptureSession | None] = contextvars.ContextVar(
     "kvstack_capture", default=None
 )
-_SCORE_BUDGET = 1 << 25  # elements of one scoring block (128 MiB of fp32)
 
 
 @dataclass
@@ -83,20 +83,28 @@ class CaptureSession:
 
     ``q_start`` is the position of the first token of the forward pass in flight (the
     driver sets it before each chunk); ``phase`` is ``"context"`` or ``"question"``.
+    ``attention_strides``: the received-attention sums wanted, by query stride (1 = every
+    query, exact; see :mod:`kvstack.hf.attention_scored`).
     """
 
     context_length: int
-    want_attention: bool = False
+    attention_strides: tuple[int, ...] = ()
     window_queries: int = 0
     want_question: bool = False
     q_start: int = 0
     phase: str = "context"
-    attention: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hq, T] fp32
+    received: ReceivedAttention | None = None  # H2O's sums; set up from attention_strides
     window: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> [Hq, n, D] parts
     question: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [Hq, q, D]
     params: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)  # (scaling, softcap)
 
-    def observe(self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
+    def observe(
+        self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict,
+        value: torch.Tensor | None = None, mask: torch.Tensor | None = None, fusable: bool = False,
+        sdpa: bool = False,
+    ) -> torch.Tensor | None:
+        """Record what was asked for; returns the attention output when H2O's scoring computed it
+        in the same pass (``fusable``: it may; ``sdpa``: the model would call SDPA)."""
         layer = int(module.layer_idx)
         self.params[layer] = (kwargs.get("scaling"), kwargs.get("softcap"))
         q = query[0].detach()
@@ -104,38 +112,18 @@ class CaptureSession:
         if self.phase == "question":
             if self.want_question:
                 self.question[layer] = q.float().clone()
-            return
+            return None
         if self.window_queries:
             first = self.context_length - self.window_queries
             lo = max(first - self.q_start, 0)
             if lo < n_q:
                 self.window.setdefault(layer, []).append(q[:, lo:].float().clone())
-        if self.want_attention:
-            self._accumulate_attention(layer, q, key[0].detach(), kwargs)
-
-    def _accumulate_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, kwargs: dict) -> None:
-        hq, n_q, d = q.shape
-        hk, s, _ = k.shape
-        kq = k.float().repeat_interleave(hq // hk, dim=0)  # [Hq, S, D]
-        scaling = kwargs.get("scaling") or d**-0.5
-        softcap = kwargs.get("softcap")
-        window = kwargs.get("sliding_window")
-        key_pos = torch.arange(s, device=k.device)
-        total = self.attention.get(layer)
-        if total is None:
-            total = torch.zeros(hq, self.context_length, dtype=torch.float32, device=k.device)
-            self.attention[layer] = total
-        step = max(1, _SCORE_BUDGET // max(hq * s, 1))
-        for a in range(0, n_q, step):
-            b = min(a + step, n_q)
-            logits = torch.einsum("hqd,hsd->hqs", q[:, a:b].float(), kq) * scaling
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            qpos = torch.arange(self.q_start + a, self.q_start + b, device=k.device)
-            every = torch.ones(1, s, dtype=torch.bool, device=k.device)
-            ok = allowed(key_pos.expand(1, s), every, qpos, window)
-            logits = logits.masked_fill(~ok, float("-inf"))
-            total[:, :s] += torch.softmax(logits, dim=-1).sum(dim=1)
+        if not self.attention_strides:
+            return None
+        if self.received is None:
+            self.received = ReceivedAttention(self.attention_strides, self.context_length)
+        fusable = fusable and not module.training and query.shape[0] == 1
+        return self.received.observe(layer, query, key, value, mask, kwargs, self.q_start, fusable, sdpa)
 
     def window_queries_of(self, layer: int) -> torch.Tensor:
         return torch.cat(self.window[layer], dim=1)
@@ -158,7 +146,12 @@ def _wrap(base_name: str):
             attention_mask = meta.mask(query.shape[1], query.dtype)
         session = _SESSION.get()
         if session is not None:
-            session.observe(module, query, key, kwargs)
+            # H2O's sums may come with the attention output itself (one pass): not with an SDPA
+            # that drops Gemma 2's softcap (the output must stay the model's), nor with sinks
+            fusable = meta is None and not (base_name == "sdpa" and kwargs.get("softcap")) and "s_aux" not in kwargs
+            out = session.observe(module, query, key, kwargs, value, attention_mask, fusable, base_name == "sdpa")
+            if out is not None:
+                return out, None
         if base_name == "eager":
             base = _eager_for(module)
         else:

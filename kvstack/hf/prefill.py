@@ -16,8 +16,9 @@ from transformers.cache_utils import DynamicCache
 from kvstack.hf.attention import CaptureSession, capturing, enable
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import ATTN_PARAMS, NEED_ATTENTION, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
+from kvstack.stack import ATTN_PARAMS, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
 from kvstack.stages.lowrank_rope import NEED_ROPE
+from kvstack.stages.select_h2o import attention_need, attention_strides
 
 
 @dataclass
@@ -50,7 +51,8 @@ def prefill(
 
     Captures (keys of ``Prefill.captures``), each a dict layer -> tensor:
       * ``attention``: ``[Hq, T]`` attention each context key received, summed over all
-        context queries (H2O-style statistics), scored chunk by chunk;
+        context queries (H2O-style statistics), in the same pass as the model's attention;
+        ``attention:stride=k``: the same from every k-th query (weighted by k) and the last 64;
       * ``window_queries``: ``[Hq, n, D]`` post-RoPE queries of the last ``n`` context tokens;
       * ``question_queries``: ``[Hq, q, D]`` post-RoPE queries of the question, at the
         positions it will really have (right after the context); the question's keys are
@@ -61,7 +63,7 @@ def prefill(
     total = ids.shape[1]
     session = CaptureSession(
         context_length=total,
-        want_attention=NEED_ATTENTION in needs,
+        attention_strides=attention_strides(needs),
         window_queries=min(window_queries, total) if NEED_WINDOW_QUERIES in needs else 0,
         want_question=NEED_QUESTION_QUERIES in needs,
     )
@@ -81,6 +83,9 @@ def prefill(
             session.phase, session.q_start = "question", total
             q_ids = question_ids.to(device).view(1, -1)
             model(input_ids=q_ids, past_key_values=dc, use_cache=True, logits_to_keep=1)
+    received = {}
+    if session.received is not None:  # strided H2O queries are scored here, against the dense keys
+        received = session.received.finish({i: _layer_kv(dc, i)[0] for i in range(info.num_layers)})
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
@@ -104,8 +109,8 @@ def prefill(
         dense_layout=[(info.num_kv_heads, info.head_dim, w) for w in info.sliding_windows],
     )
     captures: dict = {}
-    if session.want_attention:
-        captures[NEED_ATTENTION] = session.attention
+    for stride, sums in received.items():
+        captures[attention_need(stride)] = sums
     if session.window_queries:
         captures[NEED_WINDOW_QUERIES] = {i: session.window_queries_of(i) for i in session.window}
     if session.want_question:

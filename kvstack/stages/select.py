@@ -6,7 +6,8 @@ mechanics, so kept positions stay exact and any row encoding works.
 This module holds StreamingLLM. The score-and-keep methods, all written
 ``name:fraction[,options]`` with the common options ``sink``, ``alloc`` and ``beta``, live in
 
-* :mod:`kvstack.stages.select_attention`: ``q2c``, ``snapkv``, ``tova``, ``h2o``, ``expected``;
+* :mod:`kvstack.stages.select_attention`: ``q2c``, ``snapkv``, ``tova``, ``expected``;
+* :mod:`kvstack.stages.select_h2o`: ``h2o``;
 * :mod:`kvstack.stages.select_keys`: ``knorm``, ``keydiff``, ``random``;
 
 on top of :mod:`~kvstack.stages.select_base` (budgets, forced rows, eviction),
@@ -80,6 +81,7 @@ from kvstack.stages import (  # noqa: E402, F401
     select_attention,
     select_critical,
     select_fastgen,
+    select_h2o,
     select_keys,
     select_kvzip,
     select_merge,

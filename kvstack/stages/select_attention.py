@@ -1,4 +1,4 @@
-"""Selection by attention: Q2C, SnapKV, TOVA, H2O and Expected Attention.
+"""Selection by attention: Q2C, SnapKV, TOVA and Expected Attention (H2O: :mod:`.select_h2o`).
 
 Each scores a KV head's rows from the queries of its group (query heads ``h*g..h*g+g-1``)
 against the keys as stored in the layer; the base class does budgets and eviction.
@@ -6,13 +6,10 @@ against the keys as stored in the layer; the base class does budgets and evictio
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from kvstack.errors import RecipeError
 from kvstack.stack import (
-    NEED_ATTENTION,
     NEED_QUESTION_QUERIES,
     NEED_WINDOW_QUERIES,
     Param,
@@ -23,10 +20,8 @@ from kvstack.stack import (
 from kvstack.stages.select_base import COMMON, FRACTION, ScoredSelect, check_choice
 from kvstack.stages.select_scores import (
     LayerRows,
-    at_positions,
     attention_received,
     group_reduce,
-    newest_rows,
     pool1d,
     score_params,
 )
@@ -120,42 +115,6 @@ class TOVA(ScoredSelect):
         q = _window(ctx, index, 1)
         att = attention_received(q, torch.tensor([context_length - 1]), rows, **_params(ctx, index, q))
         return group_reduce(att, rows.num_heads)
-
-
-@register
-class H2O(ScoredSelect):
-    """H2O (Zhang et al. 2023): heavy hitters by the attention each token received from every
-    context query (summed, and summed over the group), plus the most recent tokens."""
-
-    name = "h2o"
-    summary = "H2O: keep heavy hitters (most cumulative attention) plus recent tokens"
-    params = (
-        FRACTION,
-        Param(
-            "recent", float, 0.5, "recent tokens kept: a share of each head's budget (<1) or a count (>=1)"
-        ),
-        *COMMON,
-    )
-    needs = frozenset({NEED_ATTENTION})
-
-    def check_params(self) -> None:
-        if self.recent < 0 or (self.recent >= 1 and self.recent != int(self.recent)):
-            raise RecipeError(
-                f"h2o: recent={self.recent} must be a share of the budget in [0, 1) or a whole count >= 1 "
-                "(H2O splits the budget half and half: recent=0.5)"
-            )
-
-    def _recent(self, request: int) -> int:
-        return int(self.recent) if self.recent >= 1 else math.floor(self.recent * request + 0.5)
-
-    def must_keep(self, rows: LayerRows, requests: list[int], context_length: int) -> torch.Tensor:
-        return newest_rows(rows, [self._recent(r) for r in requests])
-
-    def must_keep_text(self) -> str:
-        return f"sink={self.sink} plus recent={self.recent:g} tokens"
-
-    def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
-        return group_reduce(at_positions(ctx.captures[NEED_ATTENTION][index], rows), rows.num_heads)
 
 
 @register
