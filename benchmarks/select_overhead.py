@@ -1,6 +1,6 @@
 """What scoring costs: selection overhead as a fraction of prefill, at 8k tokens, on the CPU.
 
-    nice .venv/bin/python benchmarks/select_overhead.py [--tokens 8192] [--repeats 1] [--recipes ...]
+    nice .venv/bin/python benchmarks/select_overhead.py [--tokens 8192] [--repeats 1] [--threads N] [--recipes ...]
 
 For each selection method, on the bundled retrieval model (8k context): what the prefill
 spends on scoring, plus the compression step, against a plain prefill. Paired timing: every
@@ -82,7 +82,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--recipes", nargs="*", default=RECIPES)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice); on a "
+                    "busy shared machine every multi-threaded tensor op waits for a time slice, 1 avoids that")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = load("kvstack-retrieval")
     text = " ".join(essay(n) for n in essay_names())

@@ -192,7 +192,7 @@ def score_queries(
         part = None if lse is None else lse[:, a:b].float().reshape(hk, g * (b - a))
         qb = q[:, :, a:b].reshape(hk, g * (b - a), -1)
         p, lo, hi, _ = _block_probs(qb, k, qpos, softcap, window, part, min_dist)
-        total[:, lo:hi] += torch.einsum("hmk,m->hk", p.view(hq, b - a, hi - lo), w[a:b])
+        total[:, lo:hi] += torch.matmul(w[a:b].expand(hq, 1, b - a), p.view(hq, b - a, hi - lo)).squeeze(1)
 
 
 def _causal_mask_matches(mask: torch.Tensor | None, q_start: int, n: int, s: int, window: int | None) -> bool:
@@ -264,11 +264,11 @@ class ReceivedAttention:
         strided = [st for st in self.strides if st > 1]
         exact = self._total(self.exact if 1 in self.strides else {}, layer, q)
         out = None
-        fusable = fusable and value is not None and s == q_start + n and _causal_mask_matches(mask, q_start, n, s,
-                                                                                             window)
+        fusable = fusable and value is not None and s == q_start + n
         if fusable and sdpa and not softcap and 1 not in self.strides and q.device.type == "cpu":
-            out, lse = flash_with_lse(query, key, value, mask, scaling)
-        elif fusable and 1 in self.strides:  # exact sums: one pass, output equal to the model's up to rounding
+            out, lse = flash_with_lse(query, key, value, mask, scaling)  # the model's own mask: SDPA's output
+        elif fusable and 1 in self.strides and _causal_mask_matches(mask, q_start, n, s, window):
+            # exact sums: one pass, the output equal to the model's up to rounding
             o, lse = attend_and_score(q, k, value[0].detach(), q_start, exact, scaling, softcap, window)
             out = o.unsqueeze(0)
         else:  # the model attends; a scoring pass gets the sums and log-sum-exps (dummy values)

@@ -22,7 +22,7 @@ from kvstack.stack import NEED_ATTENTION, Param, StageContext, register
 from kvstack.stages.select_base import COMMON, FRACTION, ScoredSelect
 from kvstack.stages.select_scores import LayerRows, at_positions, group_reduce, newest_rows
 
-DEFAULT_STRIDE = 16
+DEFAULT_STRIDE = 32
 
 
 def attention_need(stride: int) -> str:
