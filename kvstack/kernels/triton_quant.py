@@ -189,7 +189,7 @@ def _dequant_kernel(
 def quantize(
     x: torch.Tensor, bits: int, group: int, axis: str = "token", sym: bool = False,
     segments: Segments | None = None, block_n: int = 32, num_warps: int | None = None,
-    block_t: int = 64, block_d: int = 64, groups_per_program: int = 1,
+    block_t: int = 32, block_d: int = 128, groups_per_program: int = 1,
 ) -> PackedRows:
     """Quantize ``[rows, D]`` into packed codes + fp16 scales (+ zeros) in one pass.
 
@@ -220,7 +220,7 @@ def quantize(
         _quant_channel_kernel[grid](
             x, codes, scales, scales if sym else zeros, segments.starts, segments.lengths, segments.group_starts,
             D=d, BITS=bits, GROUP=group, G_PAD=g_pad, SYM=sym, RINT=x.is_cuda, BLOCK_T=min(next_pow2(block_t), g_pad),
-            BLOCK_D=block_d, GROUPS_PER_PROGRAM=per, num_warps=num_warps or 1,
+            BLOCK_D=block_d, GROUPS_PER_PROGRAM=per, num_warps=num_warps or 2,
         )
     return PackedRows(codes, scales, zeros, bits, group, axis, d)
 
