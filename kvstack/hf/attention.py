@@ -149,9 +149,12 @@ def _wrap(base_name: str):
             # H2O's sums may come with the attention output itself (one pass): not with an SDPA
             # that drops Gemma 2's softcap (the output must stay the model's), nor with sinks
             fusable = meta is None and not (base_name == "sdpa" and kwargs.get("softcap")) and "s_aux" not in kwargs
-            out = session.observe(module, query, key, kwargs, value, attention_mask, fusable, base_name == "sdpa")
-            if out is not None:
-                return out, None
+            if isinstance(session, CaptureSession):
+                out = session.observe(module, query, key, kwargs, value, attention_mask, fusable, base_name == "sdpa")
+                if out is not None:
+                    return out, None
+            else:  # another recorder (KVzip's reconstruction pass) only watches
+                session.observe(module, query, key, kwargs)
         if base_name == "eager":
             base = _eager_for(module)
         else:
