@@ -7,7 +7,8 @@ CPU (benchmarks/RESULTS.md). Here:
 * ``stride=1`` (exact): :func:`attend_and_score` computes the layer's attention output itself,
   in blocks of queries, and adds each block's softmax column sums from the same probabilities.
 * ``stride=k`` (estimate): the model's attention runs as the CPU flash kernel that also returns
-  each query's log-sum-exp (``lse``; the same kernel SDPA calls, so the output is bit-identical).
+  each query's log-sum-exp (``lse``; the same kernel SDPA calls, so the output is bit-identical;
+  eager models and GPUs keep their own call and pay an extra pass for ``lse``).
   With ``lse`` a probability is ``exp(q.k - lse)`` for any (query, key) pair, so
   - the *band*: attention from queries at most ``BAND - 1`` positions after the key, from every
     query, is summed exactly (:func:`band_sums`, one batched product per call). Local attention
