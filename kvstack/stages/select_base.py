@@ -8,6 +8,10 @@ window, H2O's recent tokens), :meth:`ScoredSelect.must_keep`. The base class doe
   sliding-window layer ``n_h`` is what the layer holds (the last ``W-1`` tokens);
 * ``sink=N``: positions ``< N`` are always kept, counted inside the budget; forced rows
   that do not fit the budget raise :class:`BudgetError` saying what to change;
+* ``span=N``: a row also gets the best score of the ``N`` rows before it, so the tokens that
+  follow a selected token are kept with it. Why: a multi-token answer (a 7-digit number is 7
+  tokens here) is found by the question through its first tokens, and the rest is copied during
+  decoding by attending to each token's successor - which prompt-time scores never rate;
 * ``alloc=uniform|pyramid|adakv``: how the budget is spread (see
   :mod:`kvstack.stages.select_alloc`);
 * eviction through :meth:`KVLayer.select_rows`, so per-head budgets really free memory.
@@ -33,6 +37,7 @@ COMMON = (
     Param("sink", int, 0, "first tokens always kept, counted inside the budget"),
     Param("alloc", str, "uniform", "budget split: uniform | pyramid (PyramidKV) | adakv (Ada-KV)"),
     Param("beta", float, 20.0, "pyramid: the deepest layer gets 1/beta of the mean budget (1 = uniform)"),
+    Param("span", int, 0, "keep the N tokens after each well-scored token with it (0 = off)"),
 )
 
 
@@ -41,6 +46,14 @@ def check_choice(stage: str, name: str, value: str, choices: tuple[str, ...]) ->
         raise RecipeError(
             f"{stage}: {name}={value!r} is not one of {', '.join(choices)} (e.g. {name}={choices[0]})"
         )
+
+
+def spread_forward(scores: torch.Tensor, span: int) -> torch.Tensor:
+    """``out[h, j] = max(scores[h, j - span : j + 1])`` over each head's rows (in position order)."""
+    if span <= 0 or scores.shape[-1] == 0:
+        return scores
+    padded = torch.nn.functional.pad(scores.unsqueeze(1), (span, 0), value=float("-inf"))
+    return torch.nn.functional.max_pool1d(padded, kernel_size=span + 1, stride=1).squeeze(1)
 
 
 class ScoredSelect(Stage):
@@ -53,6 +66,7 @@ class ScoredSelect(Stage):
     sink: int
     alloc: str
     beta: float
+    span: int
 
     # --- what a method implements -----------------------------------------------------
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
@@ -82,6 +96,10 @@ class ScoredSelect(Stage):
                 f"{self.name}: sink={self.sink} must be >= 0 (a number of initial tokens to keep)"
             )
         check_choice(self.name, "alloc", self.alloc, ALLOCS)
+        if self.span < 0:
+            raise RecipeError(
+                f"{self.name}: span={self.span} must be >= 0 (tokens kept after each kept token; 0 = off)"
+            )
         if not self.beta >= 1.0:
             raise RecipeError(f"{self.name}: beta={self.beta} must be >= 1 (PyramidKV uses 20; 1 is uniform)")
         self.check_params()
@@ -112,7 +130,7 @@ class ScoredSelect(Stage):
 
         def run(index: int, layer: KVLayer) -> KVLayer:
             rows, requests, forced = plans.pop(index)  # drop each layer's decoded rows once done
-            scores = self.score(index, rows, ctx, total).float().cpu()
+            scores = spread_forward(self.score(index, rows, ctx, total).float().cpu(), self.span)
             free = rows.valid & ~forced
             if self.alloc == "adakv":
                 keep = adakv_keep(scores, free, forced, requests, self.log_scores)

@@ -240,6 +240,31 @@ def test_knorm_and_sinks(ref):
         assert all({0, 1, 2} <= s for s in heads)
 
 
+@pytest.mark.parametrize("span", [1, 3, 8])
+def test_span_keeps_the_tokens_after_each_well_scored_token(ref, span):
+    cache = compress(ref, f"knorm:0.25,span={span}")
+    for layer, heads in enumerate(kept(cache)):
+        score = (-ref.keys[layer].norm(dim=-1)).tolist()
+        spread = [[max(row[max(0, j - span) : j + 1]) for j in range(T)] for row in score]
+        assert heads == [top(spread[h], budget(0.25)) for h in range(HKV)]
+        # the best-scored token of each head comes with its successors
+        for h in range(HKV):
+            best = max(range(T), key=lambda j: (score[h][j], -j))
+            assert set(range(best, min(T, best + span + 1))) <= heads[h]
+
+
+def test_spread_forward_equals_a_window_max_and_bad_spans_are_recipe_errors(ref):
+    from kvstack.stages.select_base import spread_forward
+
+    x = torch.randn(3, 20, dtype=torch.float64).float()
+    x[1, 15:] = float("-inf")  # padding rows of a shorter head stay -inf
+    for span in (0, 1, 4, 25):
+        want = torch.tensor([[max(r[max(0, j - span) : j + 1]) for j in range(20)] for r in x.tolist()])
+        assert torch.equal(spread_forward(x, span), want)
+    with pytest.raises(RecipeError, match="span=-1 must be >= 0"):
+        compress(ref, "snapkv:0.5,span=-1")
+
+
 def test_keydiff_matches_hand_computation(ref):
     cache = compress(ref, "keydiff:0.4")
     for layer, heads in enumerate(kept(cache)):
