@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from kvstack.kernels.layout import PackedRows, Segments
+from kvstack.kernels.triton_rows import next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -335,10 +336,6 @@ def _default_programs(device: torch.device) -> int:
     return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _pow2_at_least_16(m: int) -> int:
-    return max(16, 1 << (m - 1).bit_length())
-
-
 class DecodePlan:
     """A decode launch prepared once for fixed packed rows: only queries and the tail change per call.
 
@@ -374,7 +371,7 @@ class DecodePlan:
         key = (M, D, query_tokens, has_tail, table, ieee)
         kw = self._launch_consts.get(key)
         if kw is None:
-            kw = dict(self._consts, M=M, M_PAD=_pow2_at_least_16(M), QM=query_tokens, D=D, HAS_TAIL=has_tail,
+            kw = dict(self._consts, M=M, M_PAD=max(16, next_pow2(M)), QM=query_tokens, D=D, HAS_TAIL=has_tail,
                       TAIL_TABLE=table, IEEE=ieee)
             self._launch_consts[key] = kw
         return kw
