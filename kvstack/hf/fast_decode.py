@@ -60,8 +60,8 @@ class FastStep:
             return None
         if getattr(getattr(module, "config", None), "attn_logit_softcapping", None):
             return None
-        tk, tv = (t if t.stride(-1) == 1 else t.contiguous() for t in (self.layer.tail_k, self.layer.tail_v))
-        out = self.plan(query.reshape(h, (hq // h) * qn, d), tk, tv, scale=kwargs.get("scaling"), query_tokens=qn)
+        out = self.plan(query.reshape(h, (hq // h) * qn, d), self.layer.tail_k, self.layer.tail_v,
+                        scale=kwargs.get("scaling"), query_tokens=qn)
         if qn == 1:  # [S, M, D] is already [1, 1, Hq, D]
             return out.view(1, 1, hq, d)
         return out.view(1, hq, qn, d).transpose(1, 2).contiguous()

@@ -132,7 +132,6 @@ def decode_attention(
                 f"tail_k/tail_v must be [rows, dim] with a tail table or [segments={q.shape[0]}, t, dim] without, "
                 f"got {tuple(tail_k.shape)} and {tuple(tail_v.shape)}"
             )
-        tail_k, tail_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (tail_k, tail_v))
     if query_tokens > 1 and tail_k is None:
         raise InputError("several new query tokens must be in the tail (they attend causally among themselves)")
     fast = all(

@@ -383,14 +383,16 @@ class DecodePlan:
         """Attention of ``q [S, M, D]`` over the planned rows plus a dense tail; ``[S, M, D]`` in ``q.dtype``.
 
         The tail is ``tail_k``/``tail_v`` as ``[rows, D]`` with a ``tail`` table, or as
-        ``[S, t, D]`` (any strides, channels contiguous) with ``tail=None``: ``t`` rows per
-        segment, read in place. ``fuse_tail=False`` reads the tail in a launch of its own
-        (the layout before fusion, kept to compare).
+        ``[S, t, D]`` (any strides) with ``tail=None``: ``t`` rows per segment, read in place
+        (copied only if its channels are not contiguous). ``fuse_tail=False`` reads the tail in
+        a launch of its own (the layout before fusion, kept to compare).
         """
         S, M, D = q.shape
         q = q.contiguous()
         has_tail = tail_k is not None
         table = tail is not None
+        if has_tail:  # the kernel steps over rows by stride, over channels by one
+            tail_k, tail_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (tail_k, tail_v))
         kw = self._kwargs(M, D, query_tokens, has_tail, table, q.dtype == torch.float32)
         m_pad = kw["M_PAD"]
         tail_len = tk_seg = tk_row = tv_seg = tv_row = 0
