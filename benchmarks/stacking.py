@@ -1,7 +1,8 @@
 """Issue 6's stacking study: selection x low rank x cross-layer x quantization on kvstack-retrieval at 4k.
 
-    nice .venv/bin/python benchmarks/stacking.py [--confirm-samples 8] [--threads 2]   # every stage, resumable
-    .venv/bin/python benchmarks/stacking.py --report                                  # tables, plots, frontier.md
+    nice .venv/bin/python benchmarks/stacking.py [--confirm-samples 8] [--threads 1]   # every stage, resumable
+    .venv/bin/python benchmarks/stacking.py --report --confirm-samples 8              # tables, plots, frontier.md
+    .venv/bin/python benchmarks/stacking.py --out benchmarks/reports/stacking --report  # the first run (run 3)
 
 Every recipe is scored on the eval harness's ``niah_single``, ``niah_multikey`` and ``multihop``
 as accuracy *relative to the full cache on the same samples*, against the bytes its cache really
@@ -21,22 +22,29 @@ CPU is scarce, so the search is staged (successive halving) and every stage is r
    from these only. Scores: mean over tasks of accuracy relative to the full cache (capped at 1),
    ties broken by the gold answer's NLL delta.
 
+Question-aware recipes (Q2C: they score tokens by the question, so the cache is built per question)
+and question-agnostic ones (built once, before any question) are ranked apart at every stage: each
+screen keeps its best per band *of each group*, and the report names ``best:Nx`` (agnostic) and
+``qa:Nx`` (question-aware) winners separately. The harness passes every sample's question_ids.
+
 One prefill per sample feeds all recipes of a stage (the harness's ``compress_many``); results go
-to ``benchmarks/reports/stacking/results.jsonl`` as they finish, so a crash loses nothing. To add a
-recipe to the search, add one string to an axis (or to ``EXTRA``).
+to ``--out`` (default ``benchmarks/reports/stacking_run4/``; the first study, on run 3 of the model,
+is in ``benchmarks/reports/stacking/``) as they finish, so a crash loses nothing. To add a recipe to
+the search, add one string to an axis (or to ``EXTRA``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
+import sys
 from collections import defaultdict
-from datetime import date
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "reports" / "stacking"
+OUT = Path(__file__).resolve().parent / "reports" / "stacking_run4"  # --out changes it
 MODEL = "kvstack-retrieval"
 TASKS = ["niah_single", "niah_multikey", "multihop"]
 LENGTH = 4096
@@ -47,7 +55,13 @@ MAX_NEW_TOKENS = 10  # answers are 7-digit numbers (one token per digit) or 1-4-
 BAND_SPAN = 1.6  # screen recipes with band <= ratio < BAND_SPAN * band
 
 # --- the search space: one axis per family; "" = the family is left out -------------------------------
-SELECTION = ["", "streaming:window=3068", "snapkv:0.75", "q2c:0.75", "q2c:0.5"]
+# Selection keeps each well-scored token's SPAN successors (`span=N`, RESULTS.md "span=N"): without it every
+# scored selector lost the needle's later digits, and the first study dropped them all at the axis stage.
+SPAN = 16
+SELECTION = [
+    "", *(f"q2c:{f},span={SPAN}" for f in (0.5, 0.25, 0.125, 0.1, 0.0625)),
+    *(f"keydiff:{f},span={SPAN}" for f in (0.25, 0.125)), f"snapkv:0.25,span={SPAN}", f"expected:0.25,span={SPAN}",
+]
 PROJECTION = [
     "", "svd:rank=32,rope=pre", "svd:rank=24,rope=pre", "svd:rank=16,rope=pre", "svd:rank=12,rope=pre",
     "svd:rank=8,rope=pre", "svd:rank=16", "latent:rank=128", "latent:rank=64", "latent:rank=32",
@@ -55,7 +69,7 @@ PROJECTION = [
 ]
 CROSSLAYER = ["", "minicache"]
 QUANT = ["", "int8", "int4", "int3", "int2", "int4:axis=channel", "int2:axis=channel", "kivi:2,residual=32",
-         "kivi:4,residual=32"]
+         "kivi:4,residual=32", "kivi:2", "kvquant:3", "kvquant:4", "gear:2", "gear:4"]
 PROJECTION_BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}  # quantizer -> coefficient bits on a projection
 EXTRA: list[str] = [
     "svd:rank=16,rope=pre,bits=4,qgroup=256", "svd:rank=12,rope=pre,bits=4,qgroup=256",
@@ -72,8 +86,19 @@ EXTRA: list[str] = [
     # xkv's per-context bases dominate its bytes at 4k: fewer directions shared by more layers
     "xkv:group=4,rank=48,bits=2", "xkv:group=4,rank=32,bits=2", "xkv:group=8,rank=64,bits=2",
     "xkv:group=8,rank=48,bits=2",
+    # span selection then low rank with grouped coefficient scales (latent/xkv need the same tokens in every head,
+    # which per-head selection breaks, so svd is the low-rank stage that follows it)
+    f"q2c:0.25,span={SPAN} > svd:rank=32,rope=pre,bits=2,qgroup=256",
+    f"q2c:0.125,span={SPAN} > svd:rank=32,rope=pre,bits=4,qgroup=256",
+    f"q2c:0.25,span={SPAN} > svd:rank=24,rope=pre,bits=3,qgroup=256",
+    f"keydiff:0.25,span={SPAN} > svd:rank=32,rope=pre,bits=2,qgroup=256",
+    f"keydiff:0.25,span={SPAN} > svd:rank=24,rope=pre,bits=3,qgroup=256",
 ]
-ANCHORS = ["identity", "int8", "int4"]  # always screened: the reference points of the plots
+# always screened and confirmed: reference points of the plots, and the first study's presets, so a new winner is
+# compared with the old one on the same samples
+OLD_PRESETS = ["xkv:group=2,rank=96,bits=8", "latent:rank=96,bits=3,qgroup=256", "xkv:group=4,rank=64,bits=2",
+               "xkv:group=4,rank=32,bits=2"]
+ANCHORS = ["identity", "int8", "int4", *OLD_PRESETS]
 SELECTION_SAME_TOKENS = ("", "streaming")  # latent/xkv need every head to keep the same tokens
 
 
@@ -113,6 +138,17 @@ def grid(keep: set[str] | None = None) -> list[str]:
                     if r and r not in out:
                         out.append(r)
     return out + [r for r in EXTRA if r not in out]
+
+
+@functools.cache
+def question_aware(recipe: str) -> bool:
+    """True when the recipe scores tokens by the question (Q2C): its cache is built per question."""
+    from kvstack.stack import Recipe
+
+    return Recipe.parse(recipe).needs_question
+
+
+GROUPS = (False, True)  # question-agnostic, question-aware: ranked apart everywhere
 
 
 def axis_options() -> list[str]:
@@ -258,14 +294,15 @@ def near_bands(recipes: list[str], ratio: dict[str, float]) -> list[str]:
 
 
 def screened(recipes: list[str], tasks: list[str], per_band: int) -> list[str]:
-    """Survivors of a screen: the ``per_band`` best-scoring recipes at or past each ratio band."""
+    """Survivors of a screen: the ``per_band`` best-scoring recipes of each group in each ratio band."""
     sums = summaries()
     have = [r for r in recipes if r != FULL and all(t in sums.get(r, {}) for t in tasks)]
     ranked = sorted(have, key=lambda r: score(sums[r], tasks), reverse=True)
     out: list[str] = []
     for band in BANDS:
-        inside = [r for r in ranked if in_band(recipe_ratio(sums[r]), band)]
-        out += [r for r in inside[:per_band] if r not in out]
+        for qa in GROUPS:
+            inside = [r for r in ranked if question_aware(r) == qa and in_band(recipe_ratio(sums[r]), band)]
+            out += [r for r in inside[:per_band] if r not in out]
     return [r for r in recipes if r in out or r in ANCHORS]
 
 
@@ -276,126 +313,23 @@ def pareto(recipes: list[str], sums: dict, tasks: list[str]) -> list[str]:
         o != r and pts[o][0] >= pts[r][0] and pts[o][1] >= pts[r][1] and pts[o] != pts[r] for o in recipes)]
 
 
-# --- report --------------------------------------------------------------------------------------------
-def best_per_band(sums: dict, recipes: list[str]) -> dict[int, str | None]:
-    out = {}
-    for band in BANDS:
-        inside = [r for r in recipes if in_band(recipe_ratio(sums[r]), band)]
-        out[band] = max(inside, key=lambda r: score(sums[r], TASKS)) if inside else None
-    return out
-
-
-def cell(s: dict | None) -> str:
-    if not s or s.get("contains") is None:
-        return "-"
-    n = s["n"]
-    k = round(s["contains"] * n)
-    lo, hi = wilson(k, n)
-    rel = "-" if s.get("relative") is None else f"{s['relative']:.2f}"
-    d = s.get("answer_nll_delta")
-    return f"{k}/{n} [{lo:.2f}-{hi:.2f}] rel {rel} ΔNLL {d:+.2f}" if d is not None else f"{k}/{n} rel {rel}"
-
-
-def table_md(recipes: list[str], sums: dict, marks: dict[str, str] | None = None) -> str:
-    head = "| recipe | B/token | ratio vs fp16 | " + " | ".join(TASKS) + " | |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in sorted(recipes, key=lambda r: -recipe_ratio(sums[r])):
-        bpt = statistics_mean([s["bytes_per_token"] for s in sums[r].values()])
-        cells = " | ".join(cell(sums[r].get(t)) for t in TASKS)
-        lines.append(f"| `{r}` | {bpt:,.0f} | {recipe_ratio(sums[r]):.2f}x | {cells} | {(marks or {}).get(r, '')} |")
-    return "\n".join(lines)
-
-
-def plots(sums: dict, confirmed: list[str], screened_only: list[str]) -> list[str]:
-    """Per task: relative accuracy and gold-answer NLL delta vs bytes/token, the confirmed recipes' frontier drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kvstack.eval.plots import _frontier
-
-    panels = (("relative", "accuracy relative to the full cache (same samples)", True),
-              ("answer_nll_delta", "gold answer NLL delta vs full cache (nats/token, lower is better)", False))
-    names = []
-    for task in TASKS:
-        fig, axes = plt.subplots(1, 2, figsize=(16, 6), dpi=100)
-        for ax, (key, label, higher) in zip(axes, panels):
-            for group, style in ((screened_only, dict(color="0.7", marker=".", label="screen only (n<=2)")),
-                                 (confirmed, dict(color="tab:blue", marker="o", label="confirmed"))):
-                pts = [(sums[r][task]["bytes_per_token"], sums[r][task].get(key) or 0.0, r) for r in group
-                       if task in sums[r]]
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, **style)
-                if group is confirmed and pts:
-                    for x, y, r in pts:
-                        ax.annotate(r, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-                    front = _frontier([(x, y) for x, y, _ in pts], higher)
-                    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:green",
-                            label="Pareto frontier (confirmed)", zorder=2)
-            for band in BANDS:
-                ax.axvline(fp16_per_token() / band, color="tab:red", alpha=0.3, ls="--")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("cache bytes per context token (log); dashed: 4/8/16/32x smaller than fp16 dense")
-            ax.set_ylabel(label)
-            if key == "answer_nll_delta":
-                ax.set_yscale("symlog", linthresh=0.1)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-        n = max((sums[r][task]["n"] for r in confirmed if task in sums[r]), default=0)
-        fig.suptitle(f"{task} at {LENGTH} tokens, {MODEL} (confirmed: n={n} per recipe)")
-        fig.tight_layout()
-        name = f"{task}_{LENGTH}.png"
-        fig.savefig(OUT / name)
-        plt.close(fig)
-        names.append(name)
-    return names
-
-
-def report(confirm_samples: int) -> str:
-    sums = summaries()
-    recipes = [r for r in sums if r != FULL and all(t in sums[r] for t in TASKS)]
-    confirmed = [r for r in recipes if min(sums[r][t]["n"] for t in TASKS) >= confirm_samples]
-    others = [r for r in recipes if r not in confirmed]
-    best = best_per_band(sums, confirmed)
-    marks = defaultdict(str)
-    for band, r in best.items():
-        if r:
-            marks[r] += f" best:{band}x"
-    for task in TASKS:
-        for r in pareto([r for r in confirmed if task in sums[r]], sums, [task]):
-            marks[r] += f" ★{task}"
-    names = plots(sums, confirmed, others)
-    full = sums.get(FULL, {})
-    meta = json.loads((OUT / "meta.json").read_text())
-    lines = [
-        f"# Stacking study: {MODEL} at {LENGTH} tokens ({date.today()})", "",
-        f"Model {MODEL}; {meta['versions']}. Accuracy = *contains* of the greedy answer; `k/n [95% Wilson]`, "
-        "`rel` = accuracy / full cache's on the same samples, `ΔNLL` = gold-answer NLL per token minus the full "
-        f"cache's. Bytes are `cache.nbytes` / context tokens; ratio vs the fp16 dense cache "
-        f"({meta['fp16_bytes_per_token']:.0f} B/token). ★task = on that task's Pareto frontier (ratio vs mean rel. "
-        "accuracy capped at 1, ties by ΔNLL). Produced by `benchmarks/stacking.py`.", "",
-        "Full cache: " + ", ".join(f"{t} {cell(full.get(t))}" for t in TASKS), "",
-        f"## Confirmed recipes (n = {confirm_samples} per task)", "", table_md(confirmed, sums, marks), "",
-        "## Best recipe per ratio band (mean relative accuracy over the three tasks)", "",
-    ]
-    for band, r in best.items():
-        lines.append(f"* **{band}x**: " + (f"`{r}` ({recipe_ratio(sums[r]):.2f}x)" if r else "none reached"))
-    lines += ["", "## Screened only (n <= 2 per task; for triage, not conclusions)", "", table_md(others, sums), ""]
-    lines += [f"![{n}]({n})" for n in names]
-    (OUT / "frontier.md").write_text("\n".join(lines) + "\n")
-    return "\n".join(lines)
-
-
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--screen1-keep", type=int, default=2, help="recipes kept per ratio band after screen 1")
-    ap.add_argument("--screen2-keep", type=int, default=2, help="recipes kept per ratio band after screen 2")
-    ap.add_argument("--confirm-samples", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
+    ap.add_argument("--screen1-keep", type=int, default=4,
+                    help="recipes kept per ratio band and group after screen 1")
+    ap.add_argument("--screen2-keep", type=int, default=2,
+                    help="recipes kept per ratio band and group after screen 2")
+    ap.add_argument("--confirm-samples", type=int, default=8)
     ap.add_argument("--stop-after", choices=("axes", "bytes", "screen1", "screen2", "confirm"), default="confirm")
     ap.add_argument("--report", action="store_true", help="only write the report of finished results")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder of the resumable results and the report")
     args = ap.parse_args()
+    OUT = args.out.resolve()
     OUT.mkdir(parents=True, exist_ok=True)
+    sys.modules.setdefault("stacking", sys.modules[__name__])  # run as a script: the report module shares OUT
+    from stacking_report import report  # the tables and plots
     if args.report:
         print(report(args.confirm_samples))
         return
@@ -442,6 +376,7 @@ def main() -> None:
         return
     run_grid(model, tok, pool, TASKS, args.confirm_samples, args.threads)
     print(report(args.confirm_samples))
+
 
 if __name__ == "__main__":
     main()
