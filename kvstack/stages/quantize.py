@@ -11,6 +11,8 @@ when asymmetric). Parameters, in positional order:
 * ``axis`` (``token`` | ``channel``; default token): per-token or per-channel (KIVI keys).
 * ``sym`` (``sym`` / ``asym``): symmetric scale only, or scale + zero. Default symmetric
   for int8 (same bytes as before: int8 codes + fp16 scales) and asymmetric below 8 bits.
+* ``rot`` (``int2:rot``; off by default) and ``seed``: rotate every row by a fixed Walsh-Hadamard
+  x random-sign matrix before quantizing (:mod:`kvstack.stages.quant_rotate`; same bytes).
 
 Channel-axis rows are requantized when tokens are evicted afterwards (see
 ``QuantRows.select``). After a low-rank stage (``svd:rank=16 > int4``) the stage quantizes
@@ -31,6 +33,7 @@ from kvstack.stack import Param, Stage, StageContext, as_bool, register
 from kvstack.stages import quant_cq, quant_gear, quant_kivi, quant_kvquant  # noqa: F401  (register them)
 from kvstack.stages.lowrank_rows import quantize_encoded
 from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group
+from kvstack.stages.quant_rotate import HadamardRows, check_width, rotate
 from kvstack.stages.quant_rows import AXES, QuantRows, check_settings
 
 _SHORT = {
@@ -38,6 +41,7 @@ _SHORT = {
     "asym": ("sym", False),
     "token": ("axis", "token"),
     "channel": ("axis", "channel"),
+    "rot": ("rot", True),
 }
 
 
@@ -46,6 +50,8 @@ def _params(sym: bool) -> tuple[Param, ...]:
         Param("group", int, 64, "elements per scale (g64): channels of a token, or tokens of a channel"),
         Param("axis", parse_axis, "token", "token: groups along a token; channel: along a channel"),
         Param("sym", as_bool, sym, "symmetric (sym: scale only) or asymmetric (asym: scale + zero)"),
+        Param("rot", as_bool, False, "rot: Walsh-Hadamard rotation before quantizing (power-of-two head_dim)"),
+        Param("seed", int, 0, "seed of the rotation's random signs (rot only)"),
     )
 
 
@@ -64,13 +70,22 @@ class UniformQuant(Stage):
             raise RecipeError(f"{self.name}: axis={self.axis!r} is not one of {', '.join(AXES)}")
         if not isinstance(self.sym, bool):
             raise RecipeError(f"{self.name}: sym={self.sym!r} must be True (sym) or False (asym)")
+        if not isinstance(self.rot, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise RecipeError(f"{self.name}: rot={self.rot!r} must be True/False and seed={self.seed!r} an int >= 0")
         try:
             check_settings(self.bits, self.group, self.axis)
         except RecipeError as exc:
             raise RecipeError(f"{self.name}: {exc}") from None
 
-    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows:
-        """Quantize one layer's keys or values (``lengths``: rows per head)."""
+    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows | HadamardRows:
+        """Quantize one layer's keys or values (``lengths``: rows per head), rotated first with ``rot``."""
+        if self.rot:
+            check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
+            inner = self._quantize(rotate(rows, self.seed), lengths)
+            return HadamardRows(inner, self.seed, rows.dtype)
+        return self._quantize(rows, lengths)
+
+    def _quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows:
         if self.axis == "token":
             group = token_axis_group(self.name, self.group, rows.shape[1])
             return QuantRows.quantize(rows, self.bits, group, "token", self.sym)

@@ -1,0 +1,109 @@
+"""Rotated quantization (QuaRot / SpinQuant-style incoherence processing, no calibration).
+
+A few channels of a key or value vector carry most of its magnitude; a per-token group's
+scale must cover them, so at 2-3 bits the other channels round to almost nothing. Multiplying
+every row by a fixed orthogonal ``R`` first spreads each outlier over all channels (a
+Walsh-Hadamard row has every entry ``+-1/sqrt(d)``), so the group's range shrinks and the
+rounding error with it. Reading multiplies by ``R^T``. Because ``R`` is orthogonal the
+reconstruction error keeps its length: ``|R^T (Q(Rx)) - x| = |Q(Rx) - Rx|``, the error in the
+rotated basis that the step size bounds. Keys may be rotated after RoPE: the cache is
+un-rotated on read, so attention sees ordinary (dequantized) keys.
+
+``R = H diag(s) `` with ``H`` the normalized Sylvester Walsh-Hadamard matrix (width a power of
+two) and ``s`` random signs drawn from ``torch.Generator().manual_seed(seed)``. ``R`` is a
+function of ``(width, seed)`` and is regenerated when read, so :class:`HadamardRows` adds 0
+bytes to the inner encoding: the seed is a recipe parameter (a Python int, like the group
+size), not a tensor the cache holds.
+
+GPU fast decode reads only plain ``QuantRows`` (``type(enc) is QuantRows`` in
+:func:`kvstack.hf.fast_decode.kernel_rows`), so rotated rows always take the generic path,
+which decodes through :meth:`HadamardRows.decode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import torch
+
+from kvstack.errors import RecipeError
+from kvstack.kv import Encoded
+
+
+def check_width(width: int, what: str = "head_dim") -> None:
+    """RecipeError unless ``width`` is a power of two (the widths a Walsh-Hadamard matrix has)."""
+    if width < 1 or width & (width - 1):
+        below = 1 << (max(width, 1).bit_length() - 1)
+        raise RecipeError(
+            f"rot needs a power-of-two row width (Walsh-Hadamard rotation), but {what}={width} "
+            f"(nearest below: {below}); drop 'rot' for this model or layer"
+        )
+
+
+def hadamard(width: int) -> torch.Tensor:
+    """The normalized Sylvester Walsh-Hadamard matrix ``[width, width]`` in float64 (orthogonal, symmetric)."""
+    check_width(width)
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < width:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / width**0.5
+
+
+@lru_cache(maxsize=32)
+def _rotation_cpu(width: int, seed: int) -> torch.Tensor:
+    signs = torch.randint(0, 2, (width,), generator=torch.Generator().manual_seed(seed), dtype=torch.int64)
+    return hadamard(width) * (2 * signs - 1).to(torch.float64)  # H @ diag(s): scales column j by s_j
+
+
+def rotation(width: int, seed: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """``R = H diag(s)`` for ``(width, seed)``: the same matrix on every machine (CPU generator)."""
+    return _rotation_cpu(width, seed).to(device=device, dtype=dtype)
+
+
+def rotate(rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """``R x`` for every row ``x`` of ``[n, d]`` rows, in float32: ``rows @ R^T``."""
+    r = rotation(rows.shape[1], seed, torch.float32, rows.device)
+    return rows.float() @ r.T
+
+
+def unrotate(rows: torch.Tensor, seed: int) -> torch.Tensor:
+    """``R^T y`` for every row ``y`` (the inverse of :func:`rotate`): ``rows @ R``."""
+    r = rotation(rows.shape[1], seed, torch.float32, rows.device)
+    return rows.float() @ r
+
+
+@dataclass(frozen=True, eq=False)
+class HadamardRows:
+    """Rows stored rotated by ``R(width, seed)`` inside ``inner``; ``decode`` rotates them back.
+
+    ``nbytes`` is the inner encoding's: ``R`` is regenerated from the seed (module docstring).
+    """
+
+    inner: Encoded  # rotated rows, decoded as float32
+    seed: int
+    out_dtype: torch.dtype
+
+    @property
+    def select_requantizes(self) -> bool:
+        return bool(getattr(self.inner, "select_requantizes", False))
+
+    # --- Encoded protocol ----------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.inner.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out_dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.inner.nbytes
+
+    def decode(self) -> torch.Tensor:
+        return unrotate(self.inner.decode(), self.seed).to(self.out_dtype)
+
+    def select(self, rows: torch.Tensor) -> HadamardRows:
+        """Keep ``rows``: the rotation is per row, so the inner encoding's own select is all it takes."""
+        return replace(self, inner=self.inner.select(rows))
