@@ -4,6 +4,12 @@ quantizer in kvstack and transformers' own ``QuantizedCache`` (optimum-quanto) o
     nice .venv/bin/python benchmarks/quant_report.py --part retrieval [--samples 16]
     nice .venv/bin/python benchmarks/quant_report.py --part smollm2 [--samples 8]
     .venv/bin/python benchmarks/quant_report.py --table      # tables (markdown) + PNG from finished results
+    nice .venv/bin/python benchmarks/quant_report.py --part retrieval --samples 8 --threads 1 \
+        --out benchmarks/reports/quant_run4 --tasks niah_single niah_multikey ppl   # a new directory, some tasks
+
+Rows: every quantizer, the rotated ones (``int4:rot``: Walsh-Hadamard before quantizing), and the mixed recipe
+that ``kvstack diagnose --out <out>/mixed_<model>.txt`` proposed, when that file exists (it is one recipe line).
+``--only`` runs a subset of the rows (by their label) into the same results file.
 
 Retrieval part: kvstack-retrieval at 4k tokens, tasks niah_single, niah_multikey, qa (extractive), multihop
 and ppl (held-out essays). SmolLM2 part: SmolLM2-135M at 1k, ppl (no cq there, kvquant fits its codebooks on
@@ -39,16 +45,33 @@ PEERS = {"hf-quanto:4": 4, "hf-quanto:2": 2}  # transformers QuantizedCache, q_g
 PEER_GROUP, PEER_RESIDUAL = 64, 128
 
 
+ROTATED = ["int4:rot", "int3:rot", "int2:rot", "int2:axis=channel", "int2:axis=channel,rot"]
+
+
+def set_out(path: Path) -> None:
+    """Write results, codebooks and tables under ``path`` (the run-1 report stays in reports/quant)."""
+    global OUT, BOOKS
+    OUT, BOOKS = path.resolve(), path.resolve() / "codebooks"
+
+
+def mixed(part: dict) -> list[str]:
+    """The diagnosed mixed recipe, if ``kvstack diagnose --out OUT/mixed_<model>.txt`` wrote one."""
+    path = OUT / f"mixed_{part['model']}.txt"
+    return [path.read_text(encoding="utf-8").strip()] if path.is_file() else []
+
+
 def recipes(part: dict) -> list[str]:
     base = ["identity", "int8", "int4:g32", "int4:g64", "int4:g128,axis=channel", "int3", "int2", "kivi:4", "kivi:2"]
     if not part["calib_tokens"]:
-        return base + ["kvquant:4", "kvquant:3", "gear:4", "gear:2"]
+        return base + ["kvquant:4", "kvquant:3", "gear:4", "gear:2"] + ROTATED + mixed(part)
     book = (BOOKS / part["model"]).relative_to(ROOT)
     return base + [f"kvquant:4,calibration={book}", f"kvquant:3,calibration={book}", "gear:4", "gear:2",
-                   f"cq:2,calibration={book}", f"cq:1,calibration={book}"]
+                   f"cq:2,calibration={book}", f"cq:1,calibration={book}"] + ROTATED + mixed(part)
 
 
 def label(recipe: str) -> str:
+    if " > " in recipe:
+        return "mixed (diagnosed): " + recipe
     return recipe.split(",calibration=")[0] + (" (calibrated)" if ",calibration=" in recipe else "")
 
 
@@ -66,7 +89,7 @@ def ensure_codebooks(part: dict, model, tokenizer) -> None:
                                 part["calib_tokens"], part["calib_seq"])
 
 
-def run_peers(part: dict, samples: int, model, tokenizer, out: Path, threads: int) -> None:
+def run_peers(part: dict, samples: int, model, tokenizer, out: Path, threads: int, tasks: list[str]) -> None:
     """The peer's cells, from the very samples and prompts the Runner used, into the same results file."""
     from kvstack.eval.peers.kvpress_bridge import model_reference, peers_python
     from kvstack.eval.prompt import format_sample
@@ -76,11 +99,11 @@ def run_peers(part: dict, samples: int, model, tokenizer, out: Path, threads: in
     from kvstack.hf.model import model_info
 
     info = model_info(model)
-    spec = EvalSpec(part["model"], list(PEERS), part["tasks"], [part["length"]], samples)
+    spec = EvalSpec(part["model"], list(PEERS), tasks, [part["length"]], samples)
     done = {cell_key(r["model"], r["seed"], r["task"], r["length"], r["index"], r["recipe"])
             for r in (read_rows(out)[0] if out.is_file() else []) if r.get("status") == "ok"}
     jobs, rows = [], {}
-    for name in part["tasks"]:
+    for name in tasks:
         task = get_task(name)
         for sample in task.samples(tokenizer, part["length"], samples, 0):
             prompt = format_sample(tokenizer, sample)
@@ -130,19 +153,27 @@ def run_peers(part: dict, samples: int, model, tokenizer, out: Path, threads: in
             raise SystemExit(f"peer worker exited with {proc.returncode}")
 
 
-def run(part_name: str, samples: int, threads: int) -> None:
+def run(part_name: str, samples: int, threads: int, tasks: list[str] | None, only: list[str] | None) -> None:
+    """kvstack's cells first (task by task, in ``tasks`` order), then the peer's unless ``only`` leaves it out."""
     import torch
 
     from kvstack.eval.runner import EvalSpec, Runner, load_model
 
     part = PARTS[part_name]
+    tasks = tasks or part["tasks"]
+    unknown = sorted(set(tasks) - set(part["tasks"]))
+    if unknown:
+        raise SystemExit(f"--tasks {unknown}: the {part_name} part has {part['tasks']}")
     torch.set_num_threads(threads)
     model, tokenizer = load_model(part["model"])
     ensure_codebooks(part, model, tokenizer)
     out = OUT / f"results_{part_name}.jsonl"
-    run_peers(part, samples, model, tokenizer, out, threads)
-    spec = EvalSpec(part["model"], recipes(part), part["tasks"], [part["length"]], samples, threads=threads)
-    print(Runner(spec, out, model=model, tokenizer=tokenizer).run(), flush=True)
+    rows = [r for r in recipes(part) if only is None or label(r) in only]
+    if rows:
+        spec = EvalSpec(part["model"], rows, tasks, [part["length"]], samples, threads=threads)
+        print(Runner(spec, out, model=model, tokenizer=tokenizer).run(), flush=True)
+    if only is None or any(p in only for p in PEERS):
+        run_peers(part, samples, model, tokenizer, out, threads, tasks)
 
 
 # --- tables ----------------------------------------------------------------------------------------------
@@ -255,13 +286,17 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table", action="store_true", help="only write the tables and PNGs of finished results")
+    ap.add_argument("--out", type=Path, default=OUT, help="results, codebooks, tables (default: %(default)s)")
+    ap.add_argument("--tasks", nargs="+", help="run only these tasks of the part, in this order")
+    ap.add_argument("--only", nargs="+", help="run only these rows (labels as in the table, e.g. int2:rot hf-quanto:2)")
     args = ap.parse_args()
+    set_out(args.out)
     OUT.mkdir(parents=True, exist_ok=True)
     parts = args.part or sorted(PARTS)
     for name in parts:
         write_geometry(name)
         if not args.table:
-            run(name, args.samples, args.threads)
+            run(name, args.samples, args.threads, args.tasks, args.only)
         if (OUT / f"results_{name}.jsonl").is_file():
             text, points = table(name, args.samples)
             (OUT / f"table_{name}.md").write_text(text + "\n", encoding="utf-8")
