@@ -12,6 +12,8 @@ EVAL_EXAMPLES = """examples:
       --samples 20 --out results.jsonl
   kvstack eval --model ./my-hf-model --recipes identity kvpress:SnapKVPress:0.5 --tasks niah_single \\
       --lengths 4k --samples 10 --out peers.jsonl        # kvpress recipes need `make peers`
+  kvstack eval --model ./Llama-3.1-8B --device cuda --recipes identity "snapkv:0.25 > int4" \
+      --tasks niah_single --lengths 32k --samples 20 --out gpu.jsonl
   kvstack report results.jsonl --out report/
 
 Rerunning the same command resumes: finished cells are skipped, a truncated last line is
@@ -28,6 +30,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model=args.model, recipes=list(args.recipes), tasks=list(args.tasks),
         lengths=[parse_length(x) for x in args.lengths], samples=args.samples, seed=args.seed,
         max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, threads=args.threads,
+        device=args.device,
     )
     runner = Runner(spec, args.out, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     counts = runner.run()
@@ -81,6 +84,9 @@ def register(subparsers) -> None:
     ev.add_argument("--chunk-size", type=int, default=1024, help="prefill chunk in tokens (default 1024)")
     ev.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice; 1 is fastest on a busy shared machine)")
+    ev.add_argument("--device", default="cpu",
+                    help="cpu, cuda or cuda:N: where the model runs and caches are compressed; on CUDA decoding "
+                    "reads packed caches through the Triton kernels (default cpu)")
     ev.add_argument("--report", metavar="DIR", help="also write the report (Markdown + plots) to DIR")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)

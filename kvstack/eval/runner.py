@@ -40,12 +40,16 @@ class EvalSpec:
     max_new_tokens: int | None = None
     chunk_size: int = 1024
     threads: int | None = None  # torch CPU threads; 1 is fastest on a busy shared machine
+    device: str = "cpu"  # where the model, its caches and kvstack's stages compute (cuda: kernels too)
     parsed: dict[str, Recipe] = field(default_factory=dict, repr=False)
 
     def check(self) -> list[Task]:
         """Validate everything cheap before a model loads; returns the task objects."""
         if not self.recipes:
             raise InputError("no recipes given: pass --recipes identity int8 ...")
+        from kvstack.bench.models import check_device
+
+        check_device(self.device)
         if self.samples < 1:
             raise InputError(f"--samples {self.samples}: ask for at least 1 sample per cell")
         if not self.lengths or min(self.lengths) < 16:
@@ -108,6 +112,7 @@ def _base_row(spec: EvalSpec, sample: Sample, length: int, recipe: str, prompt: 
         "model": spec.model, "seed": spec.seed, "task": sample.task, "length": length, "index": sample.index,
         "recipe": recipe, "context_tokens": int(prompt.context_ids.numel()),
         "question_tokens": int(prompt.question_ids.numel()), "answers": list(sample.answers), "mode": sample.mode,
+        "device": spec.device,
     }
 
 
@@ -156,6 +161,8 @@ class Runner:
             return counts
         if self.model is None:
             self.model, self.tokenizer = load_model(spec.model)
+        if next(self.model.parameters()).device != torch.device(spec.device):
+            self.model = self.model.to(spec.device)  # kvpress peers still run on the CPU, in their own venv
         torch.manual_seed(spec.seed)
         if spec.threads:
             torch.set_num_threads(spec.threads)

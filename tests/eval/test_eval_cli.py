@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from kvstack.eval.results import read_rows, row_key
 from kvstack.eval.runner import TIMING_FIELDS, parse_length
@@ -101,6 +102,26 @@ def test_bad_input_exits_2_and_leaves_results_untouched(first_run, tiny_model_di
     assert run_cli(argv) == 2
     assert phrase in capsys.readouterr().err
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "device, phrase",
+    [("tpu", "give cpu, cuda or cuda:N"), ("cuda:x", "give cpu, cuda or cuda:N")]
+    + ([] if torch.cuda.is_available() else [("cuda", "no CUDA device")]),
+)
+def test_bad_device_exits_2_before_loading_and_keeps_results(first_run, tiny_model_dir, tmp_path, capsys, device,
+                                                             phrase):
+    path = tmp_path / "keep.jsonl"
+    shutil.copy(first_run, path)
+    before = path.read_bytes()
+    assert run_cli([*eval_argv(tiny_model_dir, path), "--device", device]) == 2
+    assert phrase in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_rows_record_the_device_they_ran_on(first_run):
+    rows, _ = read_rows(first_run)
+    assert {r["device"] for r in rows} == {"cpu"}
 
 
 def test_model_directory_without_tokenizer_is_explained(tiny_model_dir, tmp_path, capsys):
