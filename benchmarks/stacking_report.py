@@ -99,13 +99,15 @@ def plots(sums: dict, confirmed: list[str], screened_only: list[str]) -> list[st
     return names
 
 
-def report(confirm_samples: int) -> str:
-    """Write ``frontier.md`` (and the plots) in the results folder; returns its text."""
+def report(confirm_samples: int, final_samples: int) -> str:
+    """Write ``frontier.md`` (and the plots) in the results folder; returns its text. Recipes are named from the
+    finalists (``final_samples`` on the needle tasks) when the final stage ran, else from the confirmed ones."""
     sums = st.summaries()
     recipes = [r for r in sums if r != st.FULL and all(t in sums[r] for t in st.TASKS)]
     confirmed = [r for r in recipes if min(sums[r][t]["n"] for t in st.TASKS) >= confirm_samples]
     others = [r for r in recipes if r not in confirmed]
-    best = {qa: best_per_band(sums, confirmed, qa) for qa in st.GROUPS}
+    final = [r for r in confirmed if min(sums[r][t]["n"] for t in st.FINAL_TASKS) >= final_samples]
+    best = {qa: best_per_band(sums, final or confirmed, qa) for qa in st.GROUPS}
     marks = defaultdict(str)
     for qa, per_band in best.items():
         for band, r in per_band.items():
@@ -132,10 +134,11 @@ def report(confirm_samples: int) -> str:
         mine = [r for r in confirmed if st.question_aware(r) == qa]
         what = ("needs the question when the cache is built (Q2C): one cache per question" if qa else
                 "built once, before any question: reusable across questions")
-        lines += [f"## Confirmed, {GROUP_NAMES[qa]} (n = {confirm_samples} per task; {what})", "",
+        lines += [f"## Confirmed, {GROUP_NAMES[qa]} (n >= {confirm_samples} per task; {what})", "",
                   table_md(mine, sums, marks), ""]
     lines += ["## Best recipe per ratio band [N, 2N) (mean relative accuracy over the tasks the full cache answers)",
-              ""]
+              "", (f"Among the {len(final)} finalists (n = {final_samples} on {', '.join(st.FINAL_TASKS)}; multihop "
+                   f"stays at n = {confirm_samples})." if final else "Among the confirmed recipes."), ""]
     for qa in st.GROUPS:
         for band, r in best[qa].items():
             name = f"{PRESET_PREFIX[qa]}:{band}x"
