@@ -15,6 +15,14 @@ function of ``(width, seed)`` and is regenerated when read, so :class:`HadamardR
 bytes to the inner encoding: the seed is a recipe parameter (a Python int, like the group
 size), not a tensor the cache holds.
 
+Range clipping (``clip=0.75``), QuaRot's second tool: a rotated row is close to Gaussian, and
+min-max scaling spends 2-bit levels on its two extremes. :func:`clip_groups` shrinks every
+group's ``[min, max]`` around its middle to ``clip`` of its width before quantizing, trading a
+clipped error on the few extreme elements for a finer step on all the others (on the retrieval
+model, ``int2:rot,clip=0.75`` cut the KL to the full cache 3-4x vs ``int2`` and ``int2:rot``).
+Elements inside the clipped range are still within half a step; clipped ones are off by their
+distance to the range plus that.
+
 GPU fast decode reads only plain ``QuantRows`` (``type(enc) is QuantRows`` in
 :func:`kvstack.hf.fast_decode.kernel_rows`), so rotated rows always take the generic path,
 which decodes through :meth:`HadamardRows.decode`.
@@ -29,6 +37,7 @@ import torch
 
 from kvstack.errors import RecipeError
 from kvstack.kv import Encoded
+from kvstack.stages.quant_groups import token_groups
 
 
 def check_width(width: int, what: str = "head_dim") -> None:
@@ -71,6 +80,28 @@ def unrotate(rows: torch.Tensor, seed: int) -> torch.Tensor:
     """``R^T y`` for every row ``y`` (the inverse of :func:`rotate`): ``rows @ R``."""
     r = rotation(rows.shape[1], seed, torch.float32, rows.device)
     return rows.float() @ r
+
+
+def clip_groups(rows: torch.Tensor, group: int, axis: str, segments, ratio: float) -> torch.Tensor:
+    """``rows`` with every quantization group clamped to ``ratio`` of its ``[min, max]``, around the middle.
+
+    Groups are those :class:`~kvstack.stages.quant_rows.QuantRows` will use: ``group`` channels
+    of a token (``axis="token"``), or ``group`` tokens of a channel within a head (``segments``).
+    """
+    if ratio >= 1.0 or rows.numel() == 0:
+        return rows
+    x = rows.float()
+    n, d = x.shape
+    if axis == "token":
+        lo, hi = x.reshape(n, d // group, group).aminmax(dim=-1)
+        lo, hi = lo.repeat_interleave(group, 1), hi.repeat_interleave(group, 1)
+    else:
+        gid, count = token_groups(segments, group, device=x.device)
+        index = gid.unsqueeze(1).expand(n, d)
+        lo = x.new_full((count, d), float("inf")).scatter_reduce(0, index, x, "amin")[gid]
+        hi = x.new_full((count, d), float("-inf")).scatter_reduce(0, index, x, "amax")[gid]
+    mid, half = (lo + hi) / 2, (hi - lo) / 2 * ratio
+    return torch.minimum(torch.maximum(x, mid - half), mid + half).to(rows.dtype)
 
 
 @dataclass(frozen=True, eq=False)

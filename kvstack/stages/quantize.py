@@ -13,6 +13,7 @@ when asymmetric). Parameters, in positional order:
   for int8 (same bytes as before: int8 codes + fp16 scales) and asymmetric below 8 bits.
 * ``rot`` (``int2:rot``; off by default) and ``seed``: rotate every row by a fixed Walsh-Hadamard
   x random-sign matrix before quantizing (:mod:`kvstack.stages.quant_rotate`; same bytes).
+* ``clip`` (default 1: none): clamp each group to this fraction of its range first (``int2:rot,clip=0.75``).
 
 Channel-axis rows are requantized when tokens are evicted afterwards (see
 ``QuantRows.select``). After a low-rank stage (``svd:rank=16 > int4``) the stage quantizes
@@ -33,7 +34,7 @@ from kvstack.stack import Param, Stage, StageContext, as_bool, register
 from kvstack.stages import quant_cq, quant_gear, quant_kivi, quant_kvquant  # noqa: F401  (register them)
 from kvstack.stages.lowrank_rows import quantize_encoded
 from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group
-from kvstack.stages.quant_rotate import HadamardRows, check_width, rotate
+from kvstack.stages.quant_rotate import HadamardRows, check_width, clip_groups, rotate
 from kvstack.stages.quant_rows import AXES, QuantRows, check_settings
 
 _SHORT = {
@@ -52,6 +53,7 @@ def _params(sym: bool) -> tuple[Param, ...]:
         Param("sym", as_bool, sym, "symmetric (sym: scale only) or asymmetric (asym: scale + zero)"),
         Param("rot", as_bool, False, "rot: Walsh-Hadamard rotation before quantizing (power-of-two head_dim)"),
         Param("seed", int, 0, "seed of the rotation's random signs (rot only)"),
+        Param("clip", float, 1.0, "keep this fraction of each group's [min, max] around its middle (0 < clip <= 1)"),
     )
 
 
@@ -72,6 +74,8 @@ class UniformQuant(Stage):
             raise RecipeError(f"{self.name}: sym={self.sym!r} must be True (sym) or False (asym)")
         if not isinstance(self.rot, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise RecipeError(f"{self.name}: rot={self.rot!r} must be True/False and seed={self.seed!r} an int >= 0")
+        if not isinstance(self.clip, float | int) or not 0 < self.clip <= 1:
+            raise RecipeError(f"{self.name}: clip={self.clip!r} must be in (0, 1]: the share of a group's range kept")
         try:
             check_settings(self.bits, self.group, self.axis)
         except RecipeError as exc:
@@ -79,16 +83,17 @@ class UniformQuant(Stage):
 
     def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows | HadamardRows:
         """Quantize one layer's keys or values (``lengths``: rows per head), rotated first with ``rot``."""
-        if self.rot:
-            check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
-            inner = self._quantize(rotate(rows, self.seed), lengths)
-            return HadamardRows(inner, self.seed, rows.dtype)
-        return self._quantize(rows, lengths)
+        if not self.rot:
+            return self._quantize(rows, lengths)
+        check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
+        return HadamardRows(self._quantize(rotate(rows, self.seed), lengths), self.seed, rows.dtype)
 
     def _quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows:
         if self.axis == "token":
             group = token_axis_group(self.name, self.group, rows.shape[1])
-            return QuantRows.quantize(rows, self.bits, group, "token", self.sym)
+            return QuantRows.quantize(clip_groups(rows, group, "token", None, self.clip), self.bits, group, "token",
+                                      self.sym)
+        rows = clip_groups(rows, self.group, "channel", lengths, self.clip)
         return QuantRows.quantize(rows, self.bits, self.group, "channel", self.sym, segments=lengths)
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:

@@ -134,3 +134,46 @@ def test_gpu_fast_decode_never_reads_rotated_codes():
     enc = parse_stage("int4:rot").quantize(rows_with_outliers(n=16), (16,))
     assert fast_decode.kernel_rows(enc, torch.float32) is None  # the generic path decodes (un-rotates) it
     assert fast_decode.kernel_rows(enc.inner, torch.float32) is not None  # the same codes, unwrapped, would be read
+
+
+@pytest.mark.parametrize("spec", ["int2:clip=0.7", "int2:rot,clip=0.7", "int3:g16,axis=channel,rot,clip=0.8"])
+def test_clip_shrinks_each_group_around_its_middle(spec):
+    from test_quant_rows import ref_group_ids
+
+    x = rows_with_outliers(n=96)
+    stage = parse_stage(spec)
+    enc = stage.quantize(x, (40, 56))
+    inner = enc.inner if isinstance(enc, HadamardRows) else enc
+    y = x.double() @ rotation(64, 0).T if stage.rot else x.double()
+    # float64 reference of the clamp, group by group (per token: the whole row here; per channel: tokens of a head)
+    if inner.axis == "token":
+        lo, hi = y.amin(1, keepdim=True).expand_as(y), y.amax(1, keepdim=True).expand_as(y)
+    else:
+        ids = ref_group_ids(inner, y.shape[0])
+        lo = torch.stack([y[ids == i].amin(0) for i in range(int(ids.max()) + 1)])[ids]
+        hi = torch.stack([y[ids == i].amax(0) for i in range(int(ids.max()) + 1)])[ids]
+    mid, half = (lo + hi) / 2, (hi - lo) / 2 * stage.clip
+    clamped = torch.minimum(torch.maximum(y, mid - half), mid + half)
+    assert bool(((clamped - y).abs() > 0).any())  # something really was clipped
+    slack = 1e-5 * y.abs().amax(1, keepdim=True)
+    err = (inner.decode().double() - y).abs()
+    assert bool((err <= (clamped - y).abs() + error_bound(inner, clamped) + slack).all())
+    # the scales cover the clipped range only: a finer step than min-max would give
+    plain = parse_stage(spec.replace(f"clip={stage.clip}", "clip=1")).quantize(x, (40, 56))
+    plain_inner = plain.inner if isinstance(plain, HadamardRows) else plain
+    assert float(inner.scales.float().mean()) < float(plain_inner.scales.float().mean())
+
+
+def test_clip_one_is_no_clip_and_clipping_helps_rotated_2_bit():
+    x = rows_with_outliers(seed=5)
+    a, b = parse_stage("int2:rot").quantize(x, (256,)), parse_stage("int2:rot,clip=1").quantize(x, (256,))
+    assert torch.equal(a.inner.codes, b.inner.codes) and torch.equal(a.inner.scales, b.inner.scales)
+    clipped = parse_stage("int2:rot,clip=0.7").quantize(x, (256,))
+    assert clipped.nbytes == a.nbytes
+    assert float((clipped.decode() - x).norm()) < 0.9 * float((a.decode() - x).norm())
+
+
+@pytest.mark.parametrize("bad", ["int2:clip=0", "int2:clip=1.5", "int2:clip=nan", "int2:clip=half"])
+def test_bad_clip_is_a_recipe_error(bad):
+    with pytest.raises(RecipeError, match="clip"):
+        parse_stage(bad)
