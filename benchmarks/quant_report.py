@@ -45,7 +45,9 @@ PEERS = {"hf-quanto:4": 4, "hf-quanto:2": 2}  # transformers QuantizedCache, q_g
 PEER_GROUP, PEER_RESIDUAL = 64, 128
 
 
-ROTATED = ["int4:rot", "int3:rot", "int2:rot", "int2:axis=channel", "int2:axis=channel,rot"]
+# clip ratios chosen by KL to the full cache on one haystack essay (2k tokens), not on the held-out ppl essays
+ROTATED = ["int4:rot", "int3:rot", "int2:rot", "int2:axis=channel", "int2:axis=channel,rot",
+           "int3:rot,clip=0.9", "int2:rot,clip=0.7", "int2:axis=channel,rot,clip=0.75"]
 
 
 def set_out(path: Path) -> None:
@@ -196,13 +198,28 @@ def spread(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
+def paired_ppl_spread(rows: list[dict], recipe: str) -> float | None:
+    """±1σ (in %) of the perplexity change vs the full cache: the spread of the per-sample NLL differences."""
+    def per_sample(name: str) -> dict[int, float]:
+        return {r["index"]: r["nll_sum"] / r["nll_tokens"] for r in rows
+                if r["task"] == "ppl" and r["recipe"] == name and r.get("nll_tokens")}
+
+    mine, full = per_sample(recipe), per_sample("identity")
+    diffs = [mine[i] - full[i] for i in mine if i in full]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    return 100 * math.expm1(sd / math.sqrt(len(diffs)))
+
+
 def table(part_name: str, samples: int) -> tuple[str, list[dict]]:
     part = PARTS[part_name]
     rows, by = summary(part_name, samples)
     per_elem = elements(part)
     gen_tasks = [t for t in part["tasks"] if t != "ppl"]
     head = ("| recipe | bits/elem | " + "".join(f"{t} (±1σ) | " for t in gen_tasks)
-            + ("mean rel. full | answer NLL Δ | " if gen_tasks else "") + "ppl | ppl Δ |")
+            + ("mean rel. full | answer NLL Δ | " if gen_tasks else "") + "ppl | ppl Δ (±1σ paired) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     points = []
     for recipe in recipes(part) + list(PEERS):
@@ -225,6 +242,8 @@ def table(part_name: str, samples: int) -> tuple[str, list[dict]]:
         p = by.get(("ppl", recipe), {})
         ppl = f"{p['ppl']:.3f}" if p.get("ppl") else "-"
         dppl = f"{p['ppl_delta']:+.3f} ({100 * p['ppl_delta'] / p['ppl_full']:+.2f}%)" if p.get("ppl_full") else "-"
+        if p.get("ppl_full") and (sd := paired_ppl_spread(rows, recipe)) is not None:
+            dppl += f" ±{sd:.2f}%"
         mean_rel = sum(rel) / len(rel) if rel else None
         gen = "".join(f"{c} | " for c in parts)
         if gen_tasks:
