@@ -198,19 +198,40 @@ def spread(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
-def paired_ppl_spread(rows: list[dict], recipe: str) -> float | None:
-    """±1σ (in %) of the perplexity change vs the full cache: the spread of the per-sample NLL differences."""
+def paired_nll(rows: list[dict], recipe: str, ref: str) -> tuple[float, float, int, int] | None:
+    """Held-out NLL of ``recipe`` minus ``ref``'s on the same samples: (mean, its ±1σ, n, samples where lower)."""
     def per_sample(name: str) -> dict[int, float]:
         return {r["index"]: r["nll_sum"] / r["nll_tokens"] for r in rows
                 if r["task"] == "ppl" and r["recipe"] == name and r.get("nll_tokens")}
 
-    mine, full = per_sample(recipe), per_sample("identity")
-    diffs = [mine[i] - full[i] for i in mine if i in full]
+    mine, other = per_sample(recipe), per_sample(ref)
+    diffs = [mine[i] - other[i] for i in mine if i in other]
     if len(diffs) < 2:
         return None
     mean = sum(diffs) / len(diffs)
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    return 100 * math.expm1(sd / math.sqrt(len(diffs)))
+    return mean, sd / math.sqrt(len(diffs)), len(diffs), sum(d < 0 for d in diffs)
+
+
+def paired_ppl_spread(rows: list[dict], recipe: str) -> float | None:
+    """±1σ (in %) of the perplexity change vs the full cache: the spread of the per-sample NLL differences."""
+    pair = paired_nll(rows, recipe, "identity")
+    return None if pair is None else 100 * math.expm1(pair[1])
+
+
+def ppl_pairs(part_name: str, samples: int, ref: str = "int4:g64") -> str:
+    """Perplexity change of every row vs the full cache and vs ``ref``, paired per sample (exp of mean NLL Δ)."""
+    rows, _ = summary(part_name, samples)
+    lines = [f"| recipe | n | ppl Δ vs full (±1σ) | ppl Δ vs `{ref}` (±1σ) | samples better than `{ref}` |",
+             "|---|---|---|---|---|"]
+    for recipe in recipes(PARTS[part_name]) + list(PEERS):
+        full, other = paired_nll(rows, recipe, "identity"), paired_nll(rows, recipe, ref)
+        if full is None or other is None:
+            continue
+        pct = lambda x: 100 * math.expm1(x)  # noqa: E731
+        lines.append(f"| `{label(recipe)}` | {full[2]} | {pct(full[0]):+.2f}% ±{pct(full[1]):.2f}% | "
+                     f"{pct(other[0]):+.2f}% ±{pct(other[1]):.2f}% | {other[3]}/{other[2]} |")
+    return "\n".join(lines)
 
 
 def table(part_name: str, samples: int) -> tuple[str, list[dict]]:
@@ -319,6 +340,9 @@ def main() -> None:
         if (OUT / f"results_{name}.jsonl").is_file():
             text, points = table(name, args.samples)
             (OUT / f"table_{name}.md").write_text(text + "\n", encoding="utf-8")
+            pairs = ppl_pairs(name, args.samples)
+            (OUT / f"ppl_pairs_{name}_n{args.samples}.md").write_text(pairs + "\n", encoding="utf-8")
+            print(pairs, flush=True)
             print(f"## {PARTS[name]['model']}\n\n{text}\nwrote {plot(name, points)}", flush=True)
 
 
