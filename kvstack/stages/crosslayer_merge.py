@@ -30,15 +30,15 @@ from kvstack.kv import tensor_nbytes
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """``[n]`` bool -> ``uint8 [ceil(n/8)]``, bit ``i % 8`` of byte ``i // 8`` (little-endian bit order)."""
     n = mask.numel()
-    padded = torch.zeros(-(-n // 8) * 8, dtype=torch.uint8)
+    padded = torch.zeros(-(-n // 8) * 8, dtype=torch.uint8, device=mask.device)
     padded[:n] = mask.to(torch.uint8)
-    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
+    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=mask.device)
     return (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: ``[n]`` bool."""
-    shifts = torch.arange(8, dtype=torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     return ((packed[:, None] >> shifts) & 1).bool().flatten()[:n]
 
 
@@ -97,15 +97,15 @@ class MergedRows:
     def decode(self) -> torch.Tensor:
         mask = self.merged_mask()
         work = torch.promote_types(self.directions.dtype, torch.float32)
-        out = torch.empty(self.shape, dtype=work)
+        out = torch.empty(self.shape, dtype=work, device=self.retained.device)
         out[mask] = self.directions.to(work) * self.magnitudes.to(work)[:, None]
         out[~mask] = self.retained.to(work)
         return out.to(self.out_dtype)
 
     def select(self, rows: torch.Tensor) -> MergedRows:
         """Keep ``rows``: an owned copy of their directions (evicting after merging ends the sharing)."""
-        rows = rows.long()
         mask = self.merged_mask()
+        rows = rows.long().to(mask.device)
         rank = torch.where(mask, torch.cumsum(mask, 0) - 1, torch.cumsum(~mask, 0) - 1)
         kept_merged, kept_rank = mask[rows], rank[rows]
         m_idx, r_idx = kept_rank[kept_merged], kept_rank[~kept_merged]
@@ -132,6 +132,7 @@ def merge_pair(
     store = a.dtype
     work = torch.promote_types(store, torch.float32)
     xa, xb = a.to(work), b.to(work)
+    a_common, b_common = a_common.to(a.device), b_common.to(b.device)
     ca, cb = xa[a_common], xb[b_common]
     na, nb = ca.norm(dim=-1), cb.norm(dim=-1)
     ok = (angular_distance(ca, cb) <= t) & (na > 0) & (nb > 0)
@@ -139,7 +140,7 @@ def merge_pair(
     direction = slerp(ca[ok] / na[ok, None], cb[ok] / nb[ok, None], w).to(store)
 
     def encode(x: torch.Tensor, sel: torch.Tensor, norms: torch.Tensor, owns: bool) -> MergedRows:
-        mask = torch.zeros(x.shape[0], dtype=torch.bool)
+        mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         mask[sel] = True
         return MergedRows(
             directions=direction,

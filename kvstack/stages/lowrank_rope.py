@@ -35,7 +35,7 @@ class Rotary:
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos, sin [n, rot]`` as the model computes them (angles in float32, like transformers)."""
-        ang = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        ang = positions.float()[:, None] * self.inv_freq.to(positions.device).float()[None, :]
         emb = torch.cat([ang, ang], dim=-1)
         return (emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype)
 

@@ -68,8 +68,9 @@ def fit_levels(
 
     The optimum of a ``bins``-bin histogram (exact DP), refined by Lloyd's iterations on the points.
     """
-    u = stride_sample(u.double(), MAX_FIT_POINTS, 1)
-    w = torch.ones_like(u) if weights is None else stride_sample(weights.double(), MAX_FIT_POINTS, 1)
+    device = u.device  # fitted on the CPU (a small sequential DP), returned where the data lives
+    u = stride_sample(u.double().cpu(), MAX_FIT_POINTS, 1)
+    w = torch.ones_like(u) if weights is None else stride_sample(weights.double().cpu(), MAX_FIT_POINTS, 1)
     levels = _optimal_levels(u, w, k, bins)
     for _ in range(iters):
         codes = nearest_level(u, levels)
@@ -79,13 +80,13 @@ def fit_levels(
         if torch.equal(new, levels):
             break
         levels = new
-    return levels
+    return levels.to(device)
 
 
 def nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Index of the nearest of the ascending ``levels [G, k]`` for every ``u [G, N]`` (int64)."""
     mids = (levels[:, 1:] + levels[:, :-1]) / 2
-    return torch.searchsorted(mids.to(u.dtype).contiguous(), u.contiguous(), right=False)
+    return torch.searchsorted(mids.to(device=u.device, dtype=u.dtype).contiguous(), u.contiguous(), right=False)
 
 
 def _kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -105,7 +106,8 @@ def _kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Te
 
 def fit_centroids(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, block: int = 8) -> torch.Tensor:
     """``[G, k, c]`` centroids minimising the squared error of the points ``x [G, N, c]`` per group."""
-    x = stride_sample(x.float(), MAX_FIT_POINTS, 1)
+    device = x.device  # fitted on the CPU (seeded CPU generator: the same centroids on any device)
+    x = stride_sample(x.float().cpu(), MAX_FIT_POINTS, 1)
     cent = _kmeans_plus_plus(x, k, torch.Generator().manual_seed(seed))
     g = x.shape[0]
     for a in range(0, g, block):  # blocks of groups bound the [block, N, k] distance matrix
@@ -120,12 +122,13 @@ def fit_centroids(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, block
                 break
             cs = new
         cent[a : a + block] = cs
-    return cent
+    return cent.to(device)
 
 
 def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, block: int = 8) -> torch.Tensor:
     """Index of the nearest centroid ``[G, k, c]`` for every point ``x [G, N, c]`` (int64 ``[G, N]``)."""
-    out = torch.empty(x.shape[:2], dtype=torch.long)
+    out = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
+    centroids = centroids.to(x.device)
     for a in range(0, x.shape[0], block):
         xs, cs = x[a : a + block].to(centroids.dtype), centroids[a : a + block]
         d = (cs * cs).sum(-1).unsqueeze(1) - 2 * xs @ cs.mT  # |x|^2 is the same for every centroid

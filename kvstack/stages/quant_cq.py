@@ -68,7 +68,7 @@ class CQRows(CodeRows):
             )
         g, k = d // channels, 1 << (bits * channels)
         x = rows.float()
-        books, codes = [], torch.empty(n, g, dtype=torch.uint8)
+        books, codes = [], torch.empty(n, g, dtype=torch.uint8, device=rows.device)
         start = 0
         for h, m in enumerate(segments):
             points = x[start : start + m].view(m, g, channels).transpose(0, 1)  # [g, m, c]
@@ -76,10 +76,11 @@ class CQRows(CodeRows):
                 book = (fit_centroids(points, k) if m else torch.zeros(g, k, channels)).to(torch.float16)
             else:
                 book = codebook[h].to(torch.float16)
+            book = book.to(rows.device)
             books.append(book)
             codes[start : start + m] = nearest_centroid(points, book.float()).T.to(torch.uint8)
             start += m
-        book = torch.stack(books) if books else torch.zeros(0, g, k, channels, dtype=torch.float16)
+        book = torch.stack(books) if books else torch.zeros(0, g, k, channels, dtype=torch.float16, device=rows.device)
         return cls(pack_codes(codes, bits * channels), book, codebook is None, bits * channels, d, segments,
                    out_dtype or rows.dtype)
 
@@ -91,8 +92,8 @@ class CQRows(CodeRows):
     def decode(self) -> torch.Tensor:
         h, g, k, c = self.codebook.shape
         q = unpack_codes(self.codes, self.code_bits, g).long()  # [n, g]
-        heads = segment_ids(self.segments)
-        flat = (heads[:, None] * g + torch.arange(g)[None, :]) * k + q
+        heads = segment_ids(self.segments, q.device)
+        flat = (heads[:, None] * g + torch.arange(g, device=q.device)[None, :]) * k + q
         return self.codebook.reshape(h * g * k, c)[flat].reshape(-1, self.dim).to(self.out_dtype)
 
     def select(self, rows: torch.Tensor) -> CQRows:

@@ -55,8 +55,8 @@ def residual_factors(residual: torch.Tensor, segments: Sequence[int], rank: int)
     for part in torch.split(residual, list(segments)):
         r = min(rank, *part.shape) if part.shape[0] else 0
         u, s, vh = torch.linalg.svd(part, full_matrices=False)
-        a = torch.zeros(part.shape[0], rank, dtype=part.dtype)
-        b = torch.zeros(d, rank, dtype=part.dtype)
+        a = torch.zeros(part.shape[0], rank, dtype=part.dtype, device=part.device)
+        b = torch.zeros(d, rank, dtype=part.dtype, device=part.device)
         a[:, :r], b[:, :r] = u[:, :r] * s[:r], vh[:r].mT
         a_parts.append(a)
         b_parts.append(b)
@@ -110,7 +110,7 @@ class GearRows:
         work = torch.float64 if self.dtype == torch.float64 else torch.float32
         x = self.quant.dequantize().to(work)
         if self.rank:
-            b = self.b.to(work).index_select(0, segment_ids(self.segments))  # [n, d, r]
+            b = self.b.to(work).index_select(0, segment_ids(self.segments, self.b.device))  # [n, d, r]
             x = x + torch.bmm(b, self.a.to(work).unsqueeze(-1)).squeeze(-1)
         return self.outliers.apply(x)
 

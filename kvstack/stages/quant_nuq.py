@@ -78,7 +78,7 @@ def normalize(x: torch.Tensor, segments: Sequence[int], axis: str, outliers: flo
             "values are NaN/inf or beyond the float16 range of the scales (|x| > 65504); "
             "keep such layers unquantized, e.g. 'bf16@layerN' after the quantizer"
         )
-    heads = segment_ids(segments)
+    heads = segment_ids(segments, x.device)
     s = expand(scale, axis, heads).to(x.dtype)
     u = ((x - expand(zero, axis, heads).to(x.dtype)) / torch.where(s > 0, s, torch.ones_like(s))).clamp(0, 1)
     return Normalized(u * inlier, zero, scale, table, inlier)
@@ -90,7 +90,7 @@ def fit_codebook(norm: Normalized, segments: Sequence[int], bits: int) -> torch.
     for u, keep in zip(torch.split(norm.u, list(segments)), torch.split(norm.inlier, list(segments)), strict=True):
         vals = u[keep]
         if vals.numel() == 0:
-            vals = torch.linspace(0, 1, 1 << bits, dtype=u.dtype)
+            vals = torch.linspace(0, 1, 1 << bits, dtype=u.dtype, device=u.device)
         books.append(fit_levels(vals[None], 1 << bits)[0])
     return torch.stack(books).to(torch.float16)
 
@@ -144,10 +144,10 @@ class NuqRows(CodeRows):
             raise InputError(f"segments {segments} cover {sum(segments)} rows, but there are {rows.shape[0]}")
         norm = normalize(rows, segments, axis, outliers)
         owns = codebook is None
-        book = fit_codebook(norm, segments, bits) if owns else codebook.to(torch.float16)
+        book = fit_codebook(norm, segments, bits) if owns else codebook.to(device=rows.device, dtype=torch.float16)
         if book.shape != (len(segments), 1 << bits):
             raise InputError(f"codebook of shape {tuple(book.shape)}; expected {(len(segments), 1 << bits)}")
-        codes = torch.empty(norm.u.shape, dtype=torch.uint8)
+        codes = torch.empty(norm.u.shape, dtype=torch.uint8, device=rows.device)
         start = 0
         for h, n in enumerate(segments):
             u = norm.u[start : start + n].reshape(1, -1)
@@ -170,9 +170,9 @@ class NuqRows(CodeRows):
     def dequantize(self) -> torch.Tensor:
         """float32 rows (float64 when the output dtype is float64)."""
         work = torch.float64 if self.out_dtype == torch.float64 else torch.float32
-        heads = segment_ids(self.segments)
+        heads = segment_ids(self.segments, self.codes.device)
         q = unpack_codes(self.codes, self.bits, self.dim).long()
-        levels = self.codebook.to(work).index_select(0, heads)  # [n, 2**bits]
+        levels = self.codebook.to(device=heads.device, dtype=work).index_select(0, heads)  # [n, 2**bits]
         u = torch.gather(levels, 1, q)
         x = expand(self.zero, self.axis, heads).to(work) + u * expand(self.scale, self.axis, heads).to(work)
         return self.outliers.apply(x)

@@ -62,7 +62,8 @@ class SparseOutliers:
             raise InputError(f"{n} x {d} elements overflow int32 outlier indices; compress fewer tokens per layer")
         k = min(int(round(fraction * n * d)), n * d)
         if k == 0:
-            return cls(torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.float16), d)
+            return cls(torch.zeros(0, dtype=torch.int32, device=x.device),
+                       torch.zeros(0, dtype=torch.float16, device=x.device), d)
         idx = torch.sort(torch.topk(scores.reshape(-1), k).indices).values
         vals = x.reshape(-1)[idx]
         if bool((vals.abs() > FP16_MAX).any()) or not bool(torch.isfinite(vals).all()):
@@ -82,7 +83,7 @@ class SparseOutliers:
 
     def mask(self, n: int) -> torch.Tensor:
         """``[n, dim]`` bool, True where an element is in the table."""
-        m = torch.zeros(n * self.dim, dtype=torch.bool)
+        m = torch.zeros(n * self.dim, dtype=torch.bool, device=self.index.device)
         m[self.index.long()] = True
         return m.view(n, self.dim)
 
@@ -94,12 +95,14 @@ class SparseOutliers:
 
     def select(self, rows: torch.Tensor, n: int) -> SparseOutliers:
         """The entries of the kept ``rows`` (of ``n``), renumbered to the rows' new order."""
+        device = self.index.device  # renumbered on the CPU, kept where the table lives
         rows = rows.long().cpu()
         new_row = torch.full((n,), -1, dtype=torch.long)
         new_row[rows] = torch.arange(rows.numel())
-        old = self.index.long()
+        old = self.index.long().cpu()
         mapped = new_row[old // self.dim]
         keep = mapped >= 0
         flat = mapped[keep] * self.dim + old[keep] % self.dim
         order = torch.argsort(flat)
-        return SparseOutliers(flat[order].to(torch.int32), self.values[keep][order], self.dim)
+        values = self.values.cpu()[keep][order]
+        return SparseOutliers(flat[order].to(torch.int32).to(device), values.to(device), self.dim)

@@ -35,6 +35,7 @@ def fold_values(
     ``keys, values [L, D]``, ``weights [L]`` (>= 0), ``kept [L]`` bool; returns ``[n_kept, D]``
     in row order. A kept row whose cluster has zero total weight keeps its own value.
     """
+    kept, weights, keys = kept.to(values.device), weights.to(values.device), keys.to(values.device)
     k_idx, e_idx = torch.nonzero(kept).flatten(), torch.nonzero(~kept).flatten()
     v = values.double()
     w = weights.double().clamp_min(0.0)
@@ -84,7 +85,7 @@ class Merge(BasedSelect):
         for h, n in enumerate(kept_layer.lengths):
             count = rows.counts[h]
             pos = rows.pos[h, :count]
-            kept = torch.isin(pos, kept_pos[off : off + n])
+            kept = torch.isin(pos, kept_pos[off : off + n].to(pos.device))
             parts.append(fold_values(rows.keys[h, :count], rows.values[h, :count], p[h, :count], kept))
             off += n
         values = torch.cat(parts).to(kept_layer.values.dtype)
