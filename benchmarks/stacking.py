@@ -214,6 +214,20 @@ def summaries(min_n: int = 1) -> dict[str, dict[str, dict]]:
     return out
 
 
+def same_verdicts() -> dict[tuple[str, str], tuple[int, int]]:
+    """(recipe, task) -> (samples judged right/wrong exactly as the full cache judged them, samples paired):
+    finer than k/n when the full cache itself fails many samples (multi-key: which ones it gets matters)."""
+    rows = [r for r in read_jsonl(OUT / "results.jsonl") if r.get("status") == "ok" and "contains" in r]
+    full = {(r["task"], r["index"]): r["contains"] for r in rows if r["recipe"] == FULL}
+    out: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        ref = full.get((r["task"], r["index"]))
+        if ref is not None:
+            out[(r["recipe"], r["task"])][0] += int(r["contains"] == ref)
+            out[(r["recipe"], r["task"])][1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 def fp16_per_token() -> float:
     meta = json.loads((OUT / "meta.json").read_text())
     return meta["fp16_bytes_per_token"]

@@ -27,7 +27,7 @@ def best_per_band(sums: dict, recipes: list[str], qa: bool) -> dict[int, str | N
     return out
 
 
-def cell(s: dict | None) -> str:
+def cell(s: dict | None, same: tuple[int, int] | None = None) -> str:
     if not s or s.get("contains") is None:
         return "-"
     n = s["n"]
@@ -35,15 +35,17 @@ def cell(s: dict | None) -> str:
     lo, hi = st.wilson(k, n)
     rel = "-" if s.get("relative") is None else f"{s['relative']:.2f}"
     d = s.get("answer_nll_delta")
-    return f"{k}/{n} [{lo:.2f}-{hi:.2f}] rel {rel} ΔNLL {d:+.2f}" if d is not None else f"{k}/{n} rel {rel}"
+    text = f"{k}/{n} [{lo:.2f}-{hi:.2f}] rel {rel}" + (f" ΔNLL {d:+.2f}" if d is not None else "")
+    return text + (f" same {same[0]}/{same[1]}" if same and s["recipe"] != st.FULL else "")
 
 
 def table_md(recipes: list[str], sums: dict, marks: dict[str, str] | None = None) -> str:
+    same = st.same_verdicts()
     head = "| recipe | B/token | ratio vs fp16 | " + " | ".join(st.TASKS) + " | |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(recipes, key=lambda r: -st.recipe_ratio(sums[r])):
         bpt = st.statistics_mean([s["bytes_per_token"] for s in sums[r].values()])
-        cells = " | ".join(cell(sums[r].get(t)) for t in st.TASKS)
+        cells = " | ".join(cell(sums[r].get(t), same.get((r, t))) for t in st.TASKS)
         lines.append(f"| `{r}` | {bpt:,.0f} | {st.recipe_ratio(sums[r]):.2f}x | {cells} | {(marks or {}).get(r, '')} |")
     return "\n".join(lines)
 
