@@ -202,11 +202,13 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def summaries(min_n: int = 1) -> dict[str, dict[str, dict]]:
-    """recipe -> task -> the harness summary (relative accuracy, answer NLL delta, bytes), paired with identity."""
+def summaries(min_n: int = 1, samples: int | None = None) -> dict[str, dict[str, dict]]:
+    """recipe -> task -> the harness summary (relative accuracy, answer NLL delta, bytes), paired with identity.
+    ``samples``: only the first that many samples of each task, so a screen ranks on the rows it ran and a
+    resumed study repeats its choices instead of re-ranking with later stages' rows."""
     from kvstack.eval.report import summarize
 
-    rows = read_jsonl(OUT / "results.jsonl")
+    rows = [r for r in read_jsonl(OUT / "results.jsonl") if samples is None or r["index"] < samples]
     out: dict[str, dict[str, dict]] = defaultdict(dict)
     for s in summarize(rows):
         if s["n"] >= min_n:
@@ -317,9 +319,10 @@ def near_bands(recipes: list[str], ratio: dict[str, float]) -> list[str]:
     return [r for r in recipes if r in ANCHORS or any(b <= ratio[r] < BAND_SPAN * b for b in BANDS)]
 
 
-def screened(recipes: list[str], tasks: list[str], per_band: int) -> list[str]:
-    """Survivors of a screen: the ``per_band`` best-scoring recipes of each group in each ratio band."""
-    sums = summaries()
+def screened(recipes: list[str], tasks: list[str], per_band: int, samples: int = 1) -> list[str]:
+    """Survivors of a screen: the ``per_band`` best-scoring recipes of each group in each ratio band, ranked on
+    the screen's own ``samples`` per task."""
+    sums = summaries(samples=samples)
     have = [r for r in recipes if r != FULL and all(t in sums.get(r, {}) for t in tasks)]
     ranked = sorted(have, key=lambda r: score(sums[r], tasks), reverse=True)
     out: list[str] = []
@@ -332,10 +335,10 @@ def screened(recipes: list[str], tasks: list[str], per_band: int) -> list[str]:
 
 def finalists(per_band: int, confirm_samples: int) -> list[str]:
     """The ``per_band`` best confirmed recipes of each group in each band, the old presets and ``FINAL_EXTRA``."""
-    sums = summaries()
+    sums = summaries(samples=confirm_samples)
     confirmed = [r for r in sums if r != FULL and all(sums[r].get(t, {}).get("n", 0) >= confirm_samples
                                                        for t in TASKS)]
-    return list(dict.fromkeys(screened(confirmed, TASKS, per_band) + OLD_PRESETS + FINAL_EXTRA))
+    return list(dict.fromkeys(screened(confirmed, TASKS, per_band, confirm_samples) + OLD_PRESETS + FINAL_EXTRA))
 
 
 def pareto(recipes: list[str], sums: dict, tasks: list[str]) -> list[str]:
