@@ -1,8 +1,8 @@
 """Issue 6's stacking study: selection x low rank x cross-layer x quantization on kvstack-retrieval at 4k.
 
-    nice .venv/bin/python benchmarks/stacking.py [--confirm-samples 8] [--threads 1]   # every stage, resumable
-    .venv/bin/python benchmarks/stacking.py --report --confirm-samples 8              # tables, plots, frontier.md
-    .venv/bin/python benchmarks/stacking.py --out benchmarks/reports/stacking --report  # the first run (run 3)
+    nice .venv/bin/python benchmarks/stacking.py [--confirm-samples 8] [--final-samples 24]  # every stage, resumable
+    .venv/bin/python benchmarks/stacking.py --report                     # tables, plots, frontier.md of finished rows
+    .venv/bin/python benchmarks/stacking.py --out OTHER_DIR --report     # e.g. a copy of reports/stacking (run 3)
 
 Every recipe is scored on the eval harness's ``niah_single``, ``niah_multikey`` and ``multihop``
 as accuracy *relative to the full cache on the same samples*, against the bytes its cache really
@@ -22,8 +22,11 @@ CPU is scarce, so the search is staged (successive halving) and every stage is r
 5. ``final``: the ``--final-keep`` best confirmed recipes per band and group, the first study's presets and
    ``FINAL_EXTRA`` get ``--final-samples`` samples of the needle tasks (multihop stays at the confirm count:
    the full cache answers none of it, so more samples add no accuracy to compare). The named recipes
-   come from these when this stage ran. Scores: mean over tasks of accuracy relative to the full cache (capped at 1),
-   ties broken by the gold answer's NLL delta.
+   come from these when this stage ran.
+
+Scores: mean over the tasks the full cache answers of accuracy relative to it (capped at 1), ties broken
+by the gold answer's NLL delta. Each screen ranks on its own samples only, so a resumed study repeats
+its choices.
 
 Question-aware recipes (Q2C: they score tokens by the question, so the cache is built per question)
 and question-agnostic ones (built once, before any question) are ranked apart at every stage: each
