@@ -31,6 +31,13 @@ def read_rows(path: str | Path) -> tuple[list[dict], bool]:
     if not path.is_file():
         raise InputError(f"results file {path} does not exist; run `kvstack eval --out {path}` first")
     raw = path.read_bytes()
+    if path.suffix == ".xz":  # archived results (benchmarks/reports keep theirs compressed)
+        import lzma
+
+        try:
+            raw = lzma.decompress(raw)
+        except lzma.LZMAError as exc:
+            raise ResultsError(f"{path} is not a readable .xz file ({exc}); decompress or regenerate it") from exc
     lines = raw.split(b"\n")
     rows, truncated = [], False
     for number, line in enumerate(lines, start=1):

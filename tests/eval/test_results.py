@@ -59,3 +59,23 @@ def test_corrupt_line_in_the_middle_is_an_error_naming_the_line(tmp_path):
 def test_missing_file_says_how_to_make_it(tmp_path):
     with pytest.raises(InputError, match="kvstack eval --out"):
         read_rows(tmp_path / "none.jsonl")
+
+
+def test_xz_archive_reads_like_the_plain_file(tmp_path):
+    import lzma
+
+    plain = tmp_path / "r.jsonl"
+    with ResultsWriter(plain) as w:
+        for i in range(3):
+            w.write({"recipe": "int8", "index": i, "contains": i % 2})
+    packed = tmp_path / "r.jsonl.xz"
+    packed.write_bytes(lzma.compress(plain.read_bytes()))
+    assert read_rows(packed) == read_rows(plain)
+    assert [r["index"] for r in read_rows(packed)[0]] == [0, 1, 2]
+
+
+def test_corrupt_xz_archive_is_a_results_error(tmp_path):
+    bad = tmp_path / "r.jsonl.xz"
+    bad.write_bytes(b"\xfd7zXZ\x00 not really xz")
+    with pytest.raises(ResultsError, match="not a readable .xz file"):
+        read_rows(bad)
