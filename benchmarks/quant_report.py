@@ -47,7 +47,8 @@ PEER_GROUP, PEER_RESIDUAL = 64, 128
 
 # clip ratios chosen by KL to the full cache on one haystack essay (2k tokens), not on the held-out ppl essays
 ROTATED = ["int4:rot", "int3:rot", "int2:rot", "int2:axis=channel", "int2:axis=channel,rot",
-           "int3:rot,clip=0.9", "int2:rot,clip=0.7", "int2:axis=channel,rot,clip=0.75"]
+           "int3:rot,clip=0.9", "int2:rot,clip=0.7", "int2:axis=channel,rot,clip=0.75",
+           "int2:g128,axis=channel,rot,clip=0.75"]
 
 
 def set_out(path: Path) -> None:
