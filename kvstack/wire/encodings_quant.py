@@ -1,5 +1,6 @@
-"""Wire encodings of the quantized containers: :class:`QuantRows` (packed codes + fp16 scales)
-and :class:`SplitRows` (KIVI: quantized rows + a dense residual, in run order)."""
+"""Wire encodings of the quantized containers: :class:`QuantRows` (packed codes + fp16 scales),
+:class:`SplitRows` (KIVI: quantized rows + a dense residual, in run order) and :class:`HadamardRows`
+(rows quantized in a rotated basis: the inner encoding plus the rotation's seed, nothing else)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from kvstack.kv import DenseRows
 from kvstack.stages.quant_pack import SUPPORTED_BITS, packed_width
+from kvstack.stages.quant_rotate import HadamardRows
 from kvstack.stages.quant_rows import AXES, QuantRows
 from kvstack.stages.quant_split import SplitRows
 from kvstack.wire.encodings import Parts, Symbols, need, need_int, need_tensor, register_encoding
@@ -78,5 +80,21 @@ def _split_build(meta: dict, arrays: dict, children: dict) -> SplitRows:
     return SplitRows(quant, dense, tuple(clean))
 
 
+def _hadamard_parts(h: HadamardRows) -> Parts:
+    return Parts(meta={"seed": h.seed, "out_dtype": dtype_name(h.out_dtype)}, children={"inner": h.inner})
+
+
+def _hadamard_build(meta: dict, arrays: dict, children: dict) -> HadamardRows:
+    seed = need_int(meta.get("seed"), "rotation seed", 0, (1 << 63) - 1)
+    out = meta.get("out_dtype")
+    need(isinstance(out, str) and out in _FLOATS, f"output dtype {out!r}")
+    inner = children.get("inner")
+    need(inner is not None and hasattr(inner, "decode"), "rotated rows need their inner rows")
+    width = int(inner.shape[1])
+    need(width >= 1 and width & (width - 1) == 0, f"rotated rows of width {width}: not a power of two")
+    return HadamardRows(inner, seed, DTYPES[out])
+
+
 register_encoding(QuantRows, "quant", _quant_parts, _quant_build)
 register_encoding(SplitRows, "split", _split_parts, _split_build)
+register_encoding(HadamardRows, "hadamard", _hadamard_parts, _hadamard_build)

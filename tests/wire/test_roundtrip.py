@@ -10,6 +10,7 @@ from wire_helpers import RECIPES
 import kvstack
 from kvstack import wire
 from kvstack.kv import DenseRows
+from kvstack.stages.quant_rotate import HadamardRows
 from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quant_split import SplitRows
 
@@ -23,13 +24,15 @@ def _encodings(cache) -> set[type]:
             out.add(type(enc))
             if isinstance(enc, SplitRows):
                 out.update({type(enc.quant), type(enc.dense)})
+            if isinstance(enc, HadamardRows):
+                out.add(type(enc.inner))
     return out
 
 
 def test_recipes_cover_every_encoding_and_layout(wire_caches):
     built = wire_caches
     seen = set().union(*(_encodings(c) for c in built.values()))
-    assert {DenseRows, QuantRows, SplitRows} <= seen
+    assert {DenseRows, QuantRows, SplitRows, HadamardRows} <= seen
     layers = [layer for c in built.values() for layer in c.layers]
     assert any(layer.positions is None for layer in layers)
     assert any(layer.positions is not None and layer.positions.numel() == layer.lengths[0] for layer in layers)
@@ -66,7 +69,7 @@ def test_comparison_sees_a_single_flipped_code(wire_caches):
     assert wire.cache_differences(cache, back) == ["layers[1].keys.codes: tensors differ"]
 
 
-@pytest.mark.parametrize("recipe", ("int4", "kivi:2,g8,residual=6", "streaming:sink=2,window=12,decode=true > int4",
+@pytest.mark.parametrize("recipe", ("int4", "int2:g8,rot,clip=0.7", "kivi:2,g8,residual=6", "streaming:sink=2,window=12,decode=true > int4",
                                     "snapkv:0.5,window=8,alloc=adakv > int3:axis=channel,g4"))
 def test_generate_from_loaded_cache_matches(wire_model, wire_caches, recipe, tmp_path):
     model, cache = wire_model, wire_caches[recipe]

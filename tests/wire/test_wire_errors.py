@@ -190,3 +190,28 @@ def tiny_cache_for_zstd():
 
     layer = KVLayer.from_dense(torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))
     return KVCache([layer], torch.arange(2, dtype=torch.int32), torch.float32, model_fingerprint="abcdef12")
+
+
+@pytest.mark.parametrize(
+    "meta, width, match",
+    [({"seed": -1, "out_dtype": "float32"}, 16, "rotation seed"),
+     ({"seed": 3, "out_dtype": "int8"}, 16, "output dtype"),
+     ({"seed": 3, "out_dtype": "float32"}, 12, "not a power of two")],
+)
+def test_rotated_rows_with_bad_header_are_cache_format_errors(meta, width, match):
+    from kvstack.kv import DenseRows
+    from kvstack.wire.encodings_quant import _hadamard_build
+
+    with pytest.raises(CacheFormatError, match=match):
+        _hadamard_build(meta, {}, {"inner": DenseRows(torch.zeros(4, width))})
+
+
+def test_rotated_cache_loads_with_its_seed_and_decodes_like_the_saved_one(wire_caches, tmp_path):
+    cache = wire_caches["int4:axis=channel,g4,rot,seed=5"]
+    path = tmp_path / "rot.kvw"
+    wire.save(cache, path)
+    back = wire.load(path)
+    keys, again = cache.layers[1].keys, back.layers[1].keys
+    assert type(again).__name__ == "HadamardRows" and again.seed == 5
+    assert torch.equal(again.decode(), keys.decode())
+    assert back.nbytes == cache.nbytes

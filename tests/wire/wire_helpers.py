@@ -17,6 +17,8 @@ RECIPES = (
     "streaming:sink=2,window=12,decode=true > int4",
     "snapkv:0.5,window=8,alloc=adakv > int3:axis=channel,g4",
     "random:0.4,seed=3 > kivi:2,g4,residual=3",
+    "int2:g8,rot,clip=0.7",
+    "int4:axis=channel,g4,rot,seed=5",
 )
 
 
