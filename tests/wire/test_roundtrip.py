@@ -69,7 +69,8 @@ def test_comparison_sees_a_single_flipped_code(wire_caches):
     assert wire.cache_differences(cache, back) == ["layers[1].keys.codes: tensors differ"]
 
 
-@pytest.mark.parametrize("recipe", ("int4", "int2:g8,rot,clip=0.7", "kivi:2,g8,residual=6", "streaming:sink=2,window=12,decode=true > int4",
+@pytest.mark.parametrize("recipe", ("int4", "int2:g8,rot,clip=0.7",
+                                    "kivi:2,g8,residual=6", "streaming:sink=2,window=12,decode=true > int4",
                                     "snapkv:0.5,window=8,alloc=adakv > int3:axis=channel,g4"))
 def test_generate_from_loaded_cache_matches(wire_model, wire_caches, recipe, tmp_path):
     model, cache = wire_model, wire_caches[recipe]
