@@ -1,0 +1,80 @@
+"""Registers, spills, shared memory and load pipelining of the decode kernel, compiled offline for a GPU.
+
+No GPU needed: Triton compiles for a named target (``--arch 90`` = H100) down to a cubin, and the
+``cuobjdump`` shipped inside Triton reads its resource usage. Use it before spending device time: the
+previous profile (RESULTS.md) traced the INT4 decode kernel's speed to occupancy, which this shows as
+registers per thread (255 = the cap, i.e. one or two programs per SM), and to unpipelined loads
+(``pipelined loads`` = 0: no cp.async / TMA copies in the loop).
+
+    python benchmarks/kernel_resources.py                 # the default decode configurations
+    python benchmarks/kernel_resources.py --warps 8 --block 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kvstack.kernels.triton_decode import _split_kernel
+
+POINTERS = {"Q": "*fp16", "K": "*u8", "KS": "*fp16", "KZ": "*fp16", "V": "*u8", "VS": "*fp16", "VZ": "*fp16",
+            "STARTS": "*i32", "LENS": "*i32", "GSTARTS": "*i32", "TK": "*fp16", "TV": "*fp16", "TSTARTS": "*i32",
+            "TLENS": "*i32", "WORK": "*fp32"}
+CONSTANTS = ("M", "M_PAD", "QM", "D", "BLOCK_N", "K_BITS", "K_GROUP", "K_CHANNEL", "K_SYM", "V_BITS", "V_GROUP",
+             "V_CHANNEL", "V_SYM", "HAS_TAIL", "TAIL_TABLE", "IEEE")
+# (name, bits, key group, keys per channel, value group), as in benchmarks/gpu_kernels.py
+FORMATS = [("int4 kt64 v64", 4, 64, False, 64), ("int4 kt128 v128", 4, 128, False, 128),
+           ("int4 kc64 v64", 4, 64, True, 64), ("int8 kt128 v128", 8, 128, False, 128),
+           ("int2 kc64 v64", 2, 64, True, 64)]
+
+
+def resources(fn, signature: dict, constants: dict, arch: int, warps: int, stages: int) -> dict:
+    """Compile ``fn`` for ``sm_<arch>`` and read registers/stack from the cubin, pipelining from the TTGIR."""
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    ttgir = kernel.asm["ttgir"]
+    number = lambda key: int(m.group(1)) if (m := re.search(key + r":(\d+)", usage)) else -1  # noqa: E731
+    return {"registers": number("REG"), "spill_stack": number("STACK"), "shared_bytes": kernel.metadata.shared,
+            "pipelined_loads": len(re.findall(r"async_copy_global_to_local|async_tma_copy_global_to_local", ttgir)),
+            "layout_converts": len(re.findall(r"ttg\.convert_layout", ttgir)),
+            "mma": sorted(set(re.findall(r"versionMajor = (\d)", ttgir)))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100, 80 = A100)")
+    ap.add_argument("--block", type=int, default=64, help="rows per tile (BLOCK_N)")
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=3)
+    ap.add_argument("--group-size", type=int, default=8, help="query heads per KV head (rows of the product)")
+    args = ap.parse_args()
+    signature = {n: POINTERS.get(n, "constexpr" if n in CONSTANTS else ("fp32" if n == "qk_scale" else "i32"))
+                 for n in _split_kernel.arg_names}
+    print(f"decode kernel for sm_{args.arch}: {args.block}-row tiles, {args.warps} warps, {args.stages} stages, "
+          f"{args.group_size} query rows, Triton {triton.__version__}")
+    print("| format | registers/thread | spill stack B | shared B | pipelined loads | layout converts | mma |")
+    print("|---|---|---|---|---|---|---|")
+    for name, bits, kgroup, kchannel, vgroup in FORMATS:
+        constants = dict(M=args.group_size, M_PAD=max(16, triton.next_power_of_2(args.group_size)), QM=1, D=128,
+                         BLOCK_N=args.block, K_BITS=bits, K_GROUP=kgroup, K_CHANNEL=kchannel, K_SYM=False,
+                         V_BITS=bits, V_GROUP=vgroup, V_CHANNEL=False, V_SYM=False, HAS_TAIL=True, TAIL_TABLE=False,
+                         IEEE=False)
+        r = resources(_split_kernel, signature, constants, args.arch, args.warps, args.stages)
+        print(f"| {name} | {r['registers']} | {r['spill_stack']} | {r['shared_bytes']} | {r['pipelined_loads']} | "
+              f"{r['layout_converts']} | v{','.join(r['mma'])} |")
+
+
+if __name__ == "__main__":
+    main()
