@@ -35,7 +35,7 @@ def is_random(name: str) -> bool:
 
 def parse_random(name: str) -> RandomModel:
     """``random:llama-3.1-8b,num_hidden_layers=2`` -> :class:`RandomModel` (InputError saying the syntax)."""
-    from kvstack.eval.peers.kvpress_bridge import _value as parse_value
+    from kvstack.eval.peers.kvpress_bridge import scalar_value as parse_value
     from kvstack.plan.presets import find_preset, preset_names
 
     if not is_random(name):

@@ -38,7 +38,8 @@ def is_peer(recipe: str) -> bool:
     return recipe.strip().startswith(PREFIX)
 
 
-def _value(raw: str):
+def scalar_value(raw: str):
+    """A ``key=value`` option's value as written on a command line: bool, int, float, else the string."""
     low = raw.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -62,13 +63,13 @@ def parse_peer(recipe: str) -> PeerRecipe:
     kwargs: dict = {}
     for part in [a.strip() for a in args.split(",") if a.strip()]:
         if "=" not in part:
-            kwargs["compression_ratio"] = _value(part)
+            kwargs["compression_ratio"] = scalar_value(part)
             continue
         key, _, raw = part.partition("=")
         if key.strip() == "keep":
             kwargs["compression_ratio"] = round(1.0 - float(raw), 10)
         else:
-            kwargs[key.strip()] = _value(raw.strip())
+            kwargs[key.strip()] = scalar_value(raw.strip())
     ratio = kwargs.get("compression_ratio")
     if ratio is not None and not (isinstance(ratio, float | int) and 0 <= ratio < 1):
         raise RecipeError(f"{recipe}: compression_ratio={ratio} must be in [0, 1) (the share of tokens removed)")
