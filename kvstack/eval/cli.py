@@ -18,7 +18,7 @@ EVAL_EXAMPLES = """examples:
 
 Rerunning the same command resumes: finished cells are skipped, a truncated last line is
 redone. Tasks: niah_single niah_multikey niah_multivalue niah_multiquery passkey vartrack cwe
-qa multihop ppl ppl_kjv. Recipes: any kvstack recipe (`kvstack recipes`), or
+qa multihop multihop_num ppl ppl_kjv. Recipes: any kvstack recipe (`kvstack recipes`), or
 kvpress:<PressClass>[:compression_ratio][,key=value] (compression_ratio = share removed;
 keep=0.25 means compression_ratio=0.75), or kvpress:none."""
 

@@ -82,6 +82,17 @@ def test_multihop_needs_both_facts(bpe_tokenizer):
         assert s.answers[0] not in s.question and town not in s.question
 
 
+def test_numeric_multihop_needs_the_pointer_and_the_number(bpe_tokenizer):
+    for s in get_task("multihop_num").samples(bpe_tokenizer, 1024, 3):
+        target = re.search(rf"the entry '{s.meta['key']}' now defers to the entry '([a-z-]+)'\.", s.context)[1]
+        number = re.search(rf"the registry number filed under '{target}' reads (\d+)\.", s.context)[1]
+        assert (target, number) == (s.meta["target"], s.answers[0])
+        assert number not in s.question and target not in s.question
+        # the asked key has no number of its own: one hop alone cannot answer
+        assert f"filed under '{s.meta['key']}'" not in s.context
+        assert len(re.findall(r"now defers to", s.context)) == 3
+
+
 def test_qa_hides_the_gold_passage_among_other_articles(bpe_tokenizer):
     for s in get_task("qa").samples(bpe_tokenizer, 1024, 3):
         docs = s.context.split("\n\n")

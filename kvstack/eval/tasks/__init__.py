@@ -5,7 +5,7 @@ from __future__ import annotations
 from kvstack.errors import InputError
 from kvstack.eval.tasks.base import ALL, ANY, Sample, Task
 from kvstack.eval.tasks.cwe import CommonWords
-from kvstack.eval.tasks.multihop import MultiHop
+from kvstack.eval.tasks.multihop import MultiHop, MultiHopNumber
 from kvstack.eval.tasks.niah import NiahMultikey, NiahMultiquery, NiahMultivalue, NiahSingle, Passkey
 from kvstack.eval.tasks.ppl import Perplexity, PerplexityKJV
 from kvstack.eval.tasks.qa import ExtractiveQA
@@ -15,7 +15,7 @@ TASKS: dict[str, type[Task]] = {
     t.name: t
     for t in (
         NiahSingle, NiahMultikey, NiahMultivalue, NiahMultiquery, Passkey, VarTrack, CommonWords,
-        ExtractiveQA, MultiHop, Perplexity, PerplexityKJV,
+        ExtractiveQA, MultiHop, MultiHopNumber, Perplexity, PerplexityKJV,
     )
 }
 

@@ -83,6 +83,9 @@ HOP_WORKSHOP = "{person} keeps a small workshop in the town of {town}."
 HOP_RIVER = "The town of {town} lies on the banks of the river {river}."
 HOP_QUESTION = "On which river lies the town where {person} keeps a workshop?"
 HOP_PREFIX = "The river is the"
+HOP_POINTER = "Archive note: the entry '{key}' now defers to the entry '{target}'."
+HOP_NUM_QUESTION = "Which registry number does the entry '{key}' lead to in the text above?"
+HOP_NUM_PREFIX = "Following '{key}', the registry number reads"
 QA_DOCUMENT = "Document {n}: {text}"
 QA_QUESTION = "Answer from the documents above in a few words. {question}"
 
@@ -90,7 +93,7 @@ TEMPLATES = (
     NEEDLE, NEEDLE_QUESTION, NEEDLE_PREFIX, MULTIVALUE_QUESTION, MULTIVALUE_PREFIX, MULTIQUERY_QUESTION,
     MULTIQUERY_PREFIX, PASSKEY_NEEDLE, PASSKEY_QUESTION, PASSKEY_PREFIX, VAR_ASSIGN_VALUE, VAR_ASSIGN_COPY,
     VAR_QUESTION, VAR_PREFIX, CWE_QUESTION, CWE_PREFIX, HOP_WORKSHOP, HOP_RIVER, HOP_QUESTION, HOP_PREFIX,
-    QA_DOCUMENT, QA_QUESTION,
+    HOP_POINTER, HOP_NUM_QUESTION, HOP_NUM_PREFIX, QA_DOCUMENT, QA_QUESTION,
 )
 VOCABULARIES = {
     "key_colours": KEY_COLOURS, "key_objects": KEY_OBJECTS, "people": PEOPLE, "towns": TOWNS, "rivers": RIVERS,
