@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kvstack.errors import InputError
 from kvstack.zoo.train.corpus import read_docs
-from kvstack.zoo.train.retrieval import SampleMaker, TokenStream, VocabTables, make_batch
+from kvstack.zoo.train.retrieval import TASKS, SampleMaker, TokenStream, VocabTables, make_batch
 from kvstack.zoo.train.value_words import harvest
 
 
@@ -97,6 +98,28 @@ def parse_phases(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """``"single:0.2,lookalike:0.3"`` -> task weights for the retrieval rows (normalised when drawn)."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        task, sep, value = part.partition(":")
+        task = task.strip()
+        try:
+            weight = float(value) if sep else None
+        except ValueError:
+            weight = None
+        if weight is None:
+            raise InputError(f"--mix: {part!r} is not task:weight (e.g. lookalike:0.3)")
+        if task not in TASKS:
+            raise InputError(f"--mix: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        mix[task] = weight
+        if not weight >= 0:  # also rejects nan
+            raise InputError(f"--mix: weight of {task!r} is {value.strip()}; weights must be >= 0")
+    if sum(mix.values()) <= 0:
+        raise InputError("--mix: every weight is 0; give at least one task a positive weight")
+    return mix
+
+
 def step_lengths(phases: list[tuple[int, int]]) -> list[int]:
     return [length for length, steps in phases for _ in range(steps)]
 
@@ -105,8 +128,8 @@ class StepBatches:
     """Iterable over steps ``[start, len(lengths))``; each item ``(step, ids, answer_mask)`` as torch tensors."""
 
     def __init__(self, maker: SampleMaker, lm: TokenStream, lengths: list[int], tokens_per_step: int, seed: int,
-                 retrieval_fraction: float, start: int = 0):
-        self.maker, self.lm, self.lengths = maker, lm, lengths
+                 retrieval_fraction: float, start: int = 0, mix: dict[str, float] | None = None):
+        self.maker, self.lm, self.lengths, self.mix = maker, lm, lengths, mix
         self.tokens_per_step, self.seed, self.fraction, self.start = tokens_per_step, seed, retrieval_fraction, start
 
     def batch(self, step: int):
@@ -114,7 +137,8 @@ class StepBatches:
 
         length = self.lengths[step]
         rng = np.random.default_rng([self.seed, step])
-        ids, ans = make_batch(self.maker, self.lm, max(1, self.tokens_per_step // length), length, rng, self.fraction)
+        ids, ans = make_batch(self.maker, self.lm, max(1, self.tokens_per_step // length), length, rng, self.fraction,
+                              self.mix)
         return step, torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(ans)
 
     def __iter__(self):

@@ -9,7 +9,8 @@ tokenizing the whole text at once would give (the tests check this).
 Tasks: ``single``, ``multikey`` (distractor facts about other keys), ``multiquery`` (several keys in
 one question), ``multivalue`` (one key, several values), ``reverse`` (which key has a value),
 ``passkey`` (one fact in dull filler), ``vartrack`` (a value copied along a chain of variables),
-``multihop`` (a key that points to another key). ``split="heldout"`` draws frames, questions,
+``multihop`` (a key that points to another key), ``lookalike`` (multi-key with keys of one shape, mostly in one
+shared frame: :mod:`lookalike`; only in a ``--mix``). ``split="heldout"`` draws frames, questions,
 attributes and names from the ``HELDOUT_*`` lists of :mod:`templates` (never trained on).
 """
 
@@ -22,8 +23,9 @@ import numpy as np
 
 from kvstack.errors import InputError
 from kvstack.zoo.train import templates as T
+from kvstack.zoo.train.lookalike import lookalike_keys
 
-TASKS = ("single", "multikey", "multiquery", "multivalue", "reverse", "passkey", "vartrack", "multihop")
+TASKS = ("single", "multikey", "multiquery", "multivalue", "reverse", "passkey", "vartrack", "multihop", "lookalike")
 # Run 3 moved weight to multi-key and multi-hop (the held-out weak spots) from lists of values.
 TRAIN_MIX = {"single": 0.18, "multikey": 0.26, "multiquery": 0.08, "multivalue": 0.08, "reverse": 0.06,
              "passkey": 0.05, "vartrack": 0.1, "multihop": 0.19}
@@ -296,6 +298,18 @@ def build_task(task: str, facts: Facts, max_needles: int, prefix_p: float = 0.0
             q = _render(_pick(r, T.MULTI_QUERY_QUESTIONS), A=attr, As=_plural(attr), Es=_join_names(names))
             qas = [(q, ", ".join(v for _, _, v in asked), pre("queries", As=_plural(attr)))]
         return needles, qas, {"keys": n}
+    if task == "lookalike":  # only the whole key tells the facts apart: one attribute, mostly one frame
+        kind, attr = facts.attribute()
+        keys = lookalike_keys(facts, int(r.integers(3, max(4, min(max_needles, 10) + 1))), heldout=b is HELDOUT)
+        shared = frame()
+        frames = [shared] * len(keys) if r.random() < 0.8 else [frame() for _ in keys]
+        rows = [(e, facts.value(kind)) for e in keys]
+        needles = [_render(f, E=e, A=attr, V=v) for f, (e, v) in zip(frames, rows)]
+        others = [int(i) for i in r.permutation(np.arange(1, len(keys)))[: int(r.integers(0, 2))]]
+        qas = [(_render(question(), E=rows[i][0], A=attr), rows[i][1], pre("fact", E=rows[i][0], A=attr))
+               for i in [0, *others]]
+        order = r.permutation(len(needles))
+        return [needles[i] for i in order], qas, {"keys": len(keys), "target_key": keys[0]}
     if task == "multivalue":
         kind, attr = facts.attribute()
         e = facts.entity()

