@@ -122,12 +122,13 @@ def _sdpa_fp16(k, v, q, B, Hkv, G, T, D):
 
 # (name, bits, key axis, value group): keys per channel in groups of 64 tokens (KIVI's layout, "kc")
 # or per token in groups of 64 channels ("kt"); values per token, groups of 64 or 128 channels.
-FORMATS = [("int4 kc64 v64", 4, "channel", 64), ("int4 kc64 v128", 4, "channel", 128),
-           ("int4 kt64 v64", 4, "token", 64), ("int2 kc64 v64", 2, "channel", 64), ("int8 kt128 v128", 8, "token", 128)]
+FORMATS = [("int4 kt128 v128", 4, "token", 128), ("int4 kc64 v64", 4, "channel", 64),
+           ("int4 kc64 v128", 4, "channel", 128), ("int4 kt64 v64", 4, "token", 64),
+           ("int2 kc64 v64", 2, "channel", 64), ("int8 kt128 v128", 8, "token", 128)]
 
 
 # (rows a tile, warps, pipeline stages, programs per SM)
-DECODE_CONFIGS = [(64, 4, 2, 4), (64, 4, 3, 4), (64, 8, 3, 4), (64, 4, 3, 2), (32, 4, 3, 4), (128, 4, 3, 4),
+DECODE_CONFIGS = [(64, 4, 2, 4), (64, 4, 3, 4), (64, 4, 3, 8), (64, 8, 3, 4), (64, 4, 3, 2), (32, 4, 3, 4), (128, 4, 3, 4),
                   (128, 8, 3, 2)]
 
 
@@ -150,7 +151,7 @@ def decode_table(bw: float, quick: bool, defaults_only: bool = False) -> list[di
         fp16_bytes = 2 * k.numel() * 2
         row = dict(batch=B, context=T, sdpa_fp16_ms=t_fp16, sdpa_variant=how, sdpa_bw=fp16_bytes / (t_fp16 * 1e-3) / bw)
         for name, bits, kaxis, vgroup in FORMATS:
-            kp = triton_quant.quantize(k, bits, 64, kaxis, False, seg)
+            kp = triton_quant.quantize(k, bits, 128 if vgroup == 128 and kaxis == "token" else 64, kaxis, False, seg)
             vp = triton_quant.quantize(v, bits, vgroup, "token", False, seg)
             kd = triton_quant.dequantize(kp, seg)
             vd = triton_quant.dequantize(vp, seg)
@@ -171,10 +172,13 @@ def decode_table(bw: float, quick: bool, defaults_only: bool = False) -> list[di
             apart = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, tk, tv, fuse_tail=False))
             best = min(tuned, key=tuned.get)
             t = tuned[best]
+            bkw = {} if best == "default" else dict(block_n=best[0], num_warps=best[1], num_stages=best[2],
+                                                    target_programs=best[3] * sms)
+            portable = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, swar=False, **bkw))
             moved = kp.nbytes + vp.nbytes
             deq = bench(lambda: (triton_quant.dequantize(kp, seg), triton_quant.dequantize(vp, seg)))
             row[name] = dict(ms=t, speedup=t_fp16 / t, bw=moved / (t * 1e-3) / bw, err=err, config=best,
-                             tail_fused_ms=fused, tail_apart_ms=apart,
+                             tail_fused_ms=fused, tail_apart_ms=apart, portable_ms=portable,
                              bytes=moved, dequant_then_sdpa_ms=deq + t_fp16, vs_dequant=(deq + t_fp16) / t)
         out.append(row)
         del k, v
@@ -215,15 +219,16 @@ def main() -> None:
     dt = [] if args.quant_only else decode_table(bw, args.quick, args.decode_defaults)
     print("\n| batch | context | SDPA flash fp16 ms (% BW) | format | kvstack ms | speedup vs fp16 | % of copy BW "
           "| dequant+SDPA ms | speedup vs dequant+SDPA | rel err | block,warps,stages,programs/SM "
-          "| + 64-token tail, one launch ms | + tail, own launch ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| + 64-token tail, one launch ms | + tail, own launch ms | portable unpacking ms (speedup) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in dt:
         for name, *_ in FORMATS:
             c = r[name]
             print(f"| {r['batch']} | {r['context']} | {r['sdpa_fp16_ms']:.3f} ({100 * r['sdpa_bw']:.0f}%, "
                   f"{r['sdpa_variant']}) | {name} | {c['ms']:.3f} | {c['speedup']:.2f}x | {100 * c['bw']:.0f}% "
                   f"| {c['dequant_then_sdpa_ms']:.3f} | {c['vs_dequant']:.1f}x | {c['err']:.1e} | {c['config']} "
-                  f"| {c['tail_fused_ms']:.3f} | {c['tail_apart_ms']:.3f} |")
+                  f"| {c['tail_fused_ms']:.3f} | {c['tail_apart_ms']:.3f} "
+                  f"| {c['portable_ms']:.3f} ({r['sdpa_fp16_ms'] / c['portable_ms']:.2f}x) |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(env=env, copy_bw=bw, quant=[{k: str(v) for k, v in r.items()} for r in qt], decode=[

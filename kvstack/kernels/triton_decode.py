@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kvstack.errors import InputError
 from kvstack.kernels.layout import PackedRows, Segments
 from kvstack.kernels.triton_rows import next_pow2
 
@@ -31,10 +33,78 @@ def _codes(b, i: tl.constexpr, BITS: tl.constexpr):
 
     ``0x6400 | c`` read as float16 is ``1024 + c`` (exponent 10, so the mantissa counts
     units); subtracting 1024 is exact. This replaces the slow I2F conversion, the
-    instruction that bounds a naive unpacking kernel.
+    instruction that bounds a naive unpacking kernel. (The portable path: the
+    interpreter runs it; CUDA takes :func:`_swar_codes`.)
     """
     c = (b >> (BITS * i)) & ((1 << BITS) - 1)
     return (c | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+
+
+@triton.jit
+def _swar_codes(b, BITS: tl.constexpr):
+    """Every phase of a uint8 byte tile at once, exact float16 codes two at a time (CUDA only).
+
+    Four bytes share one register; a ``prmt`` spreads bytes 0, 1 (2, 3) into the two halves,
+    a ``lop3`` per phase keeps that phase's bits and ORs ``0x6400`` into both halves (two float16
+    ``1024 + 2**(BITS*i) * code``), and one ``sub``/``fma.f16x2`` takes the offset and the power
+    of two out exactly: about 1.25 instructions per code at 4 bits where the portable path spends
+    four or five. Output element ``k`` depends on input byte ``k`` only, as an elementwise op
+    must: the compiler lays the tile out along either axis (for values it picks the tensor-core
+    operand layout, four tokens per register).
+    """
+    if BITS == 8:
+        c0 = tl.inline_asm_elementwise(
+            "{ .reg .b32 m; mov.b32 m, 0x64006400; prmt.b32 $0, $2, 0x64, 0x4140; prmt.b32 $1, $2, 0x64, 0x4342; "
+            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; }",
+            "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
+        c1 = c0
+        c2 = c0
+        c3 = c0
+    elif BITS == 4:
+        c0, c1 = tl.inline_asm_elementwise(
+            "{ .reg .b32 lo, hi, m, s, z; mov.b32 m, 0x64006400; mov.b32 s, 0x2C002C00; mov.b32 z, 0xD400D400; "
+            "prmt.b32 lo, $4, 0, 0x4140; prmt.b32 hi, $4, 0, 0x4342; "
+            "lop3.b32 $0, lo, 0x000F000F, 0x64006400, 0xea; lop3.b32 $1, hi, 0x000F000F, 0x64006400, 0xea; "
+            "lop3.b32 $2, lo, 0x00F000F0, 0x64006400, 0xea; lop3.b32 $3, hi, 0x00F000F0, 0x64006400, 0xea; "
+            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; fma.rn.f16x2 $2, $2, s, z; fma.rn.f16x2 $3, $3, s, z; }",
+            "=r,=r,=r,=r,r", [b], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        c2 = c0
+        c3 = c0
+    else:
+        c0, c1, c2, c3 = tl.inline_asm_elementwise(
+            "{ .reg .b32 lo, hi, m, s1, z1, s2, z2, s3, z3; mov.b32 m, 0x64006400; "
+            "mov.b32 s1, 0x34003400; mov.b32 z1, 0xDC00DC00; mov.b32 s2, 0x2C002C00; mov.b32 z2, 0xD400D400; "
+            "mov.b32 s3, 0x24002400; mov.b32 z3, 0xCC00CC00; "
+            "prmt.b32 lo, $8, 0, 0x4140; prmt.b32 hi, $8, 0, 0x4342; "
+            "lop3.b32 $0, lo, 0x00030003, 0x64006400, 0xea; lop3.b32 $1, hi, 0x00030003, 0x64006400, 0xea; "
+            "lop3.b32 $2, lo, 0x000C000C, 0x64006400, 0xea; lop3.b32 $3, hi, 0x000C000C, 0x64006400, 0xea; "
+            "lop3.b32 $4, lo, 0x00300030, 0x64006400, 0xea; lop3.b32 $5, hi, 0x00300030, 0x64006400, 0xea; "
+            "lop3.b32 $6, lo, 0x00C000C0, 0x64006400, 0xea; lop3.b32 $7, hi, 0x00C000C0, 0x64006400, 0xea; "
+            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; fma.rn.f16x2 $2, $2, s1, z1; fma.rn.f16x2 $3, $3, s1, z1; "
+            "fma.rn.f16x2 $4, $4, s2, z2; fma.rn.f16x2 $5, $5, s2, z2; "
+            "fma.rn.f16x2 $6, $6, s3, z3; fma.rn.f16x2 $7, $7, s3, z3; }",
+            "=r,=r,=r,=r,=r,=r,=r,=r,r", [b], dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
+            is_pure=True, pack=4)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _unpack(b, BITS: tl.constexpr, SWAR: tl.constexpr):
+    """The four phase tiles of a byte tile (unused phases repeat phase 0)."""
+    if SWAR:
+        c0, c1, c2, c3 = _swar_codes(b, BITS)
+    else:
+        w = b.to(tl.int32)
+        c0 = _codes(w, 0, BITS)
+        c1 = c0
+        c2 = c0
+        c3 = c0
+        if BITS < 8:
+            c1 = _codes(w, 1, BITS)
+        if BITS < 4:
+            c2 = _codes(w, 2, BITS)
+            c3 = _codes(w, 3, BITS)
+    return c0, c1, c2, c3
 
 
 @triton.jit
@@ -53,9 +123,9 @@ def _phase(q0, q1, q2, q3, i: tl.constexpr):
 @triton.jit
 def _load_phases(Q, base, offs_m, M: tl.constexpr, D: tl.constexpr, P: tl.constexpr):
     """Query rows split by channel phase: ``q_i[m, j] = q[m, P*j + i]`` (float32), up to 4 phases."""
-    jj = tl.arange(0, D // P)
+    ch = P * tl.arange(0, D // P)
     mask = offs_m[:, None] < M
-    ptr = Q + (base + offs_m[:, None]) * D + P * jj[None, :]
+    ptr = Q + (base + offs_m[:, None]) * D + ch[None, :]
     q0 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     q1 = q0
     q2 = q0
@@ -72,6 +142,7 @@ def _load_phases(Q, base, offs_m, M: tl.constexpr, D: tl.constexpr, P: tl.conste
 def _packed_scores(
     q0, q1, q2, q3, K, KS, KZ, rows, mask, srow,
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, SYM: tl.constexpr,
+    SWAR: tl.constexpr,
 ):
     """``q . k`` for a tile of packed keys with the scales factored out of the matrix product.
 
@@ -83,28 +154,30 @@ def _packed_scores(
     P: tl.constexpr = 8 // BITS
     DP: tl.constexpr = D // P
     jj = tl.arange(0, DP)
-    b = tl.load(K + rows[:, None] * DP + jj[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    ch = P * jj
+    b = tl.load(K + rows[:, None] * DP + jj[None, :], mask=mask[:, None], other=0)
+    c0, c1, c2, c3 = _unpack(b, BITS, SWAR)
     HALF: tl.constexpr = 1 << (BITS - 1)
     s = tl.zeros([q0.shape[0], rows.shape[0]], tl.float32)
     if CHANNEL:
         bias = tl.zeros([q0.shape[0]], tl.float32)
         for i in tl.static_range(P):
             qi = _phase(q0, q1, q2, q3, i)
-            sc = tl.load(KS + srow * D + P * jj + i).to(tl.float32)
-            s += tl.dot((qi * sc[None, :]).to(tl.float16), tl.trans(_codes(b, i, BITS)))
+            sc = tl.load(KS + srow * D + ch + i).to(tl.float32)
+            s += tl.dot((qi * sc[None, :]).to(tl.float16), tl.trans(_phase(c0, c1, c2, c3, i)))
             if SYM:
                 bias -= HALF * tl.sum(qi * sc[None, :], 1)
             else:
-                bias += tl.sum(qi * tl.load(KZ + srow * D + P * jj + i).to(tl.float32)[None, :], 1)
+                bias += tl.sum(qi * tl.load(KZ + srow * D + ch + i).to(tl.float32)[None, :], 1)
         s += bias[:, None]
     else:
         G: tl.constexpr = D // GROUP
         for i in tl.static_range(P):
-            c = tl.trans(_codes(b, i, BITS))
+            c = tl.trans(_phase(c0, c1, c2, c3, i))
             qi = _phase(q0, q1, q2, q3, i)
             for g in tl.static_range(G):
                 sg = tl.load(KS + rows * G + g, mask=mask, other=0.0).to(tl.float32)
-                qg = tl.where(((P * jj + i) // GROUP == g)[None, :], qi, 0.0)
+                qg = tl.where(((ch + i) // GROUP == g)[None, :], qi, 0.0)
                 s += tl.dot(qg.to(tl.float16), c) * sg[None, :]
                 qsum = tl.sum(qg, 1)
                 if SYM:
@@ -117,38 +190,57 @@ def _packed_scores(
 
 @triton.jit
 def _packed_values(
-    p, V, VS, VZ, rows, mask, srow, i: tl.constexpr,
+    p, V, VS, VZ, rows, mask, srow,
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, SYM: tl.constexpr,
+    SWAR: tl.constexpr,
 ):
-    """``p @ v`` for channel phase ``i`` of a tile of packed values, scales factored out likewise."""
+    """``p @ v`` for every channel phase of a tile of packed values, scales factored out likewise."""
     P: tl.constexpr = 8 // BITS
     DP: tl.constexpr = D // P
     jj = tl.arange(0, DP)
+    ch = P * jj
     HALF: tl.constexpr = 1 << (BITS - 1)
-    b = tl.load(V + rows[:, None] * DP + jj[None, :], mask=mask[:, None], other=0).to(tl.int32)
-    c = _codes(b, i, BITS)
+    b = tl.load(V + rows[:, None] * DP + jj[None, :], mask=mask[:, None], other=0)
+    c0, c1, c2, c3 = _unpack(b, BITS, SWAR)
     psum = tl.sum(p, 1)
-    if CHANNEL:
-        sc = tl.load(VS + srow * D + P * jj + i).to(tl.float32)
-        out = tl.dot(p.to(tl.float16), c) * sc[None, :]
-        if SYM:
-            out -= HALF * psum[:, None] * sc[None, :]
-        else:
-            out += psum[:, None] * tl.load(VZ + srow * D + P * jj + i).to(tl.float32)[None, :]
-    else:
-        G: tl.constexpr = D // GROUP
-        out = tl.zeros([p.shape[0], DP], tl.float32)
-        for g in tl.static_range(G):
-            sg = tl.load(VS + rows * G + g, mask=mask, other=0.0).to(tl.float32)
-            ps = p * sg[None, :]
-            part = tl.dot(ps.to(tl.float16), c)
+    G: tl.constexpr = D // GROUP
+    o0 = tl.zeros([p.shape[0], DP], tl.float32)
+    o1 = o0
+    o2 = o0
+    o3 = o0
+    for i in tl.static_range(P):
+        c = _phase(c0, c1, c2, c3, i)
+        if CHANNEL:
+            sc = tl.load(VS + srow * D + ch + i).to(tl.float32)
+            out = tl.dot(p.to(tl.float16), c) * sc[None, :]
             if SYM:
-                part -= HALF * tl.sum(ps, 1)[:, None]
+                out -= HALF * psum[:, None] * sc[None, :]
             else:
-                zg = tl.load(VZ + rows * G + g, mask=mask, other=0.0).to(tl.float32)
-                part += tl.sum(p * zg[None, :], 1)[:, None]
-            out += tl.where(((P * jj + i) // GROUP == g)[None, :], part, 0.0)
-    return out
+                out += psum[:, None] * tl.load(VZ + srow * D + ch + i).to(tl.float32)[None, :]
+        else:
+            out = tl.zeros([p.shape[0], DP], tl.float32)
+            for g in tl.static_range(G):
+                sg = tl.load(VS + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+                ps = p * sg[None, :]
+                part = tl.dot(ps.to(tl.float16), c)
+                if SYM:
+                    part -= HALF * tl.sum(ps, 1)[:, None]
+                else:
+                    zg = tl.load(VZ + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+                    part += tl.sum(p * zg[None, :], 1)[:, None]
+                if G == 1:
+                    out = part
+                else:
+                    out += tl.where(((ch + i) // GROUP == g)[None, :], part, 0.0)
+        if i == 0:
+            o0 = out
+        elif i == 1:
+            o1 = out
+        elif i == 2:
+            o2 = out
+        else:
+            o3 = out
+    return o0, o1, o2, o3
 
 
 @triton.jit
@@ -158,7 +250,7 @@ def _attend_rows(
     M: tl.constexpr, M_PAD: tl.constexpr, QM: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     K_BITS: tl.constexpr, K_GROUP: tl.constexpr, K_CHANNEL: tl.constexpr, K_SYM: tl.constexpr,
     V_BITS: tl.constexpr, V_GROUP: tl.constexpr, V_CHANNEL: tl.constexpr, V_SYM: tl.constexpr,
-    CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE: tl.constexpr, SWAR: tl.constexpr,
 ):
     """Online softmax of segment ``seg``'s query group over its rows ``[lo, hi)`` (of ``n``); partials to ``slot``.
 
@@ -190,7 +282,7 @@ def _attend_rows(
                 s = tl.dot(q0.to(k.dtype), tl.trans(k))
         else:
             s = _packed_scores(q0, q1, q2, q3, K, KS, KZ, rows, mask, g0 + b0 // K_GROUP,
-                               D, K_BITS, K_GROUP, K_CHANNEL, K_SYM)
+                               D, K_BITS, K_GROUP, K_CHANNEL, K_SYM, SWAR)
         s = s * qk_scale
         valid = mask[None, :]
         if CAUSAL:
@@ -210,22 +302,18 @@ def _attend_rows(
             else:
                 acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         else:
-            vrow = g0 + b0 // V_GROUP
-            acc0 = acc0 * alpha[:, None] + _packed_values(
-                p, V, VS, VZ, rows, mask, vrow, 0, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
+            o0, o1, o2, o3 = _packed_values(p, V, VS, VZ, rows, mask, g0 + b0 // V_GROUP,
+                                            D, V_BITS, V_GROUP, V_CHANNEL, V_SYM, SWAR)
+            acc0 = acc0 * alpha[:, None] + o0
             if PV > 1:
-                acc1 = acc1 * alpha[:, None] + _packed_values(
-                    p, V, VS, VZ, rows, mask, vrow, 1, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
+                acc1 = acc1 * alpha[:, None] + o1
             if PV > 2:
-                acc2 = acc2 * alpha[:, None] + _packed_values(
-                    p, V, VS, VZ, rows, mask, vrow, 2, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
-                acc3 = acc3 * alpha[:, None] + _packed_values(
-                    p, V, VS, VZ, rows, mask, vrow, 3, D, V_BITS, V_GROUP, V_CHANNEL, V_SYM)
+                acc2 = acc2 * alpha[:, None] + o2
+                acc3 = acc3 * alpha[:, None] + o3
     has = l_i > 0.0
     inv = 1.0 / tl.where(has, l_i, 1.0)
     lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    jj = tl.arange(0, DV)
-    optr = O_PART + (slot * M_PAD + offs_m[:, None]) * D + PV * jj[None, :]
+    optr = O_PART + (slot * M_PAD + offs_m[:, None]) * D + PV * tl.arange(0, DV)[None, :]
     omask = offs_m[:, None] < M
     tl.store(optr, acc0 * inv[:, None], mask=omask)
     if PV > 1:
@@ -244,7 +332,7 @@ def _split_kernel(
     M: tl.constexpr, M_PAD: tl.constexpr, QM: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
     K_BITS: tl.constexpr, K_GROUP: tl.constexpr, K_CHANNEL: tl.constexpr, K_SYM: tl.constexpr,
     V_BITS: tl.constexpr, V_GROUP: tl.constexpr, V_CHANNEL: tl.constexpr, V_SYM: tl.constexpr,
-    HAS_TAIL: tl.constexpr, TAIL_TABLE: tl.constexpr, IEEE: tl.constexpr,
+    HAS_TAIL: tl.constexpr, TAIL_TABLE: tl.constexpr, IEEE: tl.constexpr, SWAR: tl.constexpr,
 ):
     """Slices ``0 .. n_main`` read the (packed) rows; the slices after them read the dense tail.
 
@@ -264,7 +352,7 @@ def _split_kernel(
         _attend_rows(Q, K, KS, KZ, V, VS, VZ, O_PART, L_PART, seg, slot, start, start * D, start * D, D, D,
                      n, tl.load(GSTARTS + seg), lo, tl.minimum(lo + chunk, n), qk_scale,
                      M, M_PAD, QM, D, BLOCK_N, K_BITS, K_GROUP, K_CHANNEL, K_SYM, V_BITS, V_GROUP, V_CHANNEL, V_SYM,
-                     False, IEEE)
+                     False, IEEE, SWAR)
     elif HAS_TAIL:
         if TAIL_TABLE:
             ts = tl.load(TSTARTS + seg)
@@ -282,7 +370,7 @@ def _split_kernel(
         lo = (split - n_main) * tail_chunk
         _attend_rows(Q, TK, TK, TK, TV, TV, TV, O_PART, L_PART, seg, slot, 0, k_off, v_off, k_row, v_row,
                      tn, 0, lo, tl.minimum(lo + tail_chunk, tn), qk_scale,
-                     M, M_PAD, QM, D, BLOCK_N, 16, 1, False, True, 16, 1, False, True, QM > 1, IEEE)
+                     M, M_PAD, QM, D, BLOCK_N, 16, 1, False, True, 16, 1, False, True, QM > 1, IEEE, False)
 
 
 @triton.jit(do_not_specialize=["splits_total", "l_off"])
@@ -319,6 +407,25 @@ def _rows_args(x: PackedRows | torch.Tensor) -> tuple:
     return (x.codes, x.scales, z), (x.bits, x.group, x.axis == "channel", x.zeros is None)
 
 
+def _swar(asked: bool | None, keys, values) -> bool:
+    """SWAR unpacking wherever both sides allow it (``asked=None``) or as asked; impossible asks are errors.
+
+    ``KVSTACK_SWAR=0`` in the environment turns the default off (the portable unpacking everywhere).
+    """
+    ok = swar_ok(keys) and swar_ok(values) and os.environ.get("KVSTACK_SWAR") != "0"
+    if asked and not ok:
+        raise InputError("swar=True needs codes on a CUDA device (the interpreter cannot run inline assembly)")
+    return ok if asked is None else asked
+
+
+def swar_ok(rows: PackedRows | torch.Tensor) -> bool:
+    """Whether these rows may be unpacked by :func:`_swar_codes`: compiled CUDA code only.
+
+    The CPU interpreter cannot run inline assembly; dense rows have nothing to unpack.
+    """
+    return not isinstance(rows, PackedRows) or rows.codes.is_cuda
+
+
 @functools.lru_cache(maxsize=1024)
 def _splits(segments: int, max_len: int, block_n: int, target_programs: int) -> tuple[int, int]:
     """(number of slices, rows per slice): enough programs to fill the GPU, whole tiles per slice."""
@@ -348,6 +455,7 @@ class DecodePlan:
     def __init__(
         self, keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, segments: Segments,
         block_n: int = 64, num_warps: int = 4, num_stages: int = 3, target_programs: int | None = None,
+        swar: bool | None = None,
     ) -> None:
         device = segments.starts.device
         for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
@@ -363,7 +471,7 @@ class DecodePlan:
         self._consts = dict(
             K_BITS=kc[0], K_GROUP=kc[1], K_CHANNEL=kc[2], K_SYM=kc[3],
             V_BITS=vc[0], V_GROUP=vc[1], V_CHANNEL=vc[2], V_SYM=vc[3],
-            BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
+            BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, SWAR=_swar(swar, keys, values),
         )
         self._launch_consts: dict[tuple, dict] = {}
 
@@ -439,6 +547,7 @@ def decode_attention(
     num_stages: int = 3,
     target_programs: int | None = None,
     fuse_tail: bool = True,
+    swar: bool | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [S, M, D]`` over each segment's packed (or dense) rows plus its dense tail.
 
@@ -447,8 +556,9 @@ def decode_attention(
     last ``query_tokens`` rows of the tail and attend causally among themselves. The tail
     is ``[rows, D]`` with a ``tail`` table, or ``[S, t, D]`` with ``tail=None`` (see
     :class:`DecodePlan`, which a caller decoding many steps over the same rows should keep).
-    Defaults are the configuration measured fastest on an H100 (benchmarks/RESULTS.md).
+    Defaults are the configuration measured fastest on an H100 (benchmarks/RESULTS.md); ``swar`` picks the
+    unpacking (None: the SWAR inline assembly wherever it can run, see :func:`swar_ok`).
     Returns ``[S, M, D]`` in ``q.dtype``.
     """
-    plan = DecodePlan(keys, values, segments, block_n, num_warps, num_stages, target_programs)
+    plan = DecodePlan(keys, values, segments, block_n, num_warps, num_stages, target_programs, swar)
     return plan(q, tail_k, tail_v, tail, scale, query_tokens, fuse_tail)
