@@ -128,8 +128,8 @@ FORMATS = [("int4 kt128 v128", 4, "token", 128), ("int4 kc64 v64", 4, "channel",
 
 
 # (rows a tile, warps, pipeline stages, programs per SM)
-DECODE_CONFIGS = [(64, 4, 2, 4), (64, 4, 3, 4), (64, 4, 3, 8), (64, 8, 3, 4), (64, 4, 3, 2), (32, 4, 3, 4), (128, 4, 3, 4),
-                  (128, 8, 3, 2)]
+DECODE_CONFIGS = [(64, 4, 2, 4), (64, 4, 3, 4), (64, 4, 3, 8), (64, 8, 3, 4), (64, 4, 3, 2), (32, 4, 3, 4),
+                  (128, 4, 3, 4), (128, 8, 3, 2)]
 
 
 def decode_table(bw: float, quick: bool, defaults_only: bool = False) -> list[dict]:
