@@ -130,14 +130,16 @@ class Runner:
         self.spec, self.out, self.progress, self.log = spec, Path(out), progress, log
         self.tasks = spec.check()
         self.model, self.tokenizer = model, tokenizer
+        self.done_devices: set[str] = set()  # devices of the finished rows found on resume
 
     def done_keys(self) -> set[str]:
         if not self.out.is_file():
             return set()
         rows, _ = read_rows(self.out)
         # an "error" row (an unexpected failure) is retried; ok and skipped cells are final
-        return {cell_key(r["model"], r["seed"], r["task"], r["length"], r["index"], r["recipe"])
-                for r in rows if r.get("status") in ("ok", "skipped")}
+        final = [r for r in rows if r.get("status") in ("ok", "skipped")]
+        self.done_devices = {str(r.get("device", "cpu")) for r in final}
+        return {cell_key(r["model"], r["seed"], r["task"], r["length"], r["index"], r["recipe"]) for r in final}
 
     def run(self) -> dict:
         """Run every unfinished cell; returns counts ``{"done", "ran", "skipped", "errors"}``."""
@@ -159,6 +161,10 @@ class Runner:
         if not todo:
             self.log(f"all {len(cells)} cells already in {self.out}; nothing to run")
             return counts
+        other = sorted(self.done_devices - {spec.device})
+        if counts["done"] and other:  # resuming keeps finished cells; say where they ran
+            self.log(f"note: finished cells in {self.out} ran on {', '.join(other)}; the {len(todo)} new ones run on "
+                     f"{spec.device} (every row records its device; use another --out to keep devices apart)")
         if self.model is None:
             self.model, self.tokenizer = load_model(spec.model)
         if next(self.model.parameters()).device != torch.device(spec.device):

@@ -78,6 +78,20 @@ def test_resume_redoes_only_a_truncated_cell_and_new_samples(first_run, tiny_mod
     assert "0 cells run" in capsys.readouterr().out
 
 
+def test_resume_on_another_device_says_where_finished_cells_ran(first_run, tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    rows, _ = read_rows(first_run)
+    path.write_text("".join(json.dumps({**r, "device": "cuda:0"}) + "\n" for r in rows))
+    capsys.readouterr()
+    assert run_cli(eval_argv(tiny_model_dir, path, samples=3)) == 0
+    err = capsys.readouterr().err
+    assert "finished cells in" in err and "ran on cuda:0" in err and "new ones run on cpu" in err
+    new = [r for r in read_rows(path)[0] if r["index"] == 2]
+    assert new and all(r["device"] == "cpu" for r in new)  # the new rows record their own device
+    assert run_cli(eval_argv(tiny_model_dir, first_run)) == 0  # same device, nothing to run: no note
+    assert "ran on" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "change, phrase",
     [
