@@ -28,6 +28,7 @@ RECIPES = [
     "fastgen", "streaming:window=32", "q2c:0.5,alloc=adakv", "keydiff:0.5,alloc=pyramid",
     "svd:rank=8", "svd:rank=8,rope=pre,bits=4", "latent:rank=16", "xkv:group=2,rank=8", "minicache:start=0",
     "keydiff:0.5,span=4 > int4:g16", "q2c:0.5 > kvquant:3", "int4:g16 > fp16@layer0",
+    "gear:4,group=16 > streaming:sink=4,window=40",  # quantized rows selected after the fact, on the GPU
 ]
 
 

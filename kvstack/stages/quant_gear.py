@@ -118,7 +118,7 @@ class GearRows:
         return self.dequantize().to(self.dtype)
 
     def select(self, rows: torch.Tensor) -> GearRows:
-        rows = rows.long()
+        rows = rows.long().to(self.a.device)  # row tables are built on the host; the factors may be on a GPU
         return replace(
             self,
             quant=self.quant.select(rows),

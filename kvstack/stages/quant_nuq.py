@@ -182,7 +182,7 @@ class NuqRows(CodeRows):
 
     def select(self, rows: torch.Tensor) -> NuqRows:
         """Keep ``rows``: their codes (per-channel parameters of a head still cover any subset of it)."""
-        rows = rows.long()
+        rows = rows.long().to(self.codes.device)  # row tables are built on the host; the codes may be on a GPU
         pick = (lambda t: t.index_select(0, rows)) if self.axis == "token" else (lambda t: t)
         return replace(
             self,

@@ -95,14 +95,13 @@ class SparseOutliers:
 
     def select(self, rows: torch.Tensor, n: int) -> SparseOutliers:
         """The entries of the kept ``rows`` (of ``n``), renumbered to the rows' new order."""
-        device = self.index.device  # renumbered on the CPU, kept where the table lives
-        rows = rows.long().cpu()
-        new_row = torch.full((n,), -1, dtype=torch.long)
-        new_row[rows] = torch.arange(rows.numel())
-        old = self.index.long().cpu()
+        device = self.index.device  # renumbered where the table lives: no host round trip on a GPU
+        rows = rows.long().to(device)
+        new_row = torch.full((n,), -1, dtype=torch.long, device=device)
+        new_row[rows] = torch.arange(rows.numel(), device=device)
+        old = self.index.long()
         mapped = new_row[old // self.dim]
         keep = mapped >= 0
         flat = mapped[keep] * self.dim + old[keep] % self.dim
-        order = torch.argsort(flat)
-        values = self.values.cpu()[keep][order]
-        return SparseOutliers(flat[order].to(torch.int32).to(device), values.to(device), self.dim)
+        order = torch.argsort(flat)  # flat positions are distinct: any sort gives the same order
+        return SparseOutliers(flat[order].to(torch.int32), self.values[keep][order], self.dim)
