@@ -23,9 +23,14 @@ import triton.language as tl
 from kvstack.errors import InputError
 from kvstack.kernels.layout import PackedRows, Segments
 from kvstack.kernels.triton_rows import next_pow2
+from kvstack.kernels.unpack_asm import UNPACK_ASM_2, UNPACK_ASM_4, UNPACK_ASM_8
+
+try:  # Gluon (triton.experimental.gluon) arrived with Triton 3.4; older Triton keeps the Triton kernel only
+    from kvstack.kernels import gluon_decode
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    gluon_decode = None
 
 LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _codes(b, i: tl.constexpr, BITS: tl.constexpr):
@@ -54,35 +59,20 @@ def _swar_codes(b, BITS: tl.constexpr):
     """
     if BITS == 8:
         c0 = tl.inline_asm_elementwise(
-            "{ .reg .b32 m; mov.b32 m, 0x64006400; prmt.b32 $0, $2, 0x64, 0x4140; prmt.b32 $1, $2, 0x64, 0x4342; "
-            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; }",
+            UNPACK_ASM_8,
             "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
         c1 = c0
         c2 = c0
         c3 = c0
     elif BITS == 4:
         c0, c1 = tl.inline_asm_elementwise(
-            "{ .reg .b32 lo, hi, m, s, z; mov.b32 m, 0x64006400; mov.b32 s, 0x2C002C00; mov.b32 z, 0xD400D400; "
-            "prmt.b32 lo, $4, 0, 0x4140; prmt.b32 hi, $4, 0, 0x4342; "
-            "lop3.b32 $0, lo, 0x000F000F, 0x64006400, 0xea; lop3.b32 $1, hi, 0x000F000F, 0x64006400, 0xea; "
-            "lop3.b32 $2, lo, 0x00F000F0, 0x64006400, 0xea; lop3.b32 $3, hi, 0x00F000F0, 0x64006400, 0xea; "
-            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; fma.rn.f16x2 $2, $2, s, z; fma.rn.f16x2 $3, $3, s, z; }",
+            UNPACK_ASM_4,
             "=r,=r,=r,=r,r", [b], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
         c2 = c0
         c3 = c0
     else:
         c0, c1, c2, c3 = tl.inline_asm_elementwise(
-            "{ .reg .b32 lo, hi, m, s1, z1, s2, z2, s3, z3; mov.b32 m, 0x64006400; "
-            "mov.b32 s1, 0x34003400; mov.b32 z1, 0xDC00DC00; mov.b32 s2, 0x2C002C00; mov.b32 z2, 0xD400D400; "
-            "mov.b32 s3, 0x24002400; mov.b32 z3, 0xCC00CC00; "
-            "prmt.b32 lo, $8, 0, 0x4140; prmt.b32 hi, $8, 0, 0x4342; "
-            "lop3.b32 $0, lo, 0x00030003, 0x64006400, 0xea; lop3.b32 $1, hi, 0x00030003, 0x64006400, 0xea; "
-            "lop3.b32 $2, lo, 0x000C000C, 0x64006400, 0xea; lop3.b32 $3, hi, 0x000C000C, 0x64006400, 0xea; "
-            "lop3.b32 $4, lo, 0x00300030, 0x64006400, 0xea; lop3.b32 $5, hi, 0x00300030, 0x64006400, 0xea; "
-            "lop3.b32 $6, lo, 0x00C000C0, 0x64006400, 0xea; lop3.b32 $7, hi, 0x00C000C0, 0x64006400, 0xea; "
-            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; fma.rn.f16x2 $2, $2, s1, z1; fma.rn.f16x2 $3, $3, s1, z1; "
-            "fma.rn.f16x2 $4, $4, s2, z2; fma.rn.f16x2 $5, $5, s2, z2; "
-            "fma.rn.f16x2 $6, $6, s3, z3; fma.rn.f16x2 $7, $7, s3, z3; }",
+            UNPACK_ASM_2,
             "=r,=r,=r,=r,=r,=r,=r,=r,r", [b], dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
             is_pure=True, pack=4)
     return c0, c1, c2, c3
@@ -374,29 +364,39 @@ def _split_kernel(
 
 
 @triton.jit(do_not_specialize=["splits_total", "l_off"])
-def _combine_kernel(WORK, l_off, OUT, splits_total, M: tl.constexpr, M_PAD: tl.constexpr, D: tl.constexpr):
-    """Merge a segment's slices by their log-sum-exp, one slice at a time (no compile per slice count)."""
+def _combine_kernel(WORK, l_off, OUT, splits_total, M: tl.constexpr, M_PAD: tl.constexpr, D: tl.constexpr,
+                    SLOTS: tl.constexpr):
+    """Merge one query row's slices by their log-sum-exp; ``SLOTS`` slices a step, loads in flight together.
+
+    One program per (segment, row): the slices' weights first (a pass over their log-sum-exps),
+    then their outputs ``SLOTS`` at a time. (A program per segment walking slices one by one
+    took ~1.5 us a slice - longer than the attention itself at batch 1 with many slices.)
+    """
     seg = tl.program_id(0)
+    m = tl.program_id(1)
     O_PART = WORK
     L_PART = WORK + l_off
-    offs_m = tl.arange(0, M_PAD)
+    base = seg * splits_total
+    offs = tl.arange(0, SLOTS)
+    top = tl.full([SLOTS], float("-inf"), tl.float32)
+    for s0 in range(0, splits_total, SLOTS):
+        top = tl.maximum(top, tl.load(L_PART + (base + s0 + offs) * M_PAD + m, mask=s0 + offs < splits_total,
+                                      other=float("-inf")))
+    big = tl.max(top, 0)
+    big = tl.where(big == float("-inf"), 0.0, big)
     cols = tl.arange(0, D)
-    top = tl.full([M_PAD], float("-inf"), tl.float32)
-    denom = tl.zeros([M_PAD], tl.float32)
-    acc = tl.zeros([M_PAD, D], tl.float32)
-    for s in range(0, splits_total):
-        slot = seg * splits_total + s
-        lse = tl.load(L_PART + slot * M_PAD + offs_m)
-        new = tl.maximum(top, lse)
-        safe = tl.where(new == float("-inf"), 0.0, new)
-        alpha = tl.exp2(top - safe)
-        w = tl.exp2(lse - safe)
-        o = tl.load(O_PART + (slot * M_PAD + offs_m[:, None]) * D + cols[None, :], mask=offs_m[:, None] < M, other=0.0)
-        denom = denom * alpha + w
-        acc = acc * alpha[:, None] + w[:, None] * o
-        top = new
-    acc = acc / tl.where(denom > 0.0, denom, 1.0)[:, None]
-    tl.store(OUT + (seg * M + offs_m[:, None]) * D + cols[None, :], acc, mask=offs_m[:, None] < M)
+    denom = tl.zeros([SLOTS], tl.float32)
+    acc = tl.zeros([SLOTS, D], tl.float32)
+    for s0 in range(0, splits_total, SLOTS):
+        live = s0 + offs < splits_total
+        w = tl.exp2(tl.load(L_PART + (base + s0 + offs) * M_PAD + m, mask=live, other=float("-inf")) - big)
+        o = tl.load(O_PART + ((base + s0 + offs[:, None]) * M_PAD + m) * D + cols[None, :], mask=live[:, None],
+                    other=0.0)
+        denom += w
+        acc += w[:, None] * o
+    total = tl.sum(denom, 0)
+    out = tl.sum(acc, 0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(OUT + (seg * M + m) * D + cols, out)
 
 
 def _rows_args(x: PackedRows | torch.Tensor) -> tuple:
@@ -415,6 +415,19 @@ def _swar(asked: bool | None, keys, values) -> bool:
     ok = swar_ok(keys) and swar_ok(values) and os.environ.get("KVSTACK_SWAR") != "0"
     if asked and not ok:
         raise InputError("swar=True needs codes on a CUDA device (the interpreter cannot run inline assembly)")
+    return ok if asked is None else asked
+
+
+def _gluon(asked: bool | None, keys, values) -> bool:
+    """The Gluon kernel for the packed rows where it supports them (``asked=None``) or as asked.
+
+    ``KVSTACK_GLUON=0`` turns the default off. It needs the query group to fit 16 rows, checked per call.
+    """
+    ok = (gluon_decode is not None and gluon_decode.supported(keys, values, gluon_decode.ROWS)
+          and os.environ.get("KVSTACK_GLUON") != "0")
+    if asked and not ok:
+        raise InputError("gluon=True needs Triton's Gluon and packed per-token keys and values on CUDA: 4 or 8 bits, "
+                         "one scale group per row (group = head_dim), head_dim 64 or 128, 16-byte aligned codes")
     return ok if asked is None else asked
 
 
@@ -455,7 +468,8 @@ class DecodePlan:
     def __init__(
         self, keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, segments: Segments,
         block_n: int = 64, num_warps: int = 4, num_stages: int = 3, target_programs: int | None = None,
-        swar: bool | None = None,
+        swar: bool | None = None, gluon: bool | None = None, gluon_block: int = 64, gluon_programs: int | None = None,
+        gluon_prefetch: bool = False,
     ) -> None:
         device = segments.starts.device
         for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
@@ -474,6 +488,13 @@ class DecodePlan:
             BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, SWAR=_swar(swar, keys, values),
         )
         self._launch_consts: dict[tuple, dict] = {}
+        self._keys, self._values = keys, values
+        self.gluon = _gluon(gluon, keys, values)
+        if self.gluon:  # one warp per program: more, smaller slices
+            per_sm = 32 if gluon_programs is None else gluon_programs
+            target = max(1, self.target * per_sm // 2)
+            self.gluon_block, self.gluon_prefetch = gluon_block, gluon_prefetch
+            self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, gluon_block, target)
 
     def _kwargs(self, M: int, D: int, query_tokens: int, has_tail: bool, table: bool, ieee: bool) -> dict:
         key = (M, D, query_tokens, has_tail, table, ieee)
@@ -503,6 +524,8 @@ class DecodePlan:
             tail_k, tail_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (tail_k, tail_v))
         kw = self._kwargs(M, D, query_tokens, has_tail, table, q.dtype == torch.float32)
         m_pad = kw["M_PAD"]
+        fast = self.gluon and q.dtype == torch.float16 and M <= gluon_decode.ROWS
+        n_main, chunk = (self.gluon_splits, self.gluon_chunk) if fast else (self.n_main, self.chunk)
         tail_len = tk_seg = tk_row = tv_seg = tv_row = 0
         n_tail = tail_chunk = 0
         if has_tail:
@@ -516,19 +539,25 @@ class DecodePlan:
         else:
             tail_k = tail_v = q
         tstarts, tlens = (tail.starts, tail.lengths) if table else (self.segments.starts, self.segments.starts)
-        total = self.n_main + n_tail
+        total = n_main + n_tail
         l_off = S * total * m_pad * D
         work = torch.empty(l_off + S * total * m_pad, dtype=torch.float32, device=q.device)
         scale = D**-0.5 if scale is None else scale
         args = (q, *self._rows, tail_k, tail_v, tstarts, tlens, tail_len, tk_seg, tk_row, tv_seg, tv_row,
-                work, l_off, scale * LOG2E, self.chunk, tail_chunk, self.n_main, total)
-        if fuse_tail or not has_tail:
+                work, l_off, scale * LOG2E, chunk, tail_chunk, n_main, total)
+        if fast:  # packed rows by the Gluon kernel, the tail's slices by this one
+            gluon_decode.launch(q, self._keys, self._values, self.segments.starts, self.segments.lengths, work,
+                                l_off, scale * LOG2E, chunk, n_main, total, self.gluon_block, self.gluon_prefetch)
+            if has_tail:
+                _split_kernel[(S, n_tail)](*args, n_main, **kw)
+        elif fuse_tail or not has_tail:
             _split_kernel[(S, total)](*args, 0, **kw)
         else:
-            _split_kernel[(S, self.n_main)](*args, 0, **self._kwargs(M, D, query_tokens, False, table, kw["IEEE"]))
-            _split_kernel[(S, n_tail)](*args, self.n_main, **kw)
+            _split_kernel[(S, n_main)](*args, 0, **self._kwargs(M, D, query_tokens, False, table, kw["IEEE"]))
+            _split_kernel[(S, n_tail)](*args, n_main, **kw)
         out = torch.empty(S, M, D, dtype=q.dtype, device=q.device)
-        _combine_kernel[(S,)](work, l_off, out, total, M=M, M_PAD=m_pad, D=D, num_warps=4)
+        slots = min(16, next_pow2(total))
+        _combine_kernel[(S, M)](work, l_off, out, total, M=M, M_PAD=m_pad, D=D, SLOTS=slots, num_warps=4)
         return out
 
 
@@ -548,6 +577,7 @@ def decode_attention(
     target_programs: int | None = None,
     fuse_tail: bool = True,
     swar: bool | None = None,
+    gluon: bool | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [S, M, D]`` over each segment's packed (or dense) rows plus its dense tail.
 
@@ -557,8 +587,9 @@ def decode_attention(
     is ``[rows, D]`` with a ``tail`` table, or ``[S, t, D]`` with ``tail=None`` (see
     :class:`DecodePlan`, which a caller decoding many steps over the same rows should keep).
     Defaults are the configuration measured fastest on an H100 (benchmarks/RESULTS.md); ``swar`` picks the
-    unpacking (None: the SWAR inline assembly wherever it can run, see :func:`swar_ok`).
+    unpacking (None: the SWAR inline assembly wherever it can run, see :func:`swar_ok`); ``gluon`` the
+    explicit-layout kernel for packed rows (None: wherever :func:`kvstack.kernels.gluon_decode.supported`).
     Returns ``[S, M, D]`` in ``q.dtype``.
     """
-    plan = DecodePlan(keys, values, segments, block_n, num_warps, num_stages, target_programs, swar)
+    plan = DecodePlan(keys, values, segments, block_n, num_warps, num_stages, target_programs, swar, gluon)
     return plan(q, tail_k, tail_v, tail, scale, query_tokens, fuse_tail)

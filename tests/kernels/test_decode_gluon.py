@@ -1,0 +1,116 @@
+"""The Gluon decode kernel (explicit register layouts) gives the float64 answer, and is chosen only where it can run.
+
+It reads packed bytes straight into tensor-core operands in a permuted channel order (keys)
+and writes output channels back in order (values); any slip in those permutations shows as a
+large error against the reference over the dequantized rows, so each case compares with
+float64 and with the Triton kernel on the same codes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvstack import kernels
+from kvstack.errors import InputError
+from kvstack.kernels import gluon_decode, reference, triton_decode
+from kvstack.kernels.layout import PackedRows, Segments
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Gluon kernel runs on CUDA only")
+
+
+def _packed(bits: int, sym: bool, dim: int, lengths: list[int], gen: torch.Generator, device: str = "cuda"):
+    seg = Segments.from_lengths(lengths, 0, device=device)
+    k = (torch.randn(sum(lengths), dim, generator=gen) * 3 + torch.randn(dim, generator=gen)).half().to(device)
+    v = torch.randn(sum(lengths), dim, generator=gen).half().to(device)
+    return seg, kernels.quantize(k, bits, dim, "token", sym, seg), kernels.quantize(v, bits, dim, "token", sym, seg)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm()).item()
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("rows", [1, 8, 16])
+def test_gluon_matches_float64_and_the_triton_kernel(bits, sym, dim, rows):
+    gen = torch.Generator().manual_seed(bits * 1000 + dim + rows + sym)
+    lengths = [1000, 77, 0, 513, 31, 4096]  # ragged, empty, shorter than a tile, several slices
+    seg, kp, vp = _packed(bits, sym, dim, lengths, gen)
+    q = torch.randn(len(lengths), rows, dim, generator=gen).half().cuda()
+    plan = triton_decode.DecodePlan(kp, vp, seg)
+    assert plan.gluon, "the default must pick the Gluon kernel for these rows"
+    kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
+    want = reference.decode_attention(q.double(), kd, vd, seg, dtype=torch.float64)
+    got = plan(q)
+    assert got.dtype == torch.float16 and got.shape == q.shape
+    assert not torch.isnan(got[2]).any() and got[2].abs().max().item() == 0.0  # an empty head attends to nothing
+    assert _rel(got, want) < 2e-3
+    other = triton_decode.decode_attention(q, kp, vp, seg, gluon=False)
+    assert _rel(got, other) < 2e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("block,programs", [(16, 4), (32, 16), (64, 64)])
+def test_gluon_tiles_and_slices_do_not_change_the_answer(block, programs):
+    gen = torch.Generator().manual_seed(block + programs)
+    seg, kp, vp = _packed(4, False, 128, [3000, 1, 64, 2049], gen)
+    q = torch.randn(4, 8, 128, generator=gen).half().cuda()
+    kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
+    want = reference.decode_attention(q.double(), kd, vd, seg, dtype=torch.float64)
+    plan = triton_decode.DecodePlan(kp, vp, seg, gluon_block=block, gluon_programs=programs)
+    assert _rel(plan(q), want) < 2e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("query_tokens", [1, 2])
+def test_gluon_with_a_dense_tail(query_tokens):
+    # packed rows through the Gluon kernel, the tail (and its causal new tokens) through the Triton one
+    gen = torch.Generator().manual_seed(40 + query_tokens)
+    lengths, t = [700, 0, 1500], 12
+    seg, kp, vp = _packed(4, False, 128, lengths, gen)
+    S = len(lengths)
+    q = torch.randn(S, 4 * query_tokens, 128, generator=gen).half().cuda()
+    tk = torch.randn(S, t, 128, generator=gen).half().cuda()
+    tv = torch.randn(S, t, 128, generator=gen).half().cuda()
+    tail = Segments.from_lengths([t] * S, device="cuda")
+    kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
+    want = reference.decode_attention(q.double(), kd, vd, seg, tk.reshape(-1, 128).double(),
+                                      tv.reshape(-1, 128).double(), tail, query_tokens=query_tokens,
+                                      dtype=torch.float64)
+    got = triton_decode.decode_attention(q, kp, vp, seg, tk, tv, query_tokens=query_tokens, gluon=True)
+    assert _rel(got, want) < 2e-3
+
+
+@needs_cuda
+def test_more_than_sixteen_rows_fall_back_to_triton():
+    gen = torch.Generator().manual_seed(3)
+    seg, kp, vp = _packed(4, False, 128, [300, 200], gen)
+    q = torch.randn(2, 32, 128, generator=gen).half().cuda()
+    kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
+    want = reference.decode_attention(q.double(), kd, vd, seg, dtype=torch.float64)
+    assert _rel(triton_decode.decode_attention(q, kp, vp, seg), want) < 2e-3
+
+
+def test_gluon_is_chosen_only_where_it_runs(monkeypatch):
+    codes = torch.zeros(8, 64, dtype=torch.uint8)
+    scales = torch.ones(8, 1, dtype=torch.float16)
+    rows = PackedRows(codes, scales, None, 4, 128, "token", 128)
+    assert not gluon_decode.supported(rows, rows, 8)  # CPU codes: no compiled kernel
+    seg = Segments.from_lengths([8])
+    assert not triton_decode.DecodePlan(rows, rows, seg).gluon
+    with pytest.raises(InputError, match="gluon=True"):
+        triton_decode.DecodePlan(rows, rows, seg, gluon=True)
+    if torch.cuda.is_available():
+        on = PackedRows(codes.cuda(), scales.cuda(), None, 4, 128, "token", 128)
+        assert gluon_decode.supported(on, on, 16) and not gluon_decode.supported(on, on, 17)
+        grouped = PackedRows(torch.zeros(8, 64, dtype=torch.uint8, device="cuda"),
+                             torch.ones(8, 2, dtype=torch.float16, device="cuda"), None, 4, 64, "token", 128)
+        assert not gluon_decode.supported(grouped, on, 8)  # two scale groups per row: the Triton kernel
+        odd = PackedRows(torch.zeros(8 * 64 + 1, dtype=torch.uint8, device="cuda")[1:].view(8, 64), on.scales, None,
+                         4, 128, "token", 128)
+        assert not gluon_decode.supported(odd, on, 8)  # codes off 16-byte alignment: no vector loads
+        monkeypatch.setenv("KVSTACK_GLUON", "0")
+        assert not triton_decode.DecodePlan(on, on, seg.to("cuda")).gluon
