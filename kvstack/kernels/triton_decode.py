@@ -426,8 +426,9 @@ def _gluon(asked: bool | None, keys, values) -> bool:
     ok = (gluon_decode is not None and gluon_decode.supported(keys, values, gluon_decode.ROWS)
           and os.environ.get("KVSTACK_GLUON") != "0")
     if asked and not ok:
-        raise InputError("gluon=True needs Triton's Gluon and packed per-token keys and values on CUDA: 4 or 8 bits, "
-                         "one scale group per row (group = head_dim), head_dim 64 or 128, 16-byte aligned codes")
+        raise InputError("gluon=True needs Triton's Gluon and packed per-token keys and values on CUDA with one scale "
+                         "group per row (group = head_dim): 4 bits at head_dim 128, or 8 bits at 64/128; 16-byte "
+                         "aligned codes")
     return ok if asked is None else asked
 
 
@@ -469,7 +470,6 @@ class DecodePlan:
         self, keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, segments: Segments,
         block_n: int = 64, num_warps: int = 4, num_stages: int = 3, target_programs: int | None = None,
         swar: bool | None = None, gluon: bool | None = None, gluon_block: int = 64, gluon_programs: int | None = None,
-        gluon_prefetch: bool = False,
     ) -> None:
         device = segments.starts.device
         for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
@@ -493,7 +493,7 @@ class DecodePlan:
         if self.gluon:  # one warp per program: more, smaller slices
             per_sm = 32 if gluon_programs is None else gluon_programs
             target = max(1, self.target * per_sm // 2)
-            self.gluon_block, self.gluon_prefetch = gluon_block, gluon_prefetch
+            self.gluon_block = gluon_block
             self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, gluon_block, target)
 
     def _kwargs(self, M: int, D: int, query_tokens: int, has_tail: bool, table: bool, ieee: bool) -> dict:
@@ -547,7 +547,7 @@ class DecodePlan:
                 work, l_off, scale * LOG2E, chunk, tail_chunk, n_main, total)
         if fast:  # packed rows by the Gluon kernel, the tail's slices by this one
             gluon_decode.launch(q, self._keys, self._values, self.segments.starts, self.segments.lengths, work,
-                                l_off, scale * LOG2E, chunk, n_main, total, self.gluon_block, self.gluon_prefetch)
+                                l_off, scale * LOG2E, chunk, n_main, total, self.gluon_block)
             if has_tail:
                 _split_kernel[(S, n_tail)](*args, n_main, **kw)
         elif fuse_tail or not has_tail:

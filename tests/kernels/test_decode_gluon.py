@@ -41,7 +41,8 @@ def test_gluon_matches_float64_and_the_triton_kernel(bits, sym, dim, rows):
     seg, kp, vp = _packed(bits, sym, dim, lengths, gen)
     q = torch.randn(len(lengths), rows, dim, generator=gen).half().cuda()
     plan = triton_decode.DecodePlan(kp, vp, seg)
-    assert plan.gluon, "the default must pick the Gluon kernel for these rows"
+    # 16 or 32 words a row: INT4 at head_dim 128, INT8 at 64/128 (INT4 at 64 is 8 words: the Triton kernel)
+    assert plan.gluon == (dim * bits // 32 in (16, 32))
     kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
     want = reference.decode_attention(q.double(), kd, vd, seg, dtype=torch.float64)
     got = plan(q)
@@ -53,7 +54,7 @@ def test_gluon_matches_float64_and_the_triton_kernel(bits, sym, dim, rows):
 
 
 @needs_cuda
-@pytest.mark.parametrize("block,programs", [(16, 4), (32, 16), (64, 64)])
+@pytest.mark.parametrize("block,programs", [(16, 4), (32, 16), (64, 64), (128, 8)])
 def test_gluon_tiles_and_slices_do_not_change_the_answer(block, programs):
     gen = torch.Generator().manual_seed(block + programs)
     seg, kp, vp = _packed(4, False, 128, [3000, 1, 64, 2049], gen)
@@ -106,6 +107,8 @@ def test_gluon_is_chosen_only_where_it_runs(monkeypatch):
     if torch.cuda.is_available():
         on = PackedRows(codes.cuda(), scales.cuda(), None, 4, 128, "token", 128)
         assert gluon_decode.supported(on, on, 16) and not gluon_decode.supported(on, on, 17)
+        small = PackedRows(torch.zeros(8, 32, dtype=torch.uint8, device="cuda"), on.scales, None, 4, 64, "token", 64)
+        assert not gluon_decode.supported(small, small, 8)  # INT4 at head_dim 64: 8 words a row, under one mma k16
         grouped = PackedRows(torch.zeros(8, 64, dtype=torch.uint8, device="cuda"),
                              torch.ones(8, 2, dtype=torch.float16, device="cuda"), None, 4, 64, "token", 128)
         assert not gluon_decode.supported(grouped, on, 8)  # two scale groups per row: the Triton kernel
