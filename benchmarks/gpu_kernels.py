@@ -165,16 +165,16 @@ def decode_table(bw: float, quick: bool, defaults_only: bool = False) -> list[di
                 kw = {} if conf == "default" else dict(block_n=conf[0], num_warps=conf[1], num_stages=conf[2],
                                                       target_programs=conf[3] * sms)
                 try:
-                    tuned[conf] = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, **kw))
+                    tuned[conf] = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, gluon=False, **kw))
                 except triton.runtime.errors.OutOfResources:
                     pass
-            fused = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, tk, tv))
-            apart = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, tk, tv, fuse_tail=False))
+            fused = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, tk, tv, gluon=False))
+            apart = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, tk, tv, fuse_tail=False, gluon=False))
             best = min(tuned, key=tuned.get)
             t = tuned[best]
             bkw = {} if best == "default" else dict(block_n=best[0], num_warps=best[1], num_stages=best[2],
                                                     target_programs=best[3] * sms)
-            portable = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, swar=False, **bkw))
+            portable = bench(lambda: triton_decode.decode_attention(q, kp, vp, seg, swar=False, gluon=False, **bkw))
             moved = kp.nbytes + vp.nbytes
             deq = bench(lambda: (triton_quant.dequantize(kp, seg), triton_quant.dequantize(vp, seg)))
             row[name] = dict(ms=t, speedup=t_fp16 / t, bw=moved / (t * 1e-3) / bw, err=err, config=best,

@@ -39,9 +39,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
 from kvstack.kernels.layout import PackedRows
-from kvstack.kernels.unpack_asm import PAIR_ASM_4, PAIR_ASM_8
+from kvstack.kernels.unpack_asm import OFFSET_PAIR_ASM_4, OFFSET_PAIR_ASM_8
 
 ROWS = 16  # query rows of one segment: the products' column side (two mma n8 tiles)
+# one-warp programs resident per multiprocessor by tile rows: 65536 registers / (32 lanes x the registers
+# Triton 3.6 gives the kernel for sm_90: ~160 / 168 / 255 at INT4, head_dim 128); sets how many slices fill one wave
+RESIDENT = {32: 12, 64: 12, 128: 8}
 
 
 def supported(keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, rows: int) -> bool:
@@ -90,15 +93,15 @@ def layouts(bits: int, dim: int, block: int) -> dict:
 
 @gluon.jit
 def _pairs(w, BITS: gl.constexpr):
-    """Float16 code pairs of word pairs (pack=2): output ``j`` is channel ``j`` of each word (8 at 4 bits, 4 at 8)."""
+    """Float16 ``offset + code`` pairs of word pairs (pack=2): output ``j`` is channel ``j`` of each word."""
     if BITS == 4:
         c0, c1, c2, c3, c4, c5, c6, c7 = gl.inline_asm_elementwise(
-            PAIR_ASM_4, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [w],
+            OFFSET_PAIR_ASM_4, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [w],
             dtype=(gl.float16, gl.float16, gl.float16, gl.float16, gl.float16, gl.float16, gl.float16, gl.float16),
             is_pure=True, pack=2)
     else:
         c0, c1, c2, c3 = gl.inline_asm_elementwise(
-            PAIR_ASM_8, "=r,=r,=r,=r,r,r", [w], dtype=(gl.float16, gl.float16, gl.float16, gl.float16),
+            OFFSET_PAIR_ASM_8, "=r,=r,=r,=r,r,r", [w], dtype=(gl.float16, gl.float16, gl.float16, gl.float16),
             is_pure=True, pack=2)
         c4 = c0
         c5 = c0
@@ -183,6 +186,7 @@ def _packed_split_kernel(
     CW: gl.constexpr = 32 // BITS  # channels per word
     U: gl.constexpr = DW // 4
     HALF: gl.constexpr = 1 << (BITS - 1)
+    OFFSET: gl.constexpr = 64.0 if BITS == 4 else 1024.0  # codes enter the products as OFFSET + code
     A_OP: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
     B_OP: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
     TOK: gl.constexpr = gl.SliceLayout(1, MMA)  # per score row (token)
@@ -220,6 +224,13 @@ def _packed_split_kernel(
         q6 = f6.to(gl.float16)
         q7 = f7.to(gl.float16)
     qsum = gl.convert_layout(qsum, QRY)
+    # the float16 query as it enters the products, summed: the score accumulator starts at -OFFSET times it
+    q16 = gl.sum(q0.to(gl.float32), 0) + gl.sum(q1.to(gl.float32), 0) + gl.sum(q2.to(gl.float32), 0)
+    q16 += gl.sum(q3.to(gl.float32), 0)
+    if BITS == 4:
+        q16 += gl.sum(q4.to(gl.float32), 0) + gl.sum(q5.to(gl.float32), 0) + gl.sum(q6.to(gl.float32), 0)
+        q16 += gl.sum(q7.to(gl.float32), 0)
+    s_init = gl.zeros([BLOCK, QN], gl.float32, MMA) - OFFSET * gl.convert_layout(q16, QRY)[None, :]
 
     m_i = gl.full([QN], float("-inf"), gl.float32, QRY)
     l_i = gl.zeros([QN], gl.float32, QRY)
@@ -247,8 +258,7 @@ def _packed_split_kernel(
         # words t*U + 2i', +1 become reduction indices 8i' + 2t, +1: pairs stay in adjacent registers
         kw = gl.reshape(gl.permute(gl.reshape(kw, [BLOCK, 2, 2, U // 2, 2]), [0, 3, 1, 2, 4]), [BLOCK, DW])
         k0, k1, k2, k3, k4, k5, k6, k7 = _pairs(kw, BITS)
-        zs = gl.zeros([BLOCK, QN], gl.float32, MMA)
-        s = mma_v2(gl.convert_layout(k0, A_OP), q0, zs)
+        s = mma_v2(gl.convert_layout(k0, A_OP), q0, s_init)
         s = mma_v2(gl.convert_layout(k1, A_OP), q1, s)
         s = mma_v2(gl.convert_layout(k2, A_OP), q2, s)
         s = mma_v2(gl.convert_layout(k3, A_OP), q3, s)
@@ -280,11 +290,12 @@ def _packed_split_kernel(
         else:
             vz = _scale_tile(VZ, b, r_lo, r_hi, BLOCK, SLOAD, TOK).to(gl.float32)
             vbias = vbias * alpha + gl.sum(p * vz[:, None], 0)
-        pb = gl.convert_layout(ps.to(gl.float16), B_OP)
+        p16 = ps.to(gl.float16)
+        pb = gl.convert_layout(p16, B_OP)
         rv = b + vrow
         w = gl.load(V + rv[:, None] * DW + vword[None, :], mask=((rv >= r_lo) & (rv < r_hi))[:, None], other=0)
         v0, v1, v2, v3, v4, v5, v6, v7 = _pairs(gl.convert_layout(w, VPAIR), BITS)
-        zo = gl.zeros([DW, QN], gl.float32, MMA)
+        zo = gl.zeros([DW, QN], gl.float32, MMA) - OFFSET * gl.sum(p16.to(gl.float32), 0)[None, :]
         acc0 = _attend(acc0, alpha, _value_operand(v0, BLOCK, DW, A_OP), pb, zo)
         acc1 = _attend(acc1, alpha, _value_operand(v1, BLOCK, DW, A_OP), pb, zo)
         acc2 = _attend(acc2, alpha, _value_operand(v2, BLOCK, DW, A_OP), pb, zo)

@@ -365,12 +365,11 @@ def _split_kernel(
 
 @triton.jit(do_not_specialize=["splits_total", "l_off"])
 def _combine_kernel(WORK, l_off, OUT, splits_total, M: tl.constexpr, M_PAD: tl.constexpr, D: tl.constexpr,
-                    SLOTS: tl.constexpr):
-    """Merge one query row's slices by their log-sum-exp; ``SLOTS`` slices a step, loads in flight together.
+                    SLOTS: tl.constexpr, CHUNK: tl.constexpr):
+    """Merge one query row's slices by their log-sum-exp: the weights in one load, outputs ``CHUNK`` slices a step.
 
-    One program per (segment, row): the slices' weights first (a pass over their log-sum-exps),
-    then their outputs ``SLOTS`` at a time. (A program per segment walking slices one by one
-    took ~1.5 us a slice - longer than the attention itself at batch 1 with many slices.)
+    One program per (segment, row). (A program per segment walking the slices one by one took
+    ~1.5 us a slice - longer than the attention itself at batch 1, where there are ~200 slices.)
     """
     seg = tl.program_id(0)
     m = tl.program_id(1)
@@ -379,18 +378,19 @@ def _combine_kernel(WORK, l_off, OUT, splits_total, M: tl.constexpr, M_PAD: tl.c
     base = seg * splits_total
     offs = tl.arange(0, SLOTS)
     top = tl.full([SLOTS], float("-inf"), tl.float32)
-    for s0 in range(0, splits_total, SLOTS):
+    for s0 in range(0, splits_total, SLOTS):  # one step unless there are more than SLOTS slices
         top = tl.maximum(top, tl.load(L_PART + (base + s0 + offs) * M_PAD + m, mask=s0 + offs < splits_total,
                                       other=float("-inf")))
     big = tl.max(top, 0)
     big = tl.where(big == float("-inf"), 0.0, big)
     cols = tl.arange(0, D)
-    denom = tl.zeros([SLOTS], tl.float32)
-    acc = tl.zeros([SLOTS, D], tl.float32)
-    for s0 in range(0, splits_total, SLOTS):
-        live = s0 + offs < splits_total
-        w = tl.exp2(tl.load(L_PART + (base + s0 + offs) * M_PAD + m, mask=live, other=float("-inf")) - big)
-        o = tl.load(O_PART + ((base + s0 + offs[:, None]) * M_PAD + m) * D + cols[None, :], mask=live[:, None],
+    part = tl.arange(0, CHUNK)
+    denom = tl.zeros([CHUNK], tl.float32)
+    acc = tl.zeros([CHUNK, D], tl.float32)
+    for s0 in range(0, splits_total, CHUNK):
+        live = s0 + part < splits_total
+        w = tl.exp2(tl.load(L_PART + (base + s0 + part) * M_PAD + m, mask=live, other=float("-inf")) - big)
+        o = tl.load(O_PART + ((base + s0 + part[:, None]) * M_PAD + m) * D + cols[None, :], mask=live[:, None],
                     other=0.0)
         denom += w
         acc += w[:, None] * o
@@ -441,10 +441,15 @@ def swar_ok(rows: PackedRows | torch.Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _splits(segments: int, max_len: int, block_n: int, target_programs: int) -> tuple[int, int]:
-    """(number of slices, rows per slice): enough programs to fill the GPU, whole tiles per slice."""
+def _splits(segments: int, max_len: int, block_n: int, target_programs: int, whole: bool = False) -> tuple[int, int]:
+    """(number of slices, rows per slice): enough programs to fill the GPU, whole tiles per slice.
+
+    ``whole``: at most ``target_programs`` (one wave of resident programs; a few over would wait for a
+    second round while the rest of the GPU idles), else at least that many.
+    """
     tiles = max(1, math.ceil(max_len / block_n))
-    splits = max(1, min(tiles, math.ceil(target_programs / max(1, segments))))
+    per = target_programs / max(1, segments)
+    splits = max(1, min(tiles, math.floor(per) if whole else math.ceil(per)))
     chunk = math.ceil(tiles / splits) * block_n
     return math.ceil(max(1, max_len) / chunk), chunk
 
@@ -491,10 +496,14 @@ class DecodePlan:
         self._keys, self._values = keys, values
         self.gluon = _gluon(gluon, keys, values)
         if self.gluon:  # one warp per program: more, smaller slices
-            per_sm = 32 if gluon_programs is None else gluon_programs
+            if gluon_programs is None:  # one full wave: every resident warp busy, none waiting for a second round
+                per_sm = gluon_decode.RESIDENT.get(gluon_block, 8)
+            else:
+                per_sm = gluon_programs
             target = max(1, self.target * per_sm // 2)
             self.gluon_block = gluon_block
-            self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, gluon_block, target)
+            self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, gluon_block, target,
+                                                          whole=gluon_programs is None)
 
     def _kwargs(self, M: int, D: int, query_tokens: int, has_tail: bool, table: bool, ieee: bool) -> dict:
         key = (M, D, query_tokens, has_tail, table, ieee)
@@ -556,8 +565,8 @@ class DecodePlan:
             _split_kernel[(S, n_main)](*args, 0, **self._kwargs(M, D, query_tokens, False, table, kw["IEEE"]))
             _split_kernel[(S, n_tail)](*args, n_main, **kw)
         out = torch.empty(S, M, D, dtype=q.dtype, device=q.device)
-        slots = min(16, next_pow2(total))
-        _combine_kernel[(S, M)](work, l_off, out, total, M=M, M_PAD=m_pad, D=D, SLOTS=slots, num_warps=4)
+        _combine_kernel[(S, M)](work, l_off, out, total, M=M, M_PAD=m_pad, D=D, SLOTS=min(256, next_pow2(total)),
+                                CHUNK=min(32, next_pow2(total)), num_warps=4)
         return out
 
 
