@@ -56,6 +56,20 @@ def supported(keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor
     return ok(keys) and ok(values) and keys.bits == values.bits and keys.dim == values.dim and rows <= ROWS
 
 
+def plan(segments: int, rows: int, sms: int) -> tuple[int, int, bool, bool]:
+    """(tile rows, programs per multiprocessor, prefetch, one whole wave) for a cache's shape; measured on an H100.
+
+    Many segments (batch x KV heads >= half the multiprocessors): 64-row tiles, exactly one wave of
+    resident programs - a few programs over one wave cost 25-30% (they run as a second round).
+    Few segments (batch 1-4): slices are short whatever is chosen, so 32-row tiles that load the
+    next tile before working on this one (a warp then hides its own memory latency), and 4 programs
+    per multiprocessor up to 256K rows, 8 above (benchmarks/RESULTS.md, "Gluon").
+    """
+    if 2 * segments >= sms:
+        return 64, RESIDENT[64], False, True
+    return 32, 4 if rows <= (1 << 18) else 8, True, False
+
+
 def _bits(n: int) -> list[int]:
     return [1 << i for i in range(n.bit_length() - 1)]
 
@@ -160,6 +174,26 @@ def _scale_tile(PTR, b, r_lo, r_hi, BLOCK: gl.constexpr, SLOAD: gl.constexpr, TO
 
 
 @gluon.jit
+def _tile_loads(K, KS, KZ, V, VS, VZ, b, r_lo, r_hi, krow, kword, vrow, vword, DW: gl.constexpr,
+                BLOCK: gl.constexpr, K_SYM: gl.constexpr, V_SYM: gl.constexpr, SLOAD: gl.constexpr,
+                TOK: gl.constexpr):
+    """Everything tile ``b`` reads from memory: key words, value words, scales and zeros (outside rows: 0)."""
+    rk = b + krow
+    kw = gl.load(K + rk[:, None] * DW + kword[None, :], mask=((rk >= r_lo) & (rk < r_hi))[:, None], other=0)
+    rv = b + vrow
+    w = gl.load(V + rv[:, None] * DW + vword[None, :], mask=((rv >= r_lo) & (rv < r_hi))[:, None], other=0)
+    ks = _scale_tile(KS, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
+    kz = ks
+    if not K_SYM:
+        kz = _scale_tile(KZ, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
+    vs = _scale_tile(VS, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
+    vz = vs
+    if not V_SYM:
+        vz = _scale_tile(VZ, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
+    return kw, w, ks, kz, vs, vz
+
+
+@gluon.jit
 def _attend(acc, alpha, a_op, pb, zero):
     return acc * alpha[None, :] + mma_v2(a_op, pb, zero)
 
@@ -179,7 +213,7 @@ def _packed_split_kernel(
     Q, K, KS, KZ, V, VS, VZ, STARTS, LENS, WORK, l_off, qk_scale, chunk, splits_total,
     M: gl.constexpr, D: gl.constexpr, BITS: gl.constexpr, BLOCK: gl.constexpr, QN: gl.constexpr,
     K_SYM: gl.constexpr, V_SYM: gl.constexpr, MMA: gl.constexpr, KLOAD: gl.constexpr, VLOAD: gl.constexpr,
-    VPAIR: gl.constexpr, SLOAD: gl.constexpr,
+    VPAIR: gl.constexpr, SLOAD: gl.constexpr, PREFETCH: gl.constexpr,
 ):
     """One warp: segment ``program_id(0)``'s query rows over its rows ``[lo, hi)``; partials to the workspace."""
     DW: gl.constexpr = D * BITS // 32  # words per row
@@ -251,13 +285,21 @@ def _packed_split_kernel(
     srow = _token_row(gl.arange(0, BLOCK, layout=TOK), BLOCK)
     r_lo = start + lo
     r_hi = start + hi
-    for b in range((r_lo // 8) * 8, r_hi, BLOCK):  # tiles start on 8-row boundaries: aligned scale loads
+    first = (r_lo // 8) * 8  # tiles start on 8-row boundaries: aligned scale loads
+    if PREFETCH:  # the next tile's loads go out before this tile's arithmetic (few warps per SM: batch 1)
+        kw, w, ks, kz, vs, vz = _tile_loads(K, KS, KZ, V, VS, VZ, first, r_lo, r_hi, krow, kword, vrow, vword, DW,
+                                            BLOCK, K_SYM, V_SYM, SLOAD, TOK)
+    for b in range(first, r_hi, BLOCK):
         b = gl.multiple_of(b, 8)
-        rk = b + krow
-        kw = gl.load(K + rk[:, None] * DW + kword[None, :], mask=((rk >= r_lo) & (rk < r_hi))[:, None], other=0)
+        if PREFETCH:
+            nkw, nw, nks, nkz, nvs, nvz = _tile_loads(K, KS, KZ, V, VS, VZ, b + BLOCK, r_lo, r_hi, krow, kword, vrow,
+                                                      vword, DW, BLOCK, K_SYM, V_SYM, SLOAD, TOK)
+        else:  # each load right before its use keeps fewer registers live (more warps per SM)
+            rk = b + krow
+            kw = gl.load(K + rk[:, None] * DW + kword[None, :], mask=((rk >= r_lo) & (rk < r_hi))[:, None], other=0)
         # words t*U + 2i', +1 become reduction indices 8i' + 2t, +1: pairs stay in adjacent registers
-        kw = gl.reshape(gl.permute(gl.reshape(kw, [BLOCK, 2, 2, U // 2, 2]), [0, 3, 1, 2, 4]), [BLOCK, DW])
-        k0, k1, k2, k3, k4, k5, k6, k7 = _pairs(kw, BITS)
+        kpairs = gl.reshape(gl.permute(gl.reshape(kw, [BLOCK, 2, 2, U // 2, 2]), [0, 3, 1, 2, 4]), [BLOCK, DW])
+        k0, k1, k2, k3, k4, k5, k6, k7 = _pairs(kpairs, BITS)
         s = mma_v2(gl.convert_layout(k0, A_OP), q0, s_init)
         s = mma_v2(gl.convert_layout(k1, A_OP), q1, s)
         s = mma_v2(gl.convert_layout(k2, A_OP), q2, s)
@@ -269,12 +311,15 @@ def _packed_split_kernel(
             s = mma_v2(gl.convert_layout(k7, A_OP), q7, s)
         rs = b + srow
         valid = (rs >= r_lo) & (rs < r_hi)
-        ks = _scale_tile(KS, b, r_lo, r_hi, BLOCK, SLOAD, TOK).to(gl.float32)
+        if not PREFETCH:
+            ks = _scale_tile(KS, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
+            kz = ks
+            if not K_SYM:
+                kz = _scale_tile(KZ, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
         if K_SYM:
-            s = (s - HALF * qsum[None, :]) * ks[:, None]
+            s = (s - HALF * qsum[None, :]) * ks.to(gl.float32)[:, None]
         else:
-            kz = _scale_tile(KZ, b, r_lo, r_hi, BLOCK, SLOAD, TOK).to(gl.float32)
-            s = s * ks[:, None] + kz[:, None] * qsum[None, :]
+            s = s * ks.to(gl.float32)[:, None] + kz.to(gl.float32)[:, None] * qsum[None, :]
         s = gl.where(valid[:, None], s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 0))
         m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -283,17 +328,21 @@ def _packed_split_kernel(
         l_i = l_i * alpha + gl.sum(p, 0)
         m_i = m_new
 
-        vs = _scale_tile(VS, b, r_lo, r_hi, BLOCK, SLOAD, TOK).to(gl.float32)
-        ps = p * vs[:, None]
+        if not PREFETCH:
+            vs = _scale_tile(VS, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
+            vz = vs
+            if not V_SYM:
+                vz = _scale_tile(VZ, b, r_lo, r_hi, BLOCK, SLOAD, TOK)
+        ps = p * vs.to(gl.float32)[:, None]
         if V_SYM:
             vbias = vbias * alpha - HALF * gl.sum(ps, 0)
         else:
-            vz = _scale_tile(VZ, b, r_lo, r_hi, BLOCK, SLOAD, TOK).to(gl.float32)
-            vbias = vbias * alpha + gl.sum(p * vz[:, None], 0)
+            vbias = vbias * alpha + gl.sum(p * vz.to(gl.float32)[:, None], 0)
         p16 = ps.to(gl.float16)
         pb = gl.convert_layout(p16, B_OP)
-        rv = b + vrow
-        w = gl.load(V + rv[:, None] * DW + vword[None, :], mask=((rv >= r_lo) & (rv < r_hi))[:, None], other=0)
+        if not PREFETCH:
+            rv = b + vrow
+            w = gl.load(V + rv[:, None] * DW + vword[None, :], mask=((rv >= r_lo) & (rv < r_hi))[:, None], other=0)
         v0, v1, v2, v3, v4, v5, v6, v7 = _pairs(gl.convert_layout(w, VPAIR), BITS)
         zo = gl.zeros([DW, QN], gl.float32, MMA) - OFFSET * gl.sum(p16.to(gl.float32), 0)[None, :]
         acc0 = _attend(acc0, alpha, _value_operand(v0, BLOCK, DW, A_OP), pb, zo)
@@ -305,6 +354,8 @@ def _packed_split_kernel(
             acc5 = _attend(acc5, alpha, _value_operand(v5, BLOCK, DW, A_OP), pb, zo)
             acc6 = _attend(acc6, alpha, _value_operand(v6, BLOCK, DW, A_OP), pb, zo)
             acc7 = _attend(acc7, alpha, _value_operand(v7, BLOCK, DW, A_OP), pb, zo)
+        if PREFETCH:
+            kw, w, ks, kz, vs, vz = nkw, nw, nks, nkz, nvs, nvz
 
     has = l_i > 0.0
     inv = 1.0 / gl.where(has, l_i, 1.0)
@@ -325,6 +376,7 @@ def _packed_split_kernel(
 def launch(
     q: torch.Tensor, keys: PackedRows, values: PackedRows, starts: torch.Tensor, lengths: torch.Tensor,
     work: torch.Tensor, l_off: int, qk_scale: float, chunk: int, splits: int, splits_total: int, block: int,
+    prefetch: bool = False,
 ) -> None:
     """Slices ``0 .. splits`` of every segment into ``work`` (the Triton kernel's workspace layout, 16 rows)."""
     S, M, D = q.shape
@@ -332,5 +384,6 @@ def launch(
     _packed_split_kernel[(S, splits)](
         q, keys.codes.view(torch.int32), keys.scales, z(keys), values.codes.view(torch.int32), values.scales,
         z(values), starts, lengths, work, l_off, qk_scale, chunk, splits_total, M=M, D=D, BITS=keys.bits,
-        BLOCK=block, QN=8 if M <= 8 else 16, K_SYM=keys.zeros is None, V_SYM=values.zeros is None, num_warps=1,
+        BLOCK=block, QN=8 if M <= 8 else 16, K_SYM=keys.zeros is None, V_SYM=values.zeros is None,
+        PREFETCH=prefetch, num_warps=1,
         **layouts(keys.bits, D, block))

@@ -474,7 +474,8 @@ class DecodePlan:
     def __init__(
         self, keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, segments: Segments,
         block_n: int = 64, num_warps: int = 4, num_stages: int = 3, target_programs: int | None = None,
-        swar: bool | None = None, gluon: bool | None = None, gluon_block: int = 64, gluon_programs: int | None = None,
+        swar: bool | None = None, gluon: bool | None = None, gluon_block: int | None = None,
+        gluon_programs: int | None = None, gluon_prefetch: bool | None = None,
     ) -> None:
         device = segments.starts.device
         for rows in (keys, values):  # a tile must sit inside one group of a per-channel scale row
@@ -496,14 +497,15 @@ class DecodePlan:
         self._keys, self._values = keys, values
         self.gluon = _gluon(gluon, keys, values)
         if self.gluon:  # one warp per program: more, smaller slices
-            if gluon_programs is None:  # one full wave: every resident warp busy, none waiting for a second round
-                per_sm = gluon_decode.RESIDENT.get(gluon_block, 8)
-            else:
-                per_sm = gluon_programs
-            target = max(1, self.target * per_sm // 2)
-            self.gluon_block = gluon_block
-            self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, gluon_block, target,
-                                                          whole=gluon_programs is None)
+            sms = _default_programs(device) // 2
+            block, per_sm, prefetch, whole = gluon_decode.plan(segments.count, segments.total_rows, sms)
+            self.gluon_block = block if gluon_block is None else gluon_block
+            self.gluon_prefetch = prefetch if gluon_prefetch is None else gluon_prefetch
+            if gluon_programs is not None or gluon_block is not None:
+                per_sm = gluon_programs or gluon_decode.RESIDENT.get(self.gluon_block, 8)
+                whole = gluon_programs is None
+            self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, self.gluon_block,
+                                                          max(1, sms * per_sm), whole=whole)
 
     def _kwargs(self, M: int, D: int, query_tokens: int, has_tail: bool, table: bool, ieee: bool) -> dict:
         key = (M, D, query_tokens, has_tail, table, ieee)
@@ -533,7 +535,7 @@ class DecodePlan:
             tail_k, tail_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (tail_k, tail_v))
         kw = self._kwargs(M, D, query_tokens, has_tail, table, q.dtype == torch.float32)
         m_pad = kw["M_PAD"]
-        fast = self.gluon and q.dtype == torch.float16 and M <= gluon_decode.ROWS
+        fast = self.gluon and q.dtype in (torch.float16, torch.bfloat16) and M <= gluon_decode.ROWS
         n_main, chunk = (self.gluon_splits, self.gluon_chunk) if fast else (self.n_main, self.chunk)
         tail_len = tk_seg = tk_row = tv_seg = tv_row = 0
         n_tail = tail_chunk = 0
@@ -556,7 +558,7 @@ class DecodePlan:
                 work, l_off, scale * LOG2E, chunk, tail_chunk, n_main, total)
         if fast:  # packed rows by the Gluon kernel, the tail's slices by this one
             gluon_decode.launch(q, self._keys, self._values, self.segments.starts, self.segments.lengths, work,
-                                l_off, scale * LOG2E, chunk, n_main, total, self.gluon_block)
+                                l_off, scale * LOG2E, chunk, n_main, total, self.gluon_block, self.gluon_prefetch)
             if has_tail:
                 _split_kernel[(S, n_tail)](*args, n_main, **kw)
         elif fuse_tail or not has_tail:

@@ -54,15 +54,18 @@ def test_gluon_matches_float64_and_the_triton_kernel(bits, sym, dim, rows):
 
 
 @needs_cuda
-@pytest.mark.parametrize("block,programs", [(16, 4), (32, 16), (64, 64), (128, 8)])
-def test_gluon_tiles_and_slices_do_not_change_the_answer(block, programs):
+@pytest.mark.parametrize("block,programs,prefetch", [(16, 4, True), (32, 16, False), (32, 3, True), (64, 64, False),
+                                                     (128, 8, False)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gluon_tiles_slices_prefetch_and_dtype_do_not_change_the_answer(block, programs, prefetch, dtype):
     gen = torch.Generator().manual_seed(block + programs)
     seg, kp, vp = _packed(4, False, 128, [3000, 1, 64, 2049], gen)
-    q = torch.randn(4, 8, 128, generator=gen).half().cuda()
+    q = torch.randn(4, 8, 128, generator=gen).to(dtype).cuda()
     kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
     want = reference.decode_attention(q.double(), kd, vd, seg, dtype=torch.float64)
-    plan = triton_decode.DecodePlan(kp, vp, seg, gluon_block=block, gluon_programs=programs)
-    assert _rel(plan(q), want) < 2e-3
+    plan = triton_decode.DecodePlan(kp, vp, seg, gluon_block=block, gluon_programs=programs, gluon_prefetch=prefetch)
+    got = plan(q)
+    assert got.dtype == dtype and _rel(got, want) < (2e-3 if dtype == torch.float16 else 8e-3)
 
 
 @needs_cuda
