@@ -119,7 +119,7 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     env = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
                triton=triton.__version__, python=platform.python_version(),
-               resident=gluon_decode.RESIDENT)
+               resident={f"int{b} {r} rows": n for (b, r), n in gluon_decode.RESIDENT.items()})
     bw = copy_bandwidth()
     print(f"# {env}\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s", flush=True)
     rows = decode_rows(bw, args.quick, args.sweep)

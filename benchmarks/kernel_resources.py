@@ -8,6 +8,10 @@ registers per thread (255 = the cap, i.e. one or two programs per SM), and to un
 
     python benchmarks/kernel_resources.py                 # the default decode configurations
     python benchmarks/kernel_resources.py --warps 8 --block 128
+    python benchmarks/kernel_resources.py --gluon         # the Gluon kernel (kt128 v128) at each tile size
+
+For the Gluon kernel, "loop SASS" spans both branches of the tile loop (the masked scale loads of a
+ragged tile's edge are a branch the interior tiles skip), so it overstates one interior tile a little.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from kvstack.kernels import gluon_decode
 from kvstack.kernels.triton_decode import _split_kernel
 
 POINTERS = {"Q": "*fp16", "K": "*u8", "KS": "*fp16", "KZ": "*fp16", "V": "*u8", "VS": "*fp16", "VZ": "*fp16",
@@ -54,7 +59,7 @@ def loop_instructions(sass: str) -> int:
     return sum(lo <= a <= hi for a, _ in insts)
 
 
-def resources(fn, signature: dict, constants: dict, arch: int, warps: int, stages: int) -> dict:
+def resources(fn, signature: dict, constants: dict, arch: int, warps: int, stages: int, source=ASTSource) -> dict:
     """Compile ``fn`` for ``sm_<arch>`` and read registers/stack from the cubin, pipelining from the TTGIR.
 
     Pointers are marked 16-byte aligned, as Triton specializes them at launch for torch's
@@ -63,7 +68,7 @@ def resources(fn, signature: dict, constants: dict, arch: int, warps: int, stage
     """
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
                if signature.get(name, "").startswith("*")}
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=aligned),
+    kernel = triton.compile(source(fn=fn, signature=signature, constexprs=constants, attrs=aligned),
                             target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
     usage = _cuobjdump(kernel.asm["cubin"], "-res-usage")
     ttgir = kernel.asm["ttgir"]
@@ -75,6 +80,27 @@ def resources(fn, signature: dict, constants: dict, arch: int, warps: int, stage
             "loop_instructions": loop_instructions(_cuobjdump(kernel.asm["cubin"], "-sass"))}
 
 
+def gluon_table(arch: int, rows: int) -> None:
+    """The Gluon kernel (``gluon_decode.py``), INT4 and INT8 ``kt128 v128``, each tile size, with/without prefetch."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    fn = gluon_decode._packed_split_kernel
+    pointers = dict(POINTERS, K="*i32", V="*i32")
+    signature = {n: pointers.get(n, "fp32" if n == "qk_scale" else "i32") for n in fn.arg_names}
+    print(f"\nGluon decode kernel for sm_{arch}: one warp, {rows} query rows, head_dim 128, "
+          f"Triton {triton.__version__}")
+    print("| format | tile rows | prefetch | registers/thread | spill stack B | shared B | loop SASS instructions |")
+    print("|---|---|---|---|---|---|---|")
+    for bits in (4, 8):
+        for block, prefetch in ((32, False), (64, False), (128, False), (32, True)):
+            constants = dict(M=rows, D=128, BITS=bits, BLOCK=block, QN=8 if rows <= 8 else 16, K_SYM=False,
+                             V_SYM=False, PREFETCH=prefetch, **gluon_decode.layouts(bits, 128, block))
+            sig = {n: ("constexpr" if n in constants else t) for n, t in signature.items()}
+            r = resources(fn, sig, constants, arch, 1, 1, GluonASTSource)
+            print(f"| int{bits} kt128 v128 | {block} | {prefetch} | {r['registers']} | {r['spill_stack']} "
+                  f"| {r['shared_bytes']} | {r['loop_instructions']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100, 80 = A100)")
@@ -82,9 +108,13 @@ def main() -> None:
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=8, help="query heads per KV head (rows of the product)")
+    ap.add_argument("--gluon", action="store_true", help="the Gluon kernel instead (gluon_decode.py)")
     ap.add_argument("--tail", action="store_true", help="compile with the fused dense tail (a decode step's launch; "
                     "its second loop holds more registers, and the loop count then spans both loops)")
     args = ap.parse_args()
+    if args.gluon:
+        gluon_table(args.arch, args.group_size)
+        return
     signature = {n: POINTERS.get(n, "constexpr" if n in CONSTANTS else ("fp32" if n == "qk_scale" else "i32"))
                  for n in _split_kernel.arg_names}
     print(f"decode kernel for sm_{args.arch}: {args.block}-row tiles, {args.warps} warps, {args.stages} stages, "

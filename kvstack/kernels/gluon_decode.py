@@ -34,17 +34,21 @@ from __future__ import annotations
 import functools
 
 import torch
+from triton import knobs
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.runtime.driver import driver
 
 from kvstack.kernels.layout import PackedRows
 from kvstack.kernels.unpack_asm import OFFSET_PAIR_ASM_4, OFFSET_PAIR_ASM_8
 
 ROWS = 16  # query rows of one segment: the products' column side (two mma n8 tiles)
-# one-warp programs resident per multiprocessor by tile rows: 65536 registers / (32 lanes x the registers
-# Triton 3.6 gives the kernel for sm_90: ~160 / 168 / 255 at INT4, head_dim 128); sets how many slices fill one wave
-RESIDENT = {32: 12, 64: 12, 128: 8}
+# One wave of one-warp programs per multiprocessor, by (bits, tile rows): 65536 registers / (32 lanes x the
+# registers Triton 3.6 gives the kernel for sm_90 - INT4 158 / 168 / 250, INT8 166 / 224 / 255 at 32 / 64 / 128
+# rows; `python benchmarks/kernel_resources.py --gluon`) - except INT8 at 64 rows, where 9 by registers measured
+# 1.36x SDPA and 12 (1.3 waves) 1.60x on an H100 (benchmarks/RESULTS.md). It sets how many slices one launch makes.
+RESIDENT = {(4, 32): 12, (4, 64): 12, (4, 128): 8, (8, 32): 12, (8, 64): 12, (8, 128): 8}
 
 
 def supported(keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, rows: int) -> bool:
@@ -56,7 +60,7 @@ def supported(keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor
     return ok(keys) and ok(values) and keys.bits == values.bits and keys.dim == values.dim and rows <= ROWS
 
 
-def plan(segments: int, rows: int, sms: int) -> tuple[int, int, bool, bool]:
+def plan(segments: int, rows: int, sms: int, bits: int) -> tuple[int, int, bool, bool]:
     """(tile rows, programs per multiprocessor, prefetch, one whole wave) for a cache's shape; measured on an H100.
 
     Many segments (batch x KV heads >= half the multiprocessors): 64-row tiles, exactly one wave of
@@ -66,7 +70,7 @@ def plan(segments: int, rows: int, sms: int) -> tuple[int, int, bool, bool]:
     per multiprocessor up to 256K rows, 8 above (benchmarks/RESULTS.md, "Gluon").
     """
     if 2 * segments >= sms:
-        return 64, RESIDENT[64], False, True
+        return 64, RESIDENT[bits, 64], False, True
     return 32, 4 if rows <= (1 << 18) else 8, True, False
 
 
@@ -373,17 +377,49 @@ def _packed_split_kernel(
     gl.store(WORK + l_off + slot * 16 + qn, lse)
 
 
-def launch(
-    q: torch.Tensor, keys: PackedRows, values: PackedRows, starts: torch.Tensor, lengths: torch.Tensor,
-    work: torch.Tensor, l_off: int, qk_scale: float, chunk: int, splits: int, splits_total: int, block: int,
-    prefetch: bool = False,
-) -> None:
-    """Slices ``0 .. splits`` of every segment into ``work`` (the Triton kernel's workspace layout, 16 rows)."""
-    S, M, D = q.shape
-    z = lambda x: x.zeros if x.zeros is not None else x.scales  # noqa: E731
-    _packed_split_kernel[(S, splits)](
-        q, keys.codes.view(torch.int32), keys.scales, z(keys), values.codes.view(torch.int32), values.scales,
-        z(values), starts, lengths, work, l_off, qk_scale, chunk, splits_total, M=M, D=D, BITS=keys.bits,
-        BLOCK=block, QN=8 if M <= 8 else 16, K_SYM=keys.zeros is None, V_SYM=values.zeros is None,
-        PREFETCH=prefetch, num_warps=1,
-        **layouts(keys.bits, D, block))
+def _int_key(x: int) -> int:
+    """How Triton specializes an integer argument (1, a multiple of 16, or neither): part of a compiled kernel's key."""
+    return 1 if x == 1 else (16 if x % 16 == 0 else 0)
+
+
+class Launch:
+    """The Gluon kernel prepared for fixed packed rows, launched without Triton's per-call dispatch.
+
+    Triton's dispatch binds the arguments and hashes the constexpr layouts on every call - about as
+    long as the kernel itself at batch 1 (a decode step over 32 layers spent ~5 ms more with it than
+    with the Triton kernel). The first call of each shape goes through it and compiles; later calls
+    launch the compiled kernel directly, keyed on everything Triton specializes on (query rows and
+    dtype, pointer alignment, integer divisibility), so a call that would compile differently
+    still goes the long way.
+    """
+
+    def __init__(self, keys: PackedRows, values: PackedRows, starts: torch.Tensor, lengths: torch.Tensor,
+                 block: int, prefetch: bool) -> None:
+        z = lambda x: x.zeros if x.zeros is not None else x.scales  # noqa: E731
+        self.rows = (keys.codes.view(torch.int32), keys.scales, z(keys), values.codes.view(torch.int32),
+                     values.scales, z(values), starts, lengths)
+        self.consts = dict(D=keys.dim, BITS=keys.bits, BLOCK=block, K_SYM=keys.zeros is None,
+                           V_SYM=values.zeros is None, PREFETCH=prefetch, **layouts(keys.bits, keys.dim, block))
+        self.compiled: dict[tuple, tuple] = {}
+
+    def __call__(self, q: torch.Tensor, work: torch.Tensor, l_off: int, qk_scale: float, chunk: int, splits: int,
+                 splits_total: int) -> None:
+        """Slices ``0 .. splits`` of every segment into ``work`` (the Triton kernel's workspace, 16 rows a slice)."""
+        S, M, _ = q.shape
+        grid = (S, splits, 1)
+        args = (q, *self.rows, work, l_off, qk_scale, chunk, splits_total)
+        key = (M, q.dtype, q.device, q.data_ptr() % 16 == 0, work.data_ptr() % 16 == 0, _int_key(l_off),
+               _int_key(chunk), _int_key(splits_total))
+        known = self.compiled.get(key)
+        if known is None:
+            consts = dict(self.consts, M=M, QN=8 if M <= 8 else 16)
+            kernel = _packed_split_kernel[grid](*args, num_warps=1, **consts)
+            names = _packed_split_kernel.arg_names[len(args):]
+            self.compiled[key] = (kernel, tuple(consts[n] for n in names))
+            return
+        kernel, tail = known
+        everything = args + tail
+        stream = driver.active.get_current_stream(q.device.index)
+        meta = kernel.launch_metadata(grid, stream, *everything)
+        kernel.run(*grid, stream, kernel.function, kernel.packed_metadata, meta, knobs.runtime.launch_enter_hook,
+                   knobs.runtime.launch_exit_hook, *everything)

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
     gluon_decode = None
 
 LOG2E = 1.4426950408889634
+GLUON_TAIL_MIN_ROWS = 16384  # rows per head from which the Gluon kernel is used alongside a dense tail
 
 @triton.jit
 def _codes(b, i: tl.constexpr, BITS: tl.constexpr):
@@ -494,18 +495,22 @@ class DecodePlan:
             BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, SWAR=_swar(swar, keys, values),
         )
         self._launch_consts: dict[tuple, dict] = {}
-        self._keys, self._values = keys, values
         self.gluon = _gluon(gluon, keys, values)
         if self.gluon:  # one warp per program: more, smaller slices
             sms = _default_programs(device) // 2
-            block, per_sm, prefetch, whole = gluon_decode.plan(segments.count, segments.total_rows, sms)
+            block, per_sm, prefetch, whole = gluon_decode.plan(segments.count, segments.total_rows, sms, keys.bits)
+            # with a dense tail the Gluon path takes a third launch (the tail's slices go to the Triton kernel);
+            # short rows gain less than that launch costs a host-bound step (kvstack.generate at batch 1)
+            self.gluon_tail = gluon is True or segments.max_length >= GLUON_TAIL_MIN_ROWS
             self.gluon_block = block if gluon_block is None else gluon_block
             self.gluon_prefetch = prefetch if gluon_prefetch is None else gluon_prefetch
             if gluon_programs is not None or gluon_block is not None:
-                per_sm = gluon_programs or gluon_decode.RESIDENT.get(self.gluon_block, 8)
+                per_sm = gluon_programs or gluon_decode.RESIDENT.get((keys.bits, self.gluon_block), 8)
                 whole = gluon_programs is None
             self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, self.gluon_block,
                                                           max(1, sms * per_sm), whole=whole)
+            self._gluon_launch = gluon_decode.Launch(keys, values, segments.starts, segments.lengths,
+                                                     self.gluon_block, self.gluon_prefetch)
 
     def _kwargs(self, M: int, D: int, query_tokens: int, has_tail: bool, table: bool, ieee: bool) -> dict:
         key = (M, D, query_tokens, has_tail, table, ieee)
@@ -535,7 +540,8 @@ class DecodePlan:
             tail_k, tail_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (tail_k, tail_v))
         kw = self._kwargs(M, D, query_tokens, has_tail, table, q.dtype == torch.float32)
         m_pad = kw["M_PAD"]
-        fast = self.gluon and q.dtype in (torch.float16, torch.bfloat16) and M <= gluon_decode.ROWS
+        fast = (self.gluon and q.dtype in (torch.float16, torch.bfloat16) and M <= gluon_decode.ROWS
+                and (not has_tail or self.gluon_tail))
         n_main, chunk = (self.gluon_splits, self.gluon_chunk) if fast else (self.n_main, self.chunk)
         tail_len = tk_seg = tk_row = tv_seg = tv_row = 0
         n_tail = tail_chunk = 0
@@ -557,8 +563,7 @@ class DecodePlan:
         args = (q, *self._rows, tail_k, tail_v, tstarts, tlens, tail_len, tk_seg, tk_row, tv_seg, tv_row,
                 work, l_off, scale * LOG2E, chunk, tail_chunk, n_main, total)
         if fast:  # packed rows by the Gluon kernel, the tail's slices by this one
-            gluon_decode.launch(q, self._keys, self._values, self.segments.starts, self.segments.lengths, work,
-                                l_off, scale * LOG2E, chunk, n_main, total, self.gluon_block, self.gluon_prefetch)
+            self._gluon_launch(q, work, l_off, scale * LOG2E, chunk, n_main, total)
             if has_tail:
                 _split_kernel[(S, n_tail)](*args, n_main, **kw)
         elif fuse_tail or not has_tail:

@@ -120,3 +120,38 @@ def test_gluon_is_chosen_only_where_it_runs(monkeypatch):
         assert not gluon_decode.supported(odd, on, 8)  # codes off 16-byte alignment: no vector loads
         monkeypatch.setenv("KVSTACK_GLUON", "0")
         assert not triton_decode.DecodePlan(on, on, seg.to("cuda")).gluon
+
+
+@pytest.mark.parametrize("segments,rows", [(128, 128 * 32768), (128, 128 * 131072), (1024, 1024 * 4096), (66, 66 * 7)])
+def test_many_segments_are_sliced_into_exactly_one_wave(segments, rows):
+    # a few programs over one wave run as a second round while the rest of the GPU idles (25-30% on an H100)
+    sms = 132
+    block, per_sm, prefetch, whole = gluon_decode.plan(segments, rows, sms, 4)
+    assert (block, prefetch, whole) == (64, False, True)
+    splits, chunk = triton_decode._splits(segments, rows // segments, block, sms * per_sm, whole=True)
+    assert segments * splits <= max(segments, sms * gluon_decode.RESIDENT[4, 64])
+    assert chunk % block == 0 and splits * chunk >= rows // segments  # whole tiles, every row covered
+    assert gluon_decode.plan(segments, rows, sms, 8)[1] == gluon_decode.RESIDENT[8, 64]  # INT8 holds more registers
+
+
+@pytest.mark.parametrize("segments,rows,per_sm", [(8, 8 * 32768, 4), (8, 8 * 131072, 8), (32, 32 * 32768, 8)])
+def test_few_segments_prefetch_with_short_tiles(segments, rows, per_sm):
+    assert gluon_decode.plan(segments, rows, 132, 4) == (32, per_sm, True, False)
+
+
+@needs_cuda
+def test_repeated_calls_launch_directly_and_agree():
+    # the first call of a shape compiles through Triton's dispatch; later ones launch the compiled kernel directly
+    gen = torch.Generator().manual_seed(11)
+    seg, kp, vp = _packed(4, False, 128, [500, 2000], gen)
+    kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
+    plan = triton_decode.DecodePlan(kp, vp, seg)
+    for _ in range(3):
+        q = torch.randn(2, 8, 128, generator=gen).half().cuda()
+        want = reference.decode_attention(q.double(), kd, vd, seg, dtype=torch.float64)
+        assert _rel(plan(q), want) < 2e-3
+    assert len(plan._gluon_launch.compiled) == 1
+    # a query off 16-byte alignment would compile differently: it takes its own entry, not the aligned kernel
+    odd = torch.empty(q.numel() + 1, dtype=q.dtype, device="cuda")[1:].view(q.shape)
+    odd.copy_(q)
+    assert _rel(plan(odd), want) < 2e-3 and len(plan._gluon_launch.compiled) == 2
