@@ -10,18 +10,21 @@ written out, so packed codes go from global memory straight into tensor-core ope
   side, so no row of a product is padding (``q K^T`` with 8 queries wastes half of every mma).
 - **Codes two tokens (or two words) at a time.** Both products reduce along an axis where a
   float16 register pair must hold two neighbours: keys reduce over channels, values over
-  tokens. The kernel loads 32-bit words and unpacks *pairs* of words (``PAIR_ASM_*``): byte
-  ``i`` of two words becomes one register of two codes. Key words are paired along the row
+  tokens. The kernel loads 32-bit words and unpacks *pairs* of words (``OFFSET_PAIR_ASM_*``):
+  byte ``i`` of two words becomes one register of two codes. Key words are paired along the row
   (a lane reads 16 contiguous bytes of a row; the query's channels are read in the matching
   order), value words across two tokens (a lane reads 8 contiguous bytes of each of its tokens;
   output channels are permuted to match, undone at the store).
+- **The offset cancels in the tensor cores.** Codes enter the products as float16 ``64 + code``
+  (INT4) or ``1024 + code`` (INT8); each product's accumulator starts at ``-offset`` times the
+  sum of its other operand as rounded to float16, so no instruction per code removes it.
 - **Tokens in lane order.** A lane's score rows are renumbered to be contiguous rows of the
   cache, so its scales and zero points are one vector load each.
 - **One warp per program**: its own online softmax, no barrier; slices of rows ("split-K",
   flash-decoding) fill the GPU and the Triton merge kernel combines them. Each tile's products
-  start from zero and are added in float32: tensor cores truncate when accumulating, and a
-  slice's running sum (mostly cancelled later by the zero points) drifted to 1e-2 relative error
-  when accumulated in place.
+  start afresh and are added in float32: tensor cores truncate when accumulating, and a slice's
+  running sum (mostly cancelled later by the zero points) drifted to 1e-2 relative error when
+  accumulated in place. :class:`Launch` skips Triton's per-call dispatch after the first call.
 
 Scope (:func:`supported`): per-token groups spanning the whole row for keys and values
 (``kt128 v128`` for head_dim 128: one scale and zero per row), 4 bits with head_dim 128 or 8 bits
@@ -53,10 +56,10 @@ RESIDENT = {(4, 32): 12, (4, 64): 12, (4, 128): 8, (8, 32): 12, (8, 64): 12, (8,
 
 def supported(keys: PackedRows | torch.Tensor, values: PackedRows | torch.Tensor, rows: int) -> bool:
     """Whether this kernel reads these rows: packed per-token whole-row groups, 4/8 bits, CUDA, <= 16 rows."""
-    def ok(x) -> bool:  # 16 words a row (one mma k16); 16-byte loads; head_dim 256 spills (too many accumulators)
+    def ok(x) -> bool:  # >= 16 words a row (one mma k16), 16-byte loads; head_dim 256 is untested (registers)
         words = x.dim * x.bits // 32 if isinstance(x, PackedRows) else 0
         return (isinstance(x, PackedRows) and x.codes.is_cuda and x.axis == "token" and x.group == x.dim
-                and x.bits in (4, 8) and words in (16, 32) and x.codes.data_ptr() % 16 == 0)
+                and x.bits in (4, 8) and x.dim in (64, 128) and words >= 16 and x.codes.data_ptr() % 16 == 0)
     return ok(keys) and ok(values) and keys.bits == values.bits and keys.dim == values.dim and rows <= ROWS
 
 
