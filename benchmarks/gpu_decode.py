@@ -3,9 +3,9 @@
 Run on a CUDA machine: ``python benchmarks/gpu_decode.py [--quick] [--sweep] [--json OUT]``.
 
 One decode step of GQA 8:1 (8 KV heads, 64 query heads, head_dim 128) at batch 1 and 16 and
-32K / 128K tokens, four cache formats: the two the Gluon kernel reads (``kt128 v128``: one scale
-and zero per row, INT4 and INT8) and two only the Triton kernel reads (``kt64 v64``, and KIVI's
-per-channel keys ``kc64``). Every time is the median of CUDA-event timings after warm-up
+32K / 128K tokens, four cache formats: three the Gluon kernel reads (``kt128 v128``: one scale and
+zero per row, INT4 and INT8; ``kt64 v64``: two a row, the default ``int4``) and KIVI's per-channel
+keys (``kc64``), which only the Triton kernel reads. Every time is the median of CUDA-event timings after warm-up
 (``triton.testing.do_bench``, L2 flushed between runs), taken two ways:
 
 * **eager**: the Python call as a user makes it - at batch 1 the host's launch work (two Triton
@@ -119,7 +119,7 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     env = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__,
                triton=triton.__version__, python=platform.python_version(),
-               resident={f"int{b} {r} rows": n for (b, r), n in gluon_decode.RESIDENT.items()})
+               resident={f"int{b} {r} rows {g} groups": n for (b, r, g), n in gluon_decode.RESIDENT.items()})
     bw = copy_bandwidth()
     print(f"# {env}\ncopy bandwidth (read+write): {bw / 1e12:.2f} TB/s", flush=True)
     rows = decode_rows(bw, args.quick, args.sweep)

@@ -8,7 +8,7 @@ registers per thread (255 = the cap, i.e. one or two programs per SM), and to un
 
     python benchmarks/kernel_resources.py                 # the default decode configurations
     python benchmarks/kernel_resources.py --warps 8 --block 128
-    python benchmarks/kernel_resources.py --gluon         # the Gluon kernel (kt128 v128) at each tile size
+    python benchmarks/kernel_resources.py --gluon         # the Gluon kernel (kt128 v128, kt64 v64) by tile size
 
 For the Gluon kernel, "loop SASS" spans both branches of the tile loop (the masked scale loads of a
 ragged tile's edge are a branch the interior tiles skip), so it overstates one interior tile a little.
@@ -81,7 +81,7 @@ def resources(fn, signature: dict, constants: dict, arch: int, warps: int, stage
 
 
 def gluon_table(arch: int, rows: int) -> None:
-    """The Gluon kernel (``gluon_decode.py``), INT4 and INT8 ``kt128 v128``, each tile size, with/without prefetch."""
+    """The Gluon kernel (``gluon_decode.py``), INT4 and INT8, one or two scale groups a row, tiles, prefetch."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = gluon_decode._packed_split_kernel
@@ -92,12 +92,15 @@ def gluon_table(arch: int, rows: int) -> None:
     print("| format | tile rows | prefetch | registers/thread | spill stack B | shared B | loop SASS instructions |")
     print("|---|---|---|---|---|---|---|")
     for bits in (4, 8):
-        for block, prefetch in ((32, False), (64, False), (128, False), (32, True)):
+        for groups, block, prefetch in ((1, 32, False), (1, 64, False), (1, 128, False), (1, 32, True), (2, 32, False),
+                                        (2, 64, False)):
             constants = dict(M=rows, D=128, BITS=bits, BLOCK=block, QN=8 if rows <= 8 else 16, K_SYM=False,
-                             V_SYM=False, PREFETCH=prefetch, **gluon_decode.layouts(bits, 128, block))
+                             V_SYM=False, PREFETCH=prefetch, KG=groups, VG=groups,
+                             **gluon_decode.layouts(bits, 128, block))
             sig = {n: ("constexpr" if n in constants else t) for n, t in signature.items()}
             r = resources(fn, sig, constants, arch, 1, 1, GluonASTSource)
-            print(f"| int{bits} kt128 v128 | {block} | {prefetch} | {r['registers']} | {r['spill_stack']} "
+            g = 128 // groups
+            print(f"| int{bits} kt{g} v{g} | {block} | {prefetch} | {r['registers']} | {r['spill_stack']} "
                   f"| {r['shared_bytes']} | {r['loop_instructions']} |")
 
 

@@ -498,14 +498,16 @@ class DecodePlan:
         self.gluon = _gluon(gluon, keys, values)
         if self.gluon:  # one warp per program: more, smaller slices
             sms = _default_programs(device) // 2
-            block, per_sm, prefetch, whole = gluon_decode.plan(segments.count, segments.total_rows, sms, keys.bits)
+            groups = max(keys.dim // keys.group, values.dim // values.group)
+            block, per_sm, prefetch, whole = gluon_decode.plan(segments.count, segments.total_rows, sms, keys.bits,
+                                                               groups)
             # with a dense tail the Gluon path takes a third launch (the tail's slices go to the Triton kernel);
             # short rows gain less than that launch costs a host-bound step (kvstack.generate at batch 1)
             self.gluon_tail = gluon is True or segments.max_length >= GLUON_TAIL_MIN_ROWS
             self.gluon_block = block if gluon_block is None else gluon_block
             self.gluon_prefetch = prefetch if gluon_prefetch is None else gluon_prefetch
             if gluon_programs is not None or gluon_block is not None:
-                per_sm = gluon_programs or gluon_decode.RESIDENT.get((keys.bits, self.gluon_block), 8)
+                per_sm = gluon_programs or gluon_decode.RESIDENT.get((keys.bits, self.gluon_block, groups), 8)
                 whole = gluon_programs is None
             self.gluon_splits, self.gluon_chunk = _splits(segments.count, segments.max_length, self.gluon_block,
                                                           max(1, sms * per_sm), whole=whole)

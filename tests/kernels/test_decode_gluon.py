@@ -19,11 +19,13 @@ from kvstack.kernels.layout import PackedRows, Segments
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Gluon kernel runs on CUDA only")
 
 
-def _packed(bits: int, sym: bool, dim: int, lengths: list[int], gen: torch.Generator, device: str = "cuda"):
+def _packed(bits: int, sym: bool, dim: int, lengths: list[int], gen: torch.Generator, device: str = "cuda",
+            kgroup: int | None = None, vgroup: int | None = None):
     seg = Segments.from_lengths(lengths, 0, device=device)
     k = (torch.randn(sum(lengths), dim, generator=gen) * 3 + torch.randn(dim, generator=gen)).half().to(device)
     v = torch.randn(sum(lengths), dim, generator=gen).half().to(device)
-    return seg, kernels.quantize(k, bits, dim, "token", sym, seg), kernels.quantize(v, bits, dim, "token", sym, seg)
+    return (seg, kernels.quantize(k, bits, kgroup or dim, "token", sym, seg),
+            kernels.quantize(v, bits, vgroup or dim, "token", sym, seg))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,6 +53,26 @@ def test_gluon_matches_float64_and_the_triton_kernel(bits, sym, dim, rows):
     assert _rel(got, want) < 2e-3
     other = triton_decode.decode_attention(q, kp, vp, seg, gluon=False)
     assert _rel(got, other) < 2e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("kgroups,vgroups", [(2, 2), (2, 1), (1, 2)])
+@pytest.mark.parametrize("dim", [64, 128])
+def test_two_scale_groups_a_row_match_float64(bits, sym, kgroups, vgroups, dim):
+    # the default int4 recipe (group 64 at head_dim 128): the query split by half for keys, p scaled per half for
+    # values - a slip in either half's mask or scale shows as a large error
+    gen = torch.Generator().manual_seed(bits * 7 + kgroups * 3 + vgroups + dim + sym)
+    lengths = [1000, 77, 0, 513, 4096]
+    seg, kp, vp = _packed(bits, sym, dim, lengths, gen, kgroup=dim // kgroups, vgroup=dim // vgroups)
+    q = torch.randn(len(lengths), 8, dim, generator=gen).half().cuda()
+    plan = triton_decode.DecodePlan(kp, vp, seg)
+    assert plan.gluon == (dim * bits // 32 >= 16)
+    kd, vd = kernels.dequantize(kp, seg, torch.float64), kernels.dequantize(vp, seg, torch.float64)
+    want = reference.decode_attention(q.double(), kd, vd, seg, dtype=torch.float64)
+    assert _rel(plan(q), want) < 2e-3
+    assert _rel(plan(q), triton_decode.decode_attention(q, kp, vp, seg, gluon=False)) < 2e-3
 
 
 @needs_cuda
@@ -113,8 +135,8 @@ def test_gluon_is_chosen_only_where_it_runs(monkeypatch):
         small = PackedRows(torch.zeros(8, 32, dtype=torch.uint8, device="cuda"), on.scales, None, 4, 64, "token", 64)
         assert not gluon_decode.supported(small, small, 8)  # INT4 at head_dim 64: 8 words a row, under one mma k16
         grouped = PackedRows(torch.zeros(8, 64, dtype=torch.uint8, device="cuda"),
-                             torch.ones(8, 2, dtype=torch.float16, device="cuda"), None, 4, 64, "token", 128)
-        assert not gluon_decode.supported(grouped, on, 8)  # two scale groups per row: the Triton kernel
+                             torch.ones(8, 4, dtype=torch.float16, device="cuda"), None, 4, 32, "token", 128)
+        assert not gluon_decode.supported(grouped, on, 8)  # four scale groups a row: the Triton kernel
         odd = PackedRows(torch.zeros(8 * 64 + 1, dtype=torch.uint8, device="cuda")[1:].view(8, 64), on.scales, None,
                          4, 128, "token", 128)
         assert not gluon_decode.supported(odd, on, 8)  # codes off 16-byte alignment: no vector loads
@@ -129,14 +151,16 @@ def test_many_segments_are_sliced_into_exactly_one_wave(segments, rows):
     block, per_sm, prefetch, whole = gluon_decode.plan(segments, rows, sms, 4)
     assert (block, prefetch, whole) == (64, False, True)
     splits, chunk = triton_decode._splits(segments, rows // segments, block, sms * per_sm, whole=True)
-    assert segments * splits <= max(segments, sms * gluon_decode.RESIDENT[4, 64])
+    assert segments * splits <= max(segments, sms * gluon_decode.RESIDENT[4, 64, 1])
     assert chunk % block == 0 and splits * chunk >= rows // segments  # whole tiles, every row covered
-    assert gluon_decode.plan(segments, rows, sms, 8)[1] == gluon_decode.RESIDENT[8, 64]  # INT8 holds more registers
+    assert gluon_decode.plan(segments, rows, sms, 8)[1] == gluon_decode.RESIDENT[8, 64, 1]
+    assert gluon_decode.plan(segments, rows, sms, 4, 2)[:3] == (32, gluon_decode.RESIDENT[4, 32, 2], False)
 
 
 @pytest.mark.parametrize("segments,rows,per_sm", [(8, 8 * 32768, 4), (8, 8 * 131072, 8), (32, 32 * 32768, 8)])
 def test_few_segments_prefetch_with_short_tiles(segments, rows, per_sm):
     assert gluon_decode.plan(segments, rows, 132, 4) == (32, per_sm, True, False)
+    assert gluon_decode.plan(segments, rows, 132, 4, 2) == (32, per_sm, False, False)  # two groups: no prefetch
 
 
 @needs_cuda
