@@ -27,11 +27,10 @@ import platform
 
 import torch
 import triton
-from gpu_kernels import _sdpa_fp16, bench, copy_bandwidth, reference_sdpa
+from gpu_kernels import _sdpa_fp16, bench, copy_bandwidth, decode_case, reference_sdpa
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kvstack.kernels import gluon_decode, triton_decode, triton_quant
-from kvstack.kernels.layout import Segments
 
 # (name, bits, key group, key axis, value group)
 FORMATS = [("int4 kt128 v128", 4, 128, "token", 128), ("int8 kt128 v128", 8, 128, "token", 128),
@@ -70,11 +69,7 @@ def decode_rows(bw: float, quick: bool, do_sweep: bool) -> list[dict]:
     cases = [(16, 32768), (1, 32768)] if quick else [(16, 32768), (16, 131072), (1, 32768), (1, 131072)]
     rows = []
     for B, T in cases:
-        S = B * Hkv
-        seg = Segments.from_lengths([T] * S, 64, device="cuda")
-        k = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
-        v = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
-        q = torch.randn(S, G, D, device="cuda", dtype=torch.float16)
+        S, seg, k, v, q = decode_case(B, T, Hkv, G, D)
         t_fp16, how, sdpa = _sdpa_fp16(k, v, q, B, Hkv, G, T, D)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # captured with the flash backend, as it was timed
             g_fp16 = graph_ms(sdpa)

@@ -132,6 +132,16 @@ DECODE_CONFIGS = [(64, 4, 2, 4), (64, 4, 3, 4), (64, 4, 3, 8), (64, 8, 3, 4), (6
                   (128, 4, 3, 4), (128, 8, 3, 2)]
 
 
+def decode_case(B: int, T: int, Hkv: int, G: int, D: int) -> tuple:
+    """Random fp16 keys, values and queries of ``B`` sequences x ``Hkv`` KV heads of ``T`` rows: (S, seg, k, v, q)."""
+    S = B * Hkv
+    seg = Segments.from_lengths([T] * S, 64, device="cuda")
+    k = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
+    v = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
+    q = torch.randn(S, G, D, device="cuda", dtype=torch.float16)
+    return S, seg, k, v, q
+
+
 def decode_table(bw: float, quick: bool, defaults_only: bool = False) -> list[dict]:
     Hkv, G, D = 8, 8, 128
     cases = [(1, 32768), (16, 32768), (1, 131072), (16, 131072)]
@@ -139,11 +149,7 @@ def decode_table(bw: float, quick: bool, defaults_only: bool = False) -> list[di
         cases = [(1, 32768), (16, 32768)]
     out = []
     for B, T in cases:
-        S = B * Hkv
-        seg = Segments.from_lengths([T] * S, 64, device="cuda")
-        k = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
-        v = torch.randn(S * T, D, device="cuda", dtype=torch.float16)
-        q = torch.randn(S, G, D, device="cuda", dtype=torch.float16)
+        S, seg, k, v, q = decode_case(B, T, Hkv, G, D)
         # a decode cache's dense tail of 64 generated tokens per KV head, read in place
         tk, tv = (torch.randn(S, 64, D, device="cuda", dtype=torch.float16) for _ in range(2))
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
