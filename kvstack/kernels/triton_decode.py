@@ -180,57 +180,61 @@ def _packed_scores(
 
 
 @triton.jit
+def _phase_values(
+    p, psum, c, VS, VZ, rows, mask, srow, ch, i: tl.constexpr,
+    D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, SYM: tl.constexpr,
+):
+    """``p @ v`` for channel phase ``i`` (codes ``c``) of a tile of packed values, scales factored out."""
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    G: tl.constexpr = D // GROUP
+    if CHANNEL:
+        sc = tl.load(VS + srow * D + ch + i).to(tl.float32)
+        out = tl.dot(p.to(tl.float16), c) * sc[None, :]
+        if SYM:
+            out -= HALF * psum[:, None] * sc[None, :]
+        else:
+            out += psum[:, None] * tl.load(VZ + srow * D + ch + i).to(tl.float32)[None, :]
+    else:
+        out = tl.zeros([p.shape[0], c.shape[1]], tl.float32)
+        for g in tl.static_range(G):
+            sg = tl.load(VS + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+            ps = p * sg[None, :]
+            part = tl.dot(ps.to(tl.float16), c)
+            if SYM:
+                part -= HALF * tl.sum(ps, 1)[:, None]
+            else:
+                zg = tl.load(VZ + rows * G + g, mask=mask, other=0.0).to(tl.float32)
+                part += tl.sum(p * zg[None, :], 1)[:, None]
+            if G == 1:
+                out = part
+            else:
+                out += tl.where(((ch + i) // GROUP == g)[None, :], part, 0.0)
+    return out
+
+
+@triton.jit
 def _packed_values(
     p, V, VS, VZ, rows, mask, srow,
     D: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr, CHANNEL: tl.constexpr, SYM: tl.constexpr,
     SWAR: tl.constexpr,
 ):
-    """``p @ v`` for every channel phase of a tile of packed values, scales factored out likewise."""
+    """``p @ v`` for every channel phase of a tile of packed values (unused phases repeat phase 0)."""
     P: tl.constexpr = 8 // BITS
     DP: tl.constexpr = D // P
     jj = tl.arange(0, DP)
     ch = P * jj
-    HALF: tl.constexpr = 1 << (BITS - 1)
     b = tl.load(V + rows[:, None] * DP + jj[None, :], mask=mask[:, None], other=0)
     c0, c1, c2, c3 = _unpack(b, BITS, SWAR)
     psum = tl.sum(p, 1)
-    G: tl.constexpr = D // GROUP
-    o0 = tl.zeros([p.shape[0], DP], tl.float32)
+    o0 = _phase_values(p, psum, c0, VS, VZ, rows, mask, srow, ch, 0, D, BITS, GROUP, CHANNEL, SYM)
     o1 = o0
     o2 = o0
     o3 = o0
-    for i in tl.static_range(P):
-        c = _phase(c0, c1, c2, c3, i)
-        if CHANNEL:
-            sc = tl.load(VS + srow * D + ch + i).to(tl.float32)
-            out = tl.dot(p.to(tl.float16), c) * sc[None, :]
-            if SYM:
-                out -= HALF * psum[:, None] * sc[None, :]
-            else:
-                out += psum[:, None] * tl.load(VZ + srow * D + ch + i).to(tl.float32)[None, :]
-        else:
-            out = tl.zeros([p.shape[0], DP], tl.float32)
-            for g in tl.static_range(G):
-                sg = tl.load(VS + rows * G + g, mask=mask, other=0.0).to(tl.float32)
-                ps = p * sg[None, :]
-                part = tl.dot(ps.to(tl.float16), c)
-                if SYM:
-                    part -= HALF * tl.sum(ps, 1)[:, None]
-                else:
-                    zg = tl.load(VZ + rows * G + g, mask=mask, other=0.0).to(tl.float32)
-                    part += tl.sum(p * zg[None, :], 1)[:, None]
-                if G == 1:
-                    out = part
-                else:
-                    out += tl.where(((ch + i) // GROUP == g)[None, :], part, 0.0)
-        if i == 0:
-            o0 = out
-        elif i == 1:
-            o1 = out
-        elif i == 2:
-            o2 = out
-        else:
-            o3 = out
+    if P > 1:
+        o1 = _phase_values(p, psum, c1, VS, VZ, rows, mask, srow, ch, 1, D, BITS, GROUP, CHANNEL, SYM)
+    if P > 2:
+        o2 = _phase_values(p, psum, c2, VS, VZ, rows, mask, srow, ch, 2, D, BITS, GROUP, CHANNEL, SYM)
+        o3 = _phase_values(p, psum, c3, VS, VZ, rows, mask, srow, ch, 3, D, BITS, GROUP, CHANNEL, SYM)
     return o0, o1, o2, o3
 
 
