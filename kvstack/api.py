@@ -66,13 +66,15 @@ def compress(
     passing the question lets query-aware stages (Q2C) score tokens by it. The question
     itself is not stored: pass it again to :func:`generate`.
     """
-    from kvstack.hf.model import model_info
+    from kvstack.hf.model import check_context_window, model_info
     from kvstack.hf.prefill import prefill
 
     info = model_info(model)
     recipe_obj = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
     ctx_ids = _as_ids(context_ids, "context_ids")
     q_ids = None if question_ids is None else _as_ids(question_ids, "question_ids")
+    n_q = 0 if q_ids is None else q_ids.numel()
+    check_context_window(model, ctx_ids.numel() + n_q, f"a context of {ctx_ids.numel()} tokens (+ {n_q} of question)")
     if recipe_obj.needs_question and q_ids is None:
         raise InputError(
             f"recipe '{recipe_obj.text}' is query-aware and needs question_ids; pass the question, or "
@@ -110,7 +112,7 @@ def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, **ge
     """
     from kvstack.hf.attention import enable
     from kvstack.hf.cache import CompressedCache
-    from kvstack.hf.model import model_info
+    from kvstack.hf.model import check_context_window, model_info
 
     if not isinstance(cache, KVCache):
         raise InputError(f"cache must be a kvstack.KVCache from kvstack.compress, not {type(cache).__name__}")
@@ -118,6 +120,9 @@ def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, **ge
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
     q_ids = _as_ids(question_ids, "question_ids")
+    total = cache.context_length + q_ids.numel() + max_new_tokens
+    check_context_window(model, total, f"{cache.context_length} context + {q_ids.numel()} question + "
+                         f"{max_new_tokens} new tokens")
     info = model_info(model)
     device = next(model.parameters()).device
     input_ids = torch.cat([cache.context_ids.long().cpu(), q_ids.cpu()]).view(1, -1).to(device)

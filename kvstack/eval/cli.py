@@ -16,21 +16,30 @@ EVAL_EXAMPLES = """examples:
       --tasks niah_single --lengths 32k --samples 20 --out gpu.jsonl
   kvstack report results.jsonl --out report/
 
+  kvstack eval --model smollm2-135m --suite ruler --lengths 4k 8k --recipes identity int4 --samples 40 \
+      --device cuda --dtype bfloat16 --out ruler.jsonl      # RULER's synthetic tasks (docs/eval.md)
+
 Rerunning the same command resumes: finished cells are skipped, a truncated last line is
 redone. Tasks: niah_single niah_multikey niah_multivalue niah_multiquery passkey vartrack cwe
-qa multihop multihop_num ppl ppl_kjv. Recipes: any kvstack recipe (`kvstack recipes`), or
+qa multihop multihop_num ppl ppl_kjv, and RULER's ruler_niah_single_1..3
+ruler_niah_multikey_1..3 ruler_niah_multivalue ruler_niah_multiquery ruler_vt ruler_cwe ruler_fwe
+ruler_qa_1 (--suite ruler). Recipes: any kvstack recipe (`kvstack recipes`), or
 kvpress:<PressClass>[:compression_ratio][,key=value] (compression_ratio = share removed;
 keep=0.25 means compression_ratio=0.75), or kvpress:none."""
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kvstack.eval.runner import EvalSpec, Runner, parse_length
+    from kvstack.eval.tasks import suite_tasks
 
+    tasks = list(args.tasks or ([] if args.suite else ["qa", "ppl"]))
+    for name in args.suite or []:
+        tasks += [t for t in suite_tasks(name) if t not in tasks]
     spec = EvalSpec(
-        model=args.model, recipes=list(args.recipes), tasks=list(args.tasks),
+        model=args.model, recipes=list(args.recipes), tasks=tasks,
         lengths=[parse_length(x) for x in args.lengths], samples=args.samples, seed=args.seed,
         max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, threads=args.threads,
-        device=args.device,
+        device=args.device, dtype=args.dtype,
     )
     runner = Runner(spec, args.out, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     counts = runner.run()
@@ -74,7 +83,11 @@ def register(subparsers) -> None:
                     help=f"bundled model or local HF directory (default {DEFAULT_MODEL})")
     ev.add_argument("--recipes", nargs="+", default=["identity", "int8"], metavar="RECIPE",
                     help="recipes to compare; quote ones with spaces (default: identity int8)")
-    ev.add_argument("--tasks", nargs="+", default=["qa", "ppl"], metavar="TASK", help="tasks (default: qa ppl)")
+    ev.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                    help="tasks (default: qa ppl, or none when --suite is given)")
+    ev.add_argument("--suite", nargs="+", choices=["ruler"], metavar="SUITE",
+                    help="add a named task suite: ruler (RULER's 12 synthetic tasks in RULER's wording; lengths are "
+                    "whole-sequence budgets as in RULER)")
     ev.add_argument("--lengths", nargs="+", default=["1k"], metavar="N",
                     help="context lengths in tokens: 512 1k 2k 8k (default: 1k)")
     ev.add_argument("--samples", type=int, default=20, help="samples per task and length (default 20)")
@@ -87,6 +100,9 @@ def register(subparsers) -> None:
     ev.add_argument("--device", default="cpu",
                     help="cpu, cuda or cuda:N: where the model runs and caches are compressed; on CUDA decoding "
                     "reads packed caches through the Triton kernels (default cpu)")
+    ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help="load the model's weights in this dtype (default: as stored; bfloat16 halves memory and "
+                    "is what ratios 'below bf16' assume)")
     ev.add_argument("--report", metavar="DIR", help="also write the report (Markdown + plots) to DIR")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)

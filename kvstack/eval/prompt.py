@@ -37,7 +37,7 @@ def format_sample(tokenizer, sample: Sample) -> Prompt:
     if sample.continuation:
         return Prompt(_ids(tokenizer, sample.context), torch.empty(0, dtype=torch.long),
                       _ids(tokenizer, sample.continuation))
-    ctx, q = split_prompt(tokenizer, sample.context, sample.question)
+    ctx, q = split_prompt(tokenizer, sample.context, sample.question, verbatim=sample.verbatim)
     if not is_chat(tokenizer):
         bos = getattr(tokenizer, "bos_token_id", None)
         if bos is not None and (ctx.numel() == 0 or int(ctx[0]) != bos):

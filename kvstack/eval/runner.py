@@ -41,6 +41,7 @@ class EvalSpec:
     chunk_size: int = 1024
     threads: int | None = None  # torch CPU threads; 1 is fastest on a busy shared machine
     device: str = "cpu"  # where the model, its caches and kvstack's stages compute (cuda: kernels too)
+    dtype: str | None = None  # weights' dtype (float32 | bfloat16 | float16); None keeps the stored one
     parsed: dict[str, Recipe] = field(default_factory=dict, repr=False)
 
     def check(self) -> list[Task]:
@@ -87,7 +88,7 @@ def dense_bytes(info, tokens: int) -> int:
     return sum(2 * info.num_kv_heads * info.head_dim * t * elem for t in per_layer)
 
 
-def load_model(name: str):
+def load_model(name: str, dtype: str | None = None):
     """``(model, tokenizer)`` through the zoo, with a clear error for a directory missing its tokenizer."""
     from kvstack.zoo import ZOO, load
 
@@ -100,7 +101,7 @@ def load_model(name: str):
                 "there with tokenizer.save_pretrained(dir); evaluation formats prompts with the model's tokenizer"
             )
     try:
-        return load(name)
+        return load(name, dtype=getattr(torch, dtype) if dtype else None)
     except (OSError, ValueError) as exc:
         if isinstance(exc, KvstackError):
             raise
@@ -112,7 +113,7 @@ def _base_row(spec: EvalSpec, sample: Sample, length: int, recipe: str, prompt: 
         "model": spec.model, "seed": spec.seed, "task": sample.task, "length": length, "index": sample.index,
         "recipe": recipe, "context_tokens": int(prompt.context_ids.numel()),
         "question_tokens": int(prompt.question_ids.numel()), "answers": list(sample.answers), "mode": sample.mode,
-        "device": spec.device,
+        "device": spec.device, "dtype": spec.dtype or "stored",
     }
 
 
@@ -166,7 +167,8 @@ class Runner:
             self.log(f"note: finished cells in {self.out} ran on {', '.join(other)}; the {len(todo)} new ones run on "
                      f"{spec.device} (every row records its device; use another --out to keep devices apart)")
         if self.model is None:
-            self.model, self.tokenizer = load_model(spec.model)
+            self.model, self.tokenizer = load_model(spec.model, spec.dtype)
+        self._check_lengths()
         if next(self.model.parameters()).device != torch.device(spec.device):
             self.model = self.model.to(spec.device)  # kvpress peers still run on the CPU, in their own venv
         torch.manual_seed(spec.seed)
@@ -214,14 +216,37 @@ class Runner:
         bar.close()
         return counts
 
+    def _check_lengths(self) -> None:
+        """Every length must fit the model's context window: a typed error before any prefill."""
+        from kvstack.hf.model import context_limit
+
+        limit = context_limit(self.model)
+        too_long = [n for n in self.spec.lengths if limit is not None and n > limit]
+        if too_long:
+            raise InputError(
+                f"--lengths {' '.join(map(str, too_long))} exceed {self.spec.model}'s context window of {limit} "
+                f"tokens (max_position_embeddings); use lengths up to {limit}"
+            )
+
     # --- kvstack recipes ------------------------------------------------------------------
     def _run_kvstack(self, task: Task, length: int, sample: Sample, prompt: Prompt, recipes: list[str]):
         from kvstack.api import generate
         from kvstack.eval.nll import continuation_nll
         from kvstack.eval.shared_prefill import compress_many
+        from kvstack.hf.model import check_context_window
 
         model, spec = self.model, self.spec
         q = prompt.question_ids if prompt.question_ids.numel() else None
+        new_tokens = 0 if task.kind == "nll" else spec.max_new_tokens or task.max_new_tokens
+        extra = prompt.continuation_ids.numel() if prompt.continuation_ids is not None else new_tokens
+        try:  # this sample (context + question + answer) must fit the window: checked before prefill
+            check_context_window(model, prompt.context_ids.numel() + prompt.question_ids.numel() + extra,
+                                 f"sample {sample.index} of {task.name} at {length}")
+        except InputError as exc:
+            for recipe in recipes:
+                row = {**_base_row(spec, sample, length, recipe, prompt), "system": "kvstack"}
+                yield {**row, "status": "skipped", "reason": f"InputError: {exc}"}
+            return
         objs = [spec.parsed[r] for r in recipes]
         for recipe, cache in compress_many(model, prompt.context_ids, objs, q, chunk_size=spec.chunk_size):
             row = {**_base_row(spec, sample, length, recipe.text, prompt), "system": "kvstack"}

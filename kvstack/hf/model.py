@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvstack.errors import ModelError
+from kvstack.errors import InputError, ModelError
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,25 @@ def _config_fingerprint(config) -> str:
     except Exception:  # noqa: BLE001 - a config that cannot serialise still gets a (weaker) id
         text = repr(config)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def context_limit(model) -> int | None:
+    """The longest sequence the model was built for (``max_position_embeddings``), or None if unstated."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config(decoder=True) if config is not None else None
+    limit = getattr(text, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def check_context_window(model, tokens: int, what: str) -> None:
+    """Raise InputError before any work if ``tokens`` exceed the model's context window."""
+    limit = context_limit(model)
+    if limit is not None and tokens > limit:
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        raise InputError(
+            f"{what} needs {tokens} positions but {name} handles at most {limit} tokens "
+            f"(max_position_embeddings = {limit}); shorten the context or use a longer-context model"
+        )
 
 
 def model_info(model) -> ModelInfo:

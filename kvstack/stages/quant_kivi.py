@@ -54,6 +54,7 @@ class Kivi(Stage):
         Param("bits", int, 2, f"bits per code: {' or '.join(map(str, KIVI_BITS))}"),
         Param("group", int, 32, "tokens per key group, channels per value group (g32)"),
         Param("residual", int, 128, "most recent tokens of each head kept in full precision"),
+        Param("sink", int, 0, "first tokens kept in full precision too (attention sinks; 0: none, as in KIVI)"),
     )
 
     @classmethod
@@ -73,9 +74,12 @@ class Kivi(Stage):
                 f"kivi: residual={self.residual!r} must be >= 0 tokens (0 quantizes everything)"
             )
 
+        if not isinstance(self.sink, int) or self.sink < 0:
+            raise RecipeError(f"kivi: sink={self.sink!r} must be >= 0 tokens kept dense (0: none)")
+
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         keys, values = layer.keys.decode(), layer.values.decode()
-        dense = recent_mask(layer, self.residual)
+        dense = recent_mask(layer, self.residual) | (layer.row_positions() < self.sink)
         heads = segment_ids(layer.lengths)
         vgroup = token_axis_group(self.name, self.group, values.shape[1])
 

@@ -13,6 +13,7 @@ when asymmetric). Parameters, in positional order:
   for int8 (same bytes as before: int8 codes + fp16 scales) and asymmetric below 8 bits.
 * ``rot`` (``int2:rot``; off by default) and ``seed``: rotate every row by a fixed Walsh-Hadamard
   x random-sign matrix before quantizing (:mod:`kvstack.stages.quant_rotate`; same bytes).
+* ``sink`` (default 0): the first ``sink`` tokens stay in fp16 (attention sinks), as KVQuant keeps them.
 * ``clip`` (default 1: none): clamp each group to this fraction of its range first (``int2:rot,clip=0.75``).
 
 Channel-axis rows are requantized when tokens are evicted afterwards (see
@@ -33,9 +34,11 @@ from kvstack.kv import KVLayer
 from kvstack.stack import Param, Stage, StageContext, as_bool, register
 from kvstack.stages import quant_cq, quant_gear, quant_kivi, quant_kvquant  # noqa: F401  (register them)
 from kvstack.stages.lowrank_rows import quantize_encoded
+from kvstack.stages.quant_kvquant import check_sink
 from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group
 from kvstack.stages.quant_rotate import HadamardRows, check_width, clip_groups, rotate
 from kvstack.stages.quant_rows import AXES, QuantRows, check_settings
+from kvstack.stages.quant_sink import keep_sink
 
 _SHORT = {
     "sym": ("sym", True),
@@ -54,6 +57,7 @@ def _params(sym: bool) -> tuple[Param, ...]:
         Param("rot", as_bool, False, "rot: Walsh-Hadamard rotation before quantizing (power-of-two head_dim)"),
         Param("seed", int, 0, "seed of the rotation's random signs (rot only)"),
         Param("clip", float, 1.0, "keep this fraction of each group's [min, max] around its middle (0 < clip <= 1)"),
+        Param("sink", int, 0, "first tokens kept in fp16 (attention sinks; 0 quantizes every token)"),
     )
 
 
@@ -76,6 +80,7 @@ class UniformQuant(Stage):
             raise RecipeError(f"{self.name}: rot={self.rot!r} must be True/False and seed={self.seed!r} an int >= 0")
         if not isinstance(self.clip, float | int) or not 0 < self.clip <= 1:
             raise RecipeError(f"{self.name}: clip={self.clip!r} must be in (0, 1]: the share of a group's range kept")
+        check_sink(self.name, self.sink)
         try:
             check_settings(self.bits, self.group, self.axis)
         except RecipeError as exc:
@@ -98,6 +103,15 @@ class UniformQuant(Stage):
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         # after a low-rank stage, the coefficients (r per row) are quantized, not the reconstruction (d per row)
+        if self.sink and not getattr(layer.keys, "has_inner_rows", False):
+            def encode(rows: torch.Tensor, _pos: torch.Tensor, lengths: tuple[int, ...]):
+                return self.quantize(rows, lengths)
+
+            keys = keep_sink(layer.keys.decode(), layer, self.sink, encode)
+            values = keep_sink(layer.values.decode(), layer, self.sink, encode)
+            return replace(layer, keys=keys, values=values)
+        if self.sink:
+            raise RecipeError(f"{self.name}: sink={self.sink} applies to token rows, not to low-rank coefficients")
         keys = quantize_encoded(layer.keys, layer.lengths, self.quantize)
         values = quantize_encoded(layer.values, layer.lengths, self.quantize)
         return replace(layer, keys=keys, values=values)

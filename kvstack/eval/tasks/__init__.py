@@ -9,13 +9,14 @@ from kvstack.eval.tasks.multihop import MultiHop, MultiHopNumber
 from kvstack.eval.tasks.niah import NiahMultikey, NiahMultiquery, NiahMultivalue, NiahSingle, Passkey
 from kvstack.eval.tasks.ppl import Perplexity, PerplexityKJV
 from kvstack.eval.tasks.qa import ExtractiveQA
+from kvstack.eval.tasks.ruler import RULER_TASKS, SUITES
 from kvstack.eval.tasks.vartrack import VarTrack
 
 TASKS: dict[str, type[Task]] = {
     t.name: t
     for t in (
         NiahSingle, NiahMultikey, NiahMultivalue, NiahMultiquery, Passkey, VarTrack, CommonWords,
-        ExtractiveQA, MultiHop, MultiHopNumber, Perplexity, PerplexityKJV,
+        ExtractiveQA, MultiHop, MultiHopNumber, Perplexity, PerplexityKJV, *RULER_TASKS,
     )
 }
 
@@ -28,4 +29,11 @@ def get_task(name: str) -> Task:
     return cls()
 
 
-__all__ = ["ALL", "ANY", "TASKS", "Sample", "Task", "get_task"]
+def suite_tasks(name: str) -> tuple[str, ...]:
+    """Task names of a named suite (``ruler``); InputError lists the suites."""
+    if name not in SUITES:
+        raise InputError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+__all__ = ["ALL", "ANY", "SUITES", "TASKS", "suite_tasks", "Sample", "Task", "get_task"]

@@ -33,6 +33,7 @@ class Sample:
     mode: str = ANY
     answer_prefix: str = ""
     continuation: str = ""
+    verbatim: bool = False  # the question is a benchmark's exact wording: add no framing (RULER)
     meta: dict = field(default_factory=dict)
 
 

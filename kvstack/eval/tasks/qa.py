@@ -14,7 +14,7 @@ from kvstack.eval.tasks import vocab
 from kvstack.eval.tasks.base import ANY, Sample, Task, count_tokens
 from kvstack.eval.tasks.haystack import DATA
 
-_COUNTS: dict[int, tuple[object, list[int]]] = {}
+_COUNTS: dict[tuple[int, str], tuple[object, list[int]]] = {}
 
 
 @lru_cache(maxsize=1)
@@ -23,15 +23,34 @@ def squad_items() -> tuple[dict, ...]:
     return tuple(data["items"])
 
 
-def passage_tokens(tokenizer) -> list[int]:
-    """Token count of every passage as a document, cached per tokenizer."""
-    hit = _COUNTS.get(id(tokenizer))
+def passage_tokens(tokenizer, document: str = vocab.QA_DOCUMENT) -> list[int]:
+    """Token count of every passage formatted as ``document``, cached per tokenizer and format."""
+    key = (id(tokenizer), document)
+    hit = _COUNTS.get(key)
     if hit is None or hit[0] is not tokenizer:
-        doc = vocab.QA_DOCUMENT
-        counts = [count_tokens(tokenizer, doc.format(n=10, text=it["context"])) + 2 for it in squad_items()]
+        counts = [count_tokens(tokenizer, document.format(n=10, text=it["context"])) + 2 for it in squad_items()]
         hit = (tokenizer, counts)
-        _COUNTS[id(tokenizer)] = hit
+        _COUNTS[key] = hit
     return hit[1]
+
+
+def pick_documents(tokenizer, length: int, rng, document: str = vocab.QA_DOCUMENT) -> tuple[int, list[int]]:
+    """A random gold passage and distractors from other articles filling ``length`` tokens, shuffled."""
+    items = squad_items()
+    counts = passage_tokens(tokenizer, document)
+    gold = rng.randrange(len(items))
+    others = [i for i in range(len(items)) if items[i]["title"] != items[gold]["title"]]
+    rng.shuffle(others)
+    chosen, used = [gold], counts[gold]
+    for i in others:
+        if used + counts[i] > length:
+            continue
+        chosen.append(i)
+        used += counts[i]
+        if used > length - 40:
+            break
+    rng.shuffle(chosen)
+    return gold, chosen
 
 
 class ExtractiveQA(Task):
@@ -41,19 +60,7 @@ class ExtractiveQA(Task):
 
     def build(self, tokenizer, length, rng, index):
         items = squad_items()
-        counts = passage_tokens(tokenizer)
-        gold = rng.randrange(len(items))
-        others = [i for i in range(len(items)) if items[i]["title"] != items[gold]["title"]]
-        rng.shuffle(others)
-        chosen, used = [gold], counts[gold]
-        for i in others:
-            if used + counts[i] > length:
-                continue
-            chosen.append(i)
-            used += counts[i]
-            if used > length - 40:
-                break
-        rng.shuffle(chosen)
+        gold, chosen = pick_documents(tokenizer, length, rng)
         docs = [vocab.QA_DOCUMENT.format(n=n + 1, text=items[i]["context"]) for n, i in enumerate(chosen)]
         item = items[gold]
         return Sample(
