@@ -8,10 +8,10 @@ when asymmetric). Parameters, in positional order:
   of one token, capped at head_dim and required to divide it (a RecipeError lists the
   divisors; nothing is padded). ``axis=channel``: tokens of one channel within one head;
   each head's last group may be shorter.
-* ``axis`` (``token`` | ``channel``; default token): per-token or per-channel (KIVI keys).
+* ``axis`` (``token`` | ``channel``; default token, channel for int4): per-token or per-channel (KIVI keys).
 * ``sym`` (``sym`` / ``asym``): symmetric scale only, or scale + zero. Default symmetric
   for int8 (same bytes as before: int8 codes + fp16 scales) and asymmetric below 8 bits.
-* ``rot`` (``int2:rot``; off by default) and ``seed``: rotate every row by a fixed Walsh-Hadamard
+* ``rot`` / ``norot`` (off by default, on for int4) and ``seed``: rotate every row by a fixed Walsh-Hadamard
   x random-sign matrix before quantizing (:mod:`kvstack.stages.quant_rotate`; same bytes).
 * ``sink`` (default 0): the first ``sink`` tokens stay in fp16 (attention sinks), as KVQuant keeps them.
 * ``clip`` (default 1: none): clamp each group to this fraction of its range first (``int2:rot,clip=0.75``).
@@ -19,7 +19,9 @@ when asymmetric). Parameters, in positional order:
 Channel-axis rows are requantized when tokens are evicted afterwards (see
 ``QuantRows.select``). After a low-rank stage (``svd:rank=16 > int4``) the stage quantizes
 the coefficients, not the reconstruction (:func:`~kvstack.stages.lowrank_rows.quantize_encoded`).
-``kivi:2`` / ``kivi:4`` live in :mod:`kvstack.stages.quant_kivi`.
+``int4``'s defaults differ (``axis=channel``, ``rot``): measured on real models, it is the
+layout that keeps multi-key retrieval; ``int4:token,norot`` is the per-token layout the fast
+decode kernel reads. ``kivi:2`` / ``kivi:4`` live in :mod:`kvstack.stages.quant_kivi`.
 """
 
 from __future__ import annotations
@@ -46,15 +48,30 @@ _SHORT = {
     "token": ("axis", "token"),
     "channel": ("axis", "channel"),
     "rot": ("rot", True),
+    "norot": ("rot", False),
 }
 
 
-def _params(sym: bool) -> tuple[Param, ...]:
+def parse_rot(raw: str) -> bool | str:
+    """``true``/``false`` as :func:`as_bool`, or ``auto``: rotate rows whose width is a power of two."""
+    return AUTO if raw.strip().lower() == AUTO else as_bool(raw)
+
+
+parse_rot.__name__ = "boolean (true/false) or auto"
+AUTO = "auto"
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _params(sym: bool, axis: str = "token", rot: bool | str = False) -> tuple[Param, ...]:
     return (
         Param("group", int, 64, "elements per scale (g64): channels of a token, or tokens of a channel"),
-        Param("axis", parse_axis, "token", "token: groups along a token; channel: along a channel"),
+        Param("axis", parse_axis, axis, "token: groups along a token; channel: along a channel"),
         Param("sym", as_bool, sym, "symmetric (sym: scale only) or asymmetric (asym: scale + zero)"),
-        Param("rot", as_bool, False, "rot: Walsh-Hadamard rotation before quantizing (power-of-two head_dim)"),
+        Param("rot", parse_rot, rot, "rot / norot: Walsh-Hadamard rotation before quantizing (power-of-two head_dim; "
+              "auto: head_dim rows when it is a power of two, never low-rank coefficients)"),
         Param("seed", int, 0, "seed of the rotation's random signs (rot only)"),
         Param("clip", float, 1.0, "keep this fraction of each group's [min, max] around its middle (0 < clip <= 1)"),
         Param("sink", int, 0, "first tokens kept in fp16 (attention sinks; 0 quantizes every token)"),
@@ -76,7 +93,7 @@ class UniformQuant(Stage):
             raise RecipeError(f"{self.name}: axis={self.axis!r} is not one of {', '.join(AXES)}")
         if not isinstance(self.sym, bool):
             raise RecipeError(f"{self.name}: sym={self.sym!r} must be True (sym) or False (asym)")
-        if not isinstance(self.rot, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        if self.rot not in (True, False, AUTO) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise RecipeError(f"{self.name}: rot={self.rot!r} must be True/False and seed={self.seed!r} an int >= 0")
         if not isinstance(self.clip, float | int) or not 0 < self.clip <= 1:
             raise RecipeError(f"{self.name}: clip={self.clip!r} must be in (0, 1]: the share of a group's range kept")
@@ -86,9 +103,11 @@ class UniformQuant(Stage):
         except RecipeError as exc:
             raise RecipeError(f"{self.name}: {exc}") from None
 
-    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows | HadamardRows:
-        """Quantize one layer's keys or values (``lengths``: rows per head), rotated first with ``rot``."""
-        if not self.rot:
+    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], coefficients: bool = False
+                 ) -> QuantRows | HadamardRows:
+        """Quantize one layer's keys or values (``lengths``: rows per head), rotated first with ``rot``
+        (``auto``: when the width is a power of two and the rows are not low-rank ``coefficients``)."""
+        if not self.rot or (self.rot == AUTO and (coefficients or not _power_of_two(rows.shape[1]))):
             return self._quantize(rows, lengths)
         check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
         return HadamardRows(self._quantize(rotate(rows, self.seed), lengths), self.seed, rows.dtype)
@@ -112,9 +131,12 @@ class UniformQuant(Stage):
             return replace(layer, keys=keys, values=values)
         if self.sink:
             raise RecipeError(f"{self.name}: sink={self.sink} applies to token rows, not to low-rank coefficients")
-        keys = quantize_encoded(layer.keys, layer.lengths, self.quantize)
-        values = quantize_encoded(layer.values, layer.lengths, self.quantize)
+        keys, values = self._encode(layer.keys, layer.lengths), self._encode(layer.values, layer.lengths)
         return replace(layer, keys=keys, values=values)
+
+    def _encode(self, rows, lengths: tuple[int, ...]):
+        coefficients = bool(getattr(rows, "has_inner_rows", False))
+        return quantize_encoded(rows, lengths, lambda r, n: self.quantize(r, n, coefficients))
 
 
 @register
@@ -128,9 +150,12 @@ class Int8(UniformQuant):
 @register
 class Int4(UniformQuant):
     name = "int4"
-    summary = "round-to-nearest INT4, two codes per byte, fp16 scale + zero per group"
+    summary = "round-to-nearest INT4, two codes per byte, fp16 scale + zero per group (default: channel groups, rot)"
     bits = 4
-    params = _params(sym=False)
+    # Default layout chosen on real models (RULER, SmolLM2-135M, n=40 held out): rotated rows in
+    # groups of 64 tokens per channel keep the full cache's multi-key accuracy where per-token
+    # groups lose a fifth of it (benchmarks/RESULTS.md). `int4:token,norot` is the old layout.
+    params = _params(sym=False, axis="channel", rot=AUTO)
 
 
 @register

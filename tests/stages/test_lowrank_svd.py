@@ -148,7 +148,7 @@ def test_quantized_coefficients_in_stage_hand_count():
 def test_quantizer_after_svd_quantizes_the_coefficients():
     layer = layer_of(torch.float32)
     low = Svd(rank=6, sink=0).apply_layer(0, layer, CTX).keys
-    int4 = Int4(group=64, axis="channel")
+    int4 = Int4(group=64, axis="channel", rot=False)
     q = quantize_encoded(low, layer.lengths, int4.quantize)
     assert isinstance(q, LowRankRows) and isinstance(q.coefficients, QuantRows)
     assert q.coefficients.shape == (H * T, 6)  # 6 codes per row, not head_dim

@@ -22,7 +22,7 @@ def cache() -> KVCache:
 
 
 def test_svd_then_int4_stores_4_bit_coefficients_hand_count():
-    out = Recipe.parse(f"svd:rank={R} > int4").apply(cache(), CTX).layers[0]
+    out = Recipe.parse(f"svd:rank={R} > int4:token").apply(cache(), CTX).layers[0]
     for enc in (out.keys, out.values):
         assert isinstance(enc, KeptRows) and isinstance(enc.inner, LowRankRows)
         coef = enc.inner.coefficients
@@ -40,7 +40,7 @@ def test_svd_then_int4_stores_4_bit_coefficients_hand_count():
 def test_reconstruction_is_the_basis_times_the_dequantized_coefficients():
     c = cache()
     low = Recipe.parse(f"svd:rank={R}").apply(c, CTX).layers[0].keys
-    q = Recipe.parse(f"svd:rank={R} > int4").apply(c, CTX).layers[0].keys
+    q = Recipe.parse(f"svd:rank={R} > int4:token").apply(c, CTX).layers[0].keys
     dq = q.inner.coefficients.dequantize().double()
     exact = low.inner.coefficients.decode().double()
     step = q.inner.coefficients.scales.double()  # one scale per row (group = r)

@@ -12,6 +12,7 @@ from kvstack.errors import RecipeError
 from kvstack.hf import CompressedCache, enable
 from kvstack.kv import DenseRows
 from kvstack.stack import Recipe, describe_stages
+from kvstack.stages.quant_rotate import HadamardRows
 from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quant_split import SplitRows
 
@@ -68,12 +69,12 @@ def layer_bytes(bits: int, tokens: int, vgroup: int, kgroups: int, sym: bool = F
     ("recipe", "bits", "expected"),
     [
         ("int8", 8, layer_bytes(8, T, 16, H * T, sym=True)),  # g64 capped at head_dim 16
-        ("int4", 4, layer_bytes(4, T, 16, H * T)),
+        ("int4:token,norot", 4, layer_bytes(4, T, 16, H * T)),
         ("int3", 3, layer_bytes(3, T, 16, H * T)),
         ("int2:g8", 2, layer_bytes(2, T, 8, 2 * H * T)),
         ("int2:sym", 2, layer_bytes(2, T, 16, H * T, sym=True)),
         # per channel, 32 tokens a group: both K and V are grouped along tokens
-        ("int4:g32,axis=channel", 4, 2 * (H * T * D // 2 + 4 * H * 3 * D)),
+        ("int4:g32,axis=channel,norot", 4, 2 * (H * T * D // 2 + 4 * H * 3 * D)),
     ],
 )
 def test_uniform_recipes_bytes_and_generate(setup, recipe, bits, expected):
@@ -86,6 +87,18 @@ def test_uniform_recipes_bytes_and_generate(setup, recipe, bits, expected):
     assert cache.nbytes == 2 * expected and cache.ratio > 1
     out = kvstack.generate(model, cache, question, max_new_tokens=4)
     assert out.shape == (4,) and out.dtype == torch.long
+
+
+def test_default_int4_is_rotated_channel_groups_of_64_tokens(setup):
+    """The default layout (chosen on real models): rotated rows, 64 tokens of a channel per group."""
+    model, ids, question, _ = setup
+    cache = kvstack.compress(model, ids, "int4")
+    for layer in cache.layers:
+        for rows in (layer.keys, layer.values):
+            assert isinstance(rows, HadamardRows) and isinstance(rows.inner, QuantRows)
+            assert (rows.inner.bits, rows.inner.axis, rows.inner.group) == (4, "channel", 64)
+        assert layer.nbytes == 2 * (H * T * D // 2 + 4 * H * 2 * D)  # ceil(96 / 64) = 2 groups a channel
+    assert kvstack.generate(model, cache, question, max_new_tokens=3).shape == (3,)
 
 
 def test_kivi_recipe_bytes_and_generate(setup):
@@ -102,7 +115,7 @@ def test_kivi_recipe_bytes_and_generate(setup):
 
 def test_streaming_then_int4(setup):
     model, ids, question, _ = setup
-    cache = kvstack.compress(model, ids, "streaming:sink=4,window=64 > int4:g32")
+    cache = kvstack.compress(model, ids, "streaming:sink=4,window=64 > int4:g32,token,norot")
     for layer in cache.layers:
         assert layer.lengths == (68, 68) and isinstance(layer.keys, QuantRows)
         assert layer.keys.group == 16  # g32 capped at head_dim
@@ -114,7 +127,7 @@ def test_scoped_stage_overrides_quantizer(setup):
     model, ids, question, _ = setup
     cache = kvstack.compress(model, ids, "int4 > fp16@layer0")
     assert isinstance(cache.layers[0].keys, DenseRows) and cache.layers[0].keys.dtype == torch.float16
-    assert isinstance(cache.layers[1].keys, QuantRows) and cache.layers[1].keys.bits == 4
+    assert isinstance(cache.layers[1].keys, HadamardRows) and cache.layers[1].keys.inner.bits == 4
     cache = kvstack.compress(model, ids, "int8@layers0-1 > int2")
     assert [layer.keys.bits for layer in cache.layers] == [8, 8]  # int2 is left no layers
     cache = kvstack.compress(model, ids, "int8@layer1 > int2")
@@ -126,8 +139,8 @@ def test_scoped_stage_overrides_quantizer(setup):
 
 def test_eviction_after_channel_quantization_requantizes(setup):
     model, ids, question, _ = setup
-    quant = kvstack.compress(model, ids, "int4:g16,channel")
-    cache = kvstack.compress(model, ids, "int4:g16,channel > streaming:sink=4,window=30")
+    quant = kvstack.compress(model, ids, "int4:g16,channel,norot")
+    cache = kvstack.compress(model, ids, "int4:g16,channel,norot > streaming:sink=4,window=30")
     for before, layer in zip(quant.layers, cache.layers, strict=True):
         assert isinstance(layer.keys, QuantRows) and layer.keys.axis == "channel"  # not dense floats
         assert layer.keys.segments == (34, 34)
@@ -141,7 +154,7 @@ def test_eviction_after_channel_quantization_requantizes(setup):
 def test_sliding_window_model_evicts_channel_quantized_rows(tiny_model, make_ids):
     # mistral_swa (window 16) drops rows from the compressed cache at every decoding step
     model = tiny_model("mistral_swa")
-    cache = kvstack.compress(model, make_ids(40, seed=1), "int4:g8,channel")
+    cache = kvstack.compress(model, make_ids(40, seed=1), "int4:g8,channel,norot")
     out = kvstack.generate(model, cache, make_ids(3, seed=2), max_new_tokens=4)
     assert out.shape == (4,)
 
@@ -165,7 +178,7 @@ def test_bad_recipes(recipe, match):
 def test_group_not_dividing_head_dim_is_a_clear_error(setup):
     model, ids, _, _ = setup
     with pytest.raises(RecipeError, match=r"group=12 does not divide head_dim=16.*\[1, 2, 4, 8, 16\]"):
-        kvstack.compress(model, ids, "int4:g12")
+        kvstack.compress(model, ids, "int4:token,g12")
 
 
 def test_python_construction_is_validated():

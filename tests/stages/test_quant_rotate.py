@@ -84,7 +84,7 @@ def test_bytes_are_those_of_the_unrotated_quantizer(spec):
         assert rotated.nbytes == 256 * (16 + 2 + 2)
 
 
-@pytest.mark.parametrize("spec", ["int4:rot", "int2:axis=channel,g8,rot"])
+@pytest.mark.parametrize("spec", ["int4:token,rot", "int2:axis=channel,g8,rot"])
 def test_select_keeps_the_decoded_rows(spec):
     x = rows_with_outliers(n=64)
     enc = parse_stage(spec).quantize(x, (32, 32))
