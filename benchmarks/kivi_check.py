@@ -19,9 +19,9 @@ import argparse
 import statistics
 
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import kvstack
+from kvstack.eval.attention_error import attention_errors
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
 from kvstack.zoo import load
@@ -83,41 +83,15 @@ def main() -> None:
     # 2. attention output error per layer for the question's queries
     print(f"\nrelative error of attention outputs (question queries, {prompt.context_ids.numel()} context tokens); "
           "top-1 = share of (head, query) pairs whose most-attended token changes")
-    caches = {r: kvstack.compress(model, prompt.context_ids, r) for r in RECIPES}
-    q_ctx = torch.cat([prompt.context_ids, prompt.question_ids])
-    with torch.no_grad():
-        hidden = model(q_ctx.view(1, -1), output_hidden_states=True).hidden_states
-    layers = model.model.layers
-    n_ctx = prompt.context_ids.numel()
-    pos = torch.arange(n_ctx, q_ctx.numel()).view(1, -1)
-    cos, sin = model.model.rotary_emb(hidden[0], pos)
-    summary = {}
-    for r, cache in caches.items():
-        errs, flips = [], []
-        for i, (lf, lq) in enumerate(zip(full.layers, cache.layers)):
-            attn = layers[i].self_attn
-            h = layers[i].input_layernorm(hidden[i][0, prompt.context_ids.numel() :])
-            q = attn.q_proj(h).view(1, h.shape[0], -1, 64).transpose(1, 2)  # [1, Hq, n, 64]
-            q = apply_rotary_pos_emb(q, q, cos, sin)[0][0]  # RoPE at the question's true positions
-            kf, vf = heads(lf)
-            kq, vq = heads(lq)
-            group = q.shape[0] // len(kf)
-            e, f = [], []
-            for hq in range(q.shape[0]):
-                kv = hq // group
-                sf = torch.softmax(q[hq] @ kf[kv].T / 8, -1)
-                sq = torch.softmax(q[hq] @ kq[kv].T / 8, -1)
-                of, oq = sf @ vf[kv], sq @ vq[kv]
-                e.append(((of - oq).norm() / of.norm()).item())
-                f.append((sf.argmax(-1) != sq.argmax(-1)).float().mean().item())
-            errs.append(statistics.mean(e))
-            flips.append(statistics.mean(f))
-        summary[r] = (errs, flips)
-    print("| recipe | mean rel. error | worst layer (error) | top-1 changed |")
-    print("|---|---|---|---|")
-    for r, (errs, flips) in summary.items():
-        w = max(range(len(errs)), key=errs.__getitem__)
-        print(f"| `{r}` | {statistics.mean(errs):.3f} | {w} ({errs[w]:.3f}) | {statistics.mean(flips):.1%} |")
+    print("| recipe | below model dtype | mean rel. error | worst layer (error) | top-1 changed |")
+    print("|---|---|---|---|---|")
+    for r in RECIPES:
+        cache = kvstack.compress(model, prompt.context_ids, r)
+        errs = attention_errors(model, full, cache, prompt.question_ids)
+        rel = [e.relative for e in errs]
+        w = max(range(len(rel)), key=rel.__getitem__)
+        flips = statistics.mean(e.top1_changed for e in errs)
+        print(f"| `{r}` | {cache.ratio:.2f}x | {statistics.mean(rel):.3f} | {w} ({rel[w]:.3f}) | {flips:.1%} |")
 
 
 if __name__ == "__main__":

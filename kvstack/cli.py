@@ -107,8 +107,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"  {name}: {params}")
     from kvstack.presets import MEASURED_ON, describe_presets
 
-    print(f"\npresets (a whole recipe by name; tuned on {MEASURED_ON}: run benchmarks/stacking.py on yours):")
-    print(table(describe_presets(), ("preset", "recipe", "measured")))
+    print(f"\npresets (a whole recipe by name; tuned on {MEASURED_ON}; the real-model column is SmolLM2-135M on "
+          "RULER (benchmarks/RESULTS.md): question-agnostic best: presets fail there - run benchmarks/stacking.py "
+          "on yours):")
+    print(table(describe_presets(), ("preset", "recipe", "on a real model", "on the fixture model")))
     print(
         "\ngrammar: stages separated by '>', e.g. 'streaming:window=512 > int8:g64 > fp16@layer0'\n"
         "a stage scoped with @layerN / @layersA-B overrides unscoped stages of its family on those layers"
