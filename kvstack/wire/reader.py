@@ -4,15 +4,16 @@ back each layer as soon as its last chunk has been checked and decoded.
 Nothing is trusted before it is checked: the preamble and header lengths against the
 limits, the header against its CRC and then field by field (``header.py``), each frame's
 index, length and CRC before its payload is decoded, and the whole stream against the end
-frame. Arrays are allocated with the sizes the validated header announced, once their first
-chunk arrives. No pickle, no ``torch.load``: payloads are raw bytes or compressed raw bytes.
+frame. Memory follows what really arrived, never what a header claims: an array grows chunk
+by chunk, and before a chunk is decoded its announced size is checked against the chunk limit
+and against ``Limits.max_inflation`` times the bytes received so far (so a small stream cannot
+decode to gigabytes). No pickle, no ``torch.load``: payloads are raw bytes or compressed raw bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 import torch
 
 from kvstack.errors import CacheFormatError, InputError, KvstackError
@@ -49,7 +50,8 @@ class StreamDecoder:
         self._consumed = 0
         self._header_len: int | None = None
         self._next = 0
-        self._data: dict[int, np.ndarray] = {}
+        self._data: dict[int, bytearray] = {}
+        self._produced = 0  # decoded bytes so far (the inflation check)
         self._shared: dict[int, torch.Tensor] = {}
         self._layers: list[KVLayer | None] = []
         self._next_layer = 0
@@ -153,11 +155,9 @@ class StreamDecoder:
         if crc32c(payload) != crc:
             raise CacheFormatError(f"corrupt cache: checksum mismatch in chunk {index} ({spec.name})")
         if not self.verify_only or array == self.header.context_array:
+            self._check_inflation((stop - start) * spec.row_bytes)
             block = spec.decode_block(payload, stop - start)
-            buf = self._data.get(array)
-            if buf is None:
-                buf = self._data[array] = np.empty(spec.nbytes, dtype=np.uint8)
-            buf[start * spec.row_bytes : stop * spec.row_bytes] = block
+            self._data.setdefault(array, bytearray()).extend(block)  # chunks arrive in row order
         self._next += 1
         if array == self.header.context_array and self.header.array_last_chunk[array] == index:
             self._check_context()
@@ -200,6 +200,16 @@ class StreamDecoder:
                 "its token ids mean different text here: tokenize with the tokenizer it was built with"
             )
 
+    def _check_inflation(self, nbytes: int) -> None:
+        lim = self.limits
+        self._produced += nbytes
+        if self._produced > lim.max_inflation * self._consumed + lim.inflation_allowance:
+            raise CacheFormatError(
+                f"cache stream would decode to over {lim.max_inflation}x its {self._consumed} bytes so far "
+                f"({self._produced} bytes): a decompression bomb or a corrupt header; raise "
+                "Limits.max_inflation if you trust the source"
+            )
+
     def _check_context(self) -> None:
         h = self.header
         ids = self._tensor(h.context_array)
@@ -211,9 +221,10 @@ class StreamDecoder:
             return self._shared[array]
         spec = self.header.arrays[array]
         buf = self._data.pop(array, None)
-        if buf is None:
-            buf = np.empty(spec.nbytes, dtype=np.uint8)
-        t = torch.from_numpy(buf).view(spec.dtype).reshape(spec.shape)
+        if not buf:  # no rows (or zero-width rows): nothing to view, and viewing b"" as fp16 fails
+            t = torch.empty(spec.shape, dtype=spec.dtype)
+        else:
+            t = torch.frombuffer(buf, dtype=torch.uint8).view(spec.dtype).reshape(spec.shape)
         if array == self.header.context_array:
             self._data[array] = buf  # ids are read twice (hash check, then the cache)
         elif spec.shared:
@@ -258,11 +269,18 @@ class StreamDecoder:
         arrays = {k: None if a is None else self._tensor(a) for k, a in node["arrays"].items()}
         children = {k: self._build_node(v) for k, v in node["children"].items()}
         try:
-            return coding.build(node["meta"], arrays, children)
+            built = coding.build(node["meta"], arrays, children)
+            width = int(built.shape[1])
         except KvstackError:
             raise
-        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
             raise CacheFormatError(f"corrupt cache: {node['kind']} rows do not build ({exc})") from exc
+        if width > self.limits.max_head_dim:  # e.g. a Hadamard wrapper would build a width^2 matrix
+            raise CacheFormatError(
+                f"corrupt cache: {node['kind']} rows of width {width}, over the reader's head_dim limit of "
+                f"{self.limits.max_head_dim} (Limits.max_head_dim)"
+            )
+        return built
 
 
 def _max_payload(spec, rows: int, limits: Limits) -> int:
