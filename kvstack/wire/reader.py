@@ -33,15 +33,18 @@ class StreamDecoder:
     """Push-style decoder: ``feed(bytes)`` returns the layers completed by those bytes,
     ``finish()`` the :class:`KVCache` once the end frame has arrived.
 
-    ``verify_only=True`` checks structure and checksums without decoding layers (what a
-    server does before storing an upload); ``expect_fingerprint`` fails right after the
-    header when the cache belongs to another model.
+    ``verify_only=True`` checks structure and checksums without decoding layers;
+    ``keep_layers=False`` decodes every chunk and builds every layer (each container checks its
+    shapes against its meta) but drops each layer once built, so memory stays at about one
+    layer: what a server does before committing an upload. ``expect_fingerprint`` fails right
+    after the header when the cache belongs to another model.
     """
 
-    def __init__(self, limits: Limits | None = None, *, verify_only: bool = False,
+    def __init__(self, limits: Limits | None = None, *, verify_only: bool = False, keep_layers: bool = True,
                  expect_fingerprint: str | None = None, expect_tokenizer: str | None = None) -> None:
         self.limits = limits or Limits()
         self.verify_only = verify_only
+        self.keep_layers = keep_layers
         self.expect_fingerprint = expect_fingerprint
         self.expect_tokenizer = expect_tokenizer
         self.header: Header | None = None
@@ -72,8 +75,8 @@ class StreamDecoder:
     def finish(self) -> KVCache:
         """The decoded cache (CacheFormatError if the stream was cut short)."""
         self.check_complete()
-        if self.verify_only:
-            raise InputError("a verify-only decoder keeps no tensors; use StreamDecoder() to decode")
+        if self.verify_only or not self.keep_layers:
+            raise InputError("this decoder keeps no tensors (verify_only or keep_layers=False); use StreamDecoder()")
         h = self.header
         ids = self._tensor(h.context_array)
         return KVCache(
@@ -238,8 +241,9 @@ class StreamDecoder:
         while self._next_layer < len(h.layers) and h.layer_last_chunk[self._next_layer] < self._next:
             i = self._next_layer
             layer = self._build_layer(h.layers[i], i)
-            self._layers[i] = layer
-            ready.append((i, layer))
+            if self.keep_layers:
+                self._layers[i] = layer
+                ready.append((i, layer))
             self._next_layer += 1
 
     def _build_layer(self, desc: dict, i: int) -> KVLayer:
