@@ -99,7 +99,7 @@ def _pull(args) -> int:
 
     async def go() -> int:
         async with Client(_server_url(args), read_token(args)) as c:
-            return await c.pull_to(args.key, args.out)
+            return await c.pull_to(args.key, args.out, recipe=args.recipe)
 
     size = asyncio.run(go())
     print(f"{args.out}: {size} bytes")
@@ -191,8 +191,9 @@ def register(subparsers) -> None:
         "examples:\n"
         "  kvstack pull 69c6797fbba72db4/ff54c4...9cd8 --out doc.kvw --token SECRET",
     )
-    p.add_argument("key", help="<fingerprint>/<prefix sha256>, as printed by kvstack push")
+    p.add_argument("key", help="<fingerprint>/<prefix sha256>[/<recipe id>], as printed by kvstack push")
     p.add_argument("--out", required=True, help="file to write (replaced atomically)")
+    p.add_argument("--recipe", help="the cache of this recipe, when the context has several (kvstack caches)")
     _client_options(p)
     p.set_defaults(func=_pull)
 

@@ -3,10 +3,14 @@
 Routes (every ``/v1/caches`` route needs ``Authorization: Bearer <token>``)::
 
     PUT    /v1/caches                      upload a wire stream; the key comes from its header
-    PUT    /v1/caches/{fingerprint}/{prefix}   same, and the header must match the key
-    GET    /v1/caches/{fingerprint}/{prefix}   stream the cache back
-    HEAD   /v1/caches/{fingerprint}/{prefix}   exists? (Content-Length = size)
-    DELETE /v1/caches/{fingerprint}/{prefix}
+    PUT    /v1/caches/{fingerprint}/{prefix}[/{recipe id}]   same, and the header must match the key
+    GET    /v1/caches/{fingerprint}/{prefix}[/{recipe id}]   stream the cache back
+    HEAD   /v1/caches/{fingerprint}/{prefix}[/{recipe id}]   exists? (Content-Length = size)
+    DELETE /v1/caches/{fingerprint}/{prefix}[/{recipe id}]
+
+A key is ``<fingerprint>/<prefix>/<recipe id>`` (see ``keys.py``): caches of one context under
+different recipes live side by side. Without the recipe id, GET/HEAD/DELETE act on the one
+cache of that context, or answer 300 Multiple Choices with the candidates' JSON entries.
     GET    /v1/caches[?fingerprint=F]      JSON list of stored caches
     GET    /v1/health                      no auth: {"ok": true}
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 
 from kvstack.errors import CacheFormatError, InputError, TransportError
@@ -55,10 +60,30 @@ def _too_large(limit: int, size: int) -> web.HTTPException:
 
 
 def _key(request: web.Request) -> CacheKey:
+    info = request.match_info
     try:
-        return CacheKey(request.match_info["fingerprint"], request.match_info["prefix"])
+        return CacheKey(info["fingerprint"], info["prefix"], info.get("variant", ""))
     except InputError as exc:
         raise _error(web.HTTPBadRequest, str(exc)) from None
+
+
+async def _resolve(request: web.Request) -> CacheKey:
+    """The request's key; without a recipe id, the one stored cache of that context (404 if
+    none, 300 with the candidates if several)."""
+    key = _key(request)
+    if key.variant:
+        return key
+    found = [e for e in await request.app[STORE].list(key.fingerprint) if e.key.context == key]
+    if not found:
+        raise _error(web.HTTPNotFound, f"no cache {key}; push it first (kvstack push)")
+    if len(found) > 1:
+        raise web.HTTPMultipleChoices(
+            location=f"/v1/caches/{found[0].key}", content_type="application/json",
+            text=json.dumps({"error": f"{len(found)} caches of context {key} (one per recipe): name one by its "
+                             "full key <fingerprint>/<prefix>/<recipe id>, or pull with recipe=",
+                             "caches": [e.to_json() for e in found]}),
+        )
+    return found[0].key
 
 
 _UNAUTHORIZED = "missing or wrong bearer token: send 'Authorization: Bearer <token>' (kvstack --token)\n"
@@ -150,10 +175,10 @@ async def _receive(request: web.Request, store: Store, settings: ServerSettings,
             await upload.write(piece)
         header = dec.check_complete()
         try:
-            key = CacheKey(header.model_fingerprint, header.context_sha256)
+            key = CacheKey(header.model_fingerprint, header.context_sha256).with_recipe(header.recipe)
         except InputError as exc:
             raise _error(web.HTTPUnprocessableEntity, f"cannot address this cache: {exc}") from None
-        if want is not None and want != key:
+        if want is not None and want != (key if want.variant else key.context):
             raise _error(web.HTTPConflict, f"the stream is cache {key}, not {want}")
         entry = Entry(key, total, header.context_tokens, header.recipe, time.time())
         await upload.commit(entry)
@@ -167,7 +192,7 @@ async def _receive(request: web.Request, store: Store, settings: ServerSettings,
 
 
 async def _get(request: web.Request) -> web.StreamResponse:
-    key = _key(request)
+    key = await _resolve(request)
     opened = await request.app[STORE].open(key)
     if opened is None:
         raise _error(web.HTTPNotFound, f"no cache {key}; push it first (kvstack push)")
@@ -187,7 +212,7 @@ async def _get(request: web.Request) -> web.StreamResponse:
 
 
 async def _delete(request: web.Request) -> web.Response:
-    key = _key(request)
+    key = await _resolve(request)
     if not await request.app[STORE].delete(key):
         raise _error(web.HTTPNotFound, f"no cache {key}")
     return web.Response(status=204)
@@ -230,10 +255,10 @@ def make_app(store: Store, token: str | None, max_bytes: int = DEFAULT_MAX_BYTES
     app.router.add_get("/v1/health", _health)
     app.router.add_put("/v1/caches", _put)
     app.router.add_get("/v1/caches", _list)
-    path = "/v1/caches/{fingerprint}/{prefix}"
-    app.router.add_put(path, _put)
-    app.router.add_get(path, _get)  # aiohttp answers HEAD through the GET route
-    app.router.add_delete(path, _delete)
+    for path in ("/v1/caches/{fingerprint}/{prefix}", "/v1/caches/{fingerprint}/{prefix}/{variant}"):
+        app.router.add_put(path, _put)
+        app.router.add_get(path, _get)  # aiohttp answers HEAD through the GET route
+        app.router.add_delete(path, _delete)
 
     async def close_store(app: web.Application) -> None:
         await app[STORE].close()

@@ -1,4 +1,5 @@
-"""The embedded store: one file per cache, ``<root>/<fingerprint>/<prefix>.kvw``.
+"""The embedded store: one file per cache, ``<root>/<fingerprint>/<prefix>.<recipe id>.kvw``
+(``<prefix>.kvw`` for keys without a recipe id, as stored before recipe ids existed).
 
 Uploads stream into ``<root>/.incoming/`` and are renamed into place after an fsync, so a
 crash mid-upload leaves at most a stray ``.part`` file there (cleared at the next start once
@@ -97,7 +98,8 @@ class DirectoryStore:
                 continue
 
     def path_of(self, key: CacheKey) -> Path:
-        path = (self.root / key.fingerprint / f"{key.prefix}{SUFFIX}").resolve()
+        name = f"{key.prefix}.{key.variant}" if key.variant else key.prefix
+        path = (self.root / key.fingerprint / f"{name}{SUFFIX}").resolve()
         if path.parent.parent != self.root:  # CacheKey's pattern already forbids this; belt and braces
             raise InputError(f"cache key {key} escapes the store directory")
         return path
@@ -139,7 +141,7 @@ class DirectoryStore:
                 continue
             for path in d.glob(f"*{SUFFIX}"):
                 try:
-                    key = CacheKey(d.name, path.name[: -len(SUFFIX)])
+                    key = CacheKey(d.name, *path.name[: -len(SUFFIX)].split(".", 1))
                     stat = path.stat()
                     known = self._index.get(path)
                     if known is None or known[0] != _identity(stat):

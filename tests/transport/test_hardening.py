@@ -180,7 +180,7 @@ def test_listing_uses_the_index_and_rereads_a_replaced_file(tmp_path, serve, cac
 
     info, listed = asyncio.run(push_and_list(wire.encode(cache)))
     assert [e["recipe"] for e in listed] == ["int4"]
-    path = Path(store) / info["fingerprint"] / f"{info['prefix']}.kvw"
+    path = Path(store) / info["fingerprint"] / f"{info['prefix']}.{info['variant']}.kvw"
     # Scribble over the header in place, keeping inode, size and mtime: a listing that re-parsed
     # headers would now drop the file; the index still knows it.
     st = path.stat()
