@@ -96,3 +96,19 @@ def test_zstd_frame_declaring_a_huge_size_is_a_typed_error():
         zstdio.decompress(frame, 299, "long")
     with pytest.raises(CacheFormatError, match="holds 300 bytes, expected 301"):
         zstdio.decompress(frame, 301, "short")
+
+
+def test_prefix_hash_in_blocks_equals_the_whole_array_hash():
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from kvstack.wire import hashing
+
+    g = torch.Generator().manual_seed(0)
+    for ids in (torch.randint(-(2**40), 2**40, (3 * hashing._BLOCK + 17,), generator=g),
+                torch.randint(0, 50_000, (hashing._BLOCK,), generator=g, dtype=torch.int32),
+                torch.empty(0, dtype=torch.int64), [1, 2, 3]):
+        whole = np.asarray(torch.as_tensor(ids).reshape(-1).to(torch.int64).numpy()).astype("<u4").tobytes()
+        assert hashing.prefix_hash(ids) == hashlib.sha256(whole).hexdigest()
