@@ -135,16 +135,15 @@ class Client:
         return shaped(pieces, TokenBucket(rate, burst))
 
     async def pull(self, key: CacheKey | str, model=None, *, tokenizer=None, limits: Limits | None = None,
-                   recipe: str | None = None) -> KVCache:
+                   recipe: str | None = None, fingerprint: str = "config") -> KVCache:
         """Download and decode a cache as it streams in; with ``model``, a foreign cache raises
         ModelError as soon as the header arrives. ``recipe`` picks that recipe's cache of the
-        key's context (a key without a recipe id names the context's only cache)."""
-        fingerprint = None
-        if model is not None:
-            from kvstack.hf.model import model_info
+        key's context (a key without a recipe id names the context's only cache); ``fingerprint``
+        as in :func:`kvstack.wire.load`."""
+        from kvstack.wire.files import expect_model
 
-            fingerprint = model_info(model).fingerprint
-        dec = StreamDecoder(limits, expect_fingerprint=fingerprint,
+        expect = None if model is None else expect_model(model, fingerprint)
+        dec = StreamDecoder(limits, expect_fingerprint=expect,
                             expect_tokenizer=None if tokenizer is None else tokenizer_hash(tokenizer))
         async for piece in self._stream(key, recipe):
             dec.feed(piece)
@@ -239,13 +238,15 @@ def pull(url: str, key: CacheKey | str, model=None, token: str | None = None, **
     return _run(go())
 
 
-def find(url: str, model_or_fingerprint, ids, token: str | None = None, recipe: str | None = None) -> dict | None:
-    """Synchronous :meth:`Client.find`; accepts a model or its fingerprint."""
-    fingerprint = model_or_fingerprint
-    if not isinstance(fingerprint, str):
-        from kvstack.hf.model import model_info
+def find(url: str, model_or_fingerprint, ids, token: str | None = None, recipe: str | None = None,
+         fingerprint: str = "config") -> dict | None:
+    """Synchronous :meth:`Client.find`; accepts a model (whose ``fingerprint`` kind, config or
+    weights, names its caches) or a fingerprint."""
+    if not isinstance(model_or_fingerprint, str):
+        from kvstack.hf.fingerprint import model_fingerprint
 
-        fingerprint = model_info(model_or_fingerprint).fingerprint
+        model_or_fingerprint = model_fingerprint(model_or_fingerprint, fingerprint)
+    fingerprint = model_or_fingerprint
 
     async def go():
         async with Client(url, token) as c:

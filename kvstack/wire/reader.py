@@ -12,7 +12,7 @@ decode to gigabytes). No pickle, no ``torch.load``: payloads are raw bytes or co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -36,12 +36,14 @@ class StreamDecoder:
     ``verify_only=True`` checks structure and checksums without decoding layers;
     ``keep_layers=False`` decodes every chunk and builds every layer (each container checks its
     shapes against its meta) but drops each layer once built, so memory stays at about one
-    layer: what a server does before committing an upload. ``expect_fingerprint`` fails right
-    after the header when the cache belongs to another model.
+    layer: what a server does before committing an upload. ``expect_fingerprint`` (a string, or
+    a function of the header's fingerprint returning the one expected) fails right after the
+    header when the cache belongs to another model.
     """
 
     def __init__(self, limits: Limits | None = None, *, verify_only: bool = False, keep_layers: bool = True,
-                 expect_fingerprint: str | None = None, expect_tokenizer: str | None = None) -> None:
+                 expect_fingerprint: str | Callable[[str], str] | None = None,
+                 expect_tokenizer: str | None = None) -> None:
         self.limits = limits or Limits()
         self.verify_only = verify_only
         self.keep_layers = keep_layers
@@ -191,10 +193,13 @@ class StreamDecoder:
         from kvstack.errors import ModelError
 
         h = self.header
-        if self.expect_fingerprint is not None and h.model_fingerprint != self.expect_fingerprint:
+        want = self.expect_fingerprint
+        if callable(want):  # e.g. the model's config or weights fingerprint, by what the cache carries
+            want = want(h.model_fingerprint)
+        if want is not None and h.model_fingerprint != want:
             raise ModelError(
                 f"this cache was built by another model (fingerprint {h.model_fingerprint or 'none'}, this model "
-                f"{self.expect_fingerprint}); load the model it was built with, or compress the context again "
+                f"{want}); load the model it was built with, or compress the context again "
                 "with this model"
             )
         if self.expect_tokenizer is not None and h.tokenizer is not None and h.tokenizer != self.expect_tokenizer:

@@ -99,3 +99,25 @@ def test_recipe_ids_are_checked():
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def test_the_server_keys_weights_fingerprinted_caches_apart(serve, store_url, model, context):
+    from kvstack.errors import ModelError
+    from kvstack.hf.fingerprint import model_fingerprint
+
+    tuned = tiny_llama(seed=9)  # the same config: the same config fingerprint
+    server = serve(store_url)
+    marked = kvstack.compress(model, context, "int8", fingerprint="weights")
+
+    async def go():
+        async with Client(server.url, TOKEN) as c:
+            plain = await c.push(kvstack.compress(model, context, "int8"))
+            info = await c.push(marked)
+            pulled = await c.pull(info["key"], model)
+            with pytest.raises(ModelError, match="another model"):
+                await c.pull(info["key"], tuned)
+            return plain, info, pulled
+
+    plain, info, pulled = run(go())
+    assert info["fingerprint"] == model_fingerprint(model, "weights") != plain["fingerprint"]
+    assert wire.cache_differences(pulled, marked) == []
