@@ -20,7 +20,7 @@ from kvstack.transport.keys import CacheKey
 from kvstack.transport.store import Entry
 from kvstack.transport.store_redis import RedisStore
 
-TTL = 1  # seconds: tests wait 2.5 x this for Redis to expire a key (lazily, on the next access)
+TTL = 1  # seconds: stall tests wait 2.5 x this for Redis to expire a key (lazily, on the next access)
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,12 @@ def test_a_slow_but_steady_upload_outlives_the_ttl(url, blobs):
     blob, key = blobs
 
     async def go():
-        store = RedisStore(url, staging_ttl=TTL)
+        store = RedisStore(url, staging_ttl=3)
         up = await store.begin_put()
-        for start in range(0, len(blob), len(blob) // 5 + 1):
-            await up.write(blob[start : start + len(blob) // 5 + 1])
-            await asyncio.sleep(0.5 * TTL)  # 2.5+ TTLs in all, never TTL without a byte
+        step = len(blob) // 8 + 1
+        for start in range(0, len(blob), step):
+            await up.write(blob[start : start + step])
+            await asyncio.sleep(0.5)  # 4 s in all, over the 3 s TTL, but never 3 s without a byte
         await up.commit(Entry(key, len(blob), 40, "int8", time.time()))
         got = await _stored(store, key)
         await store.close()
