@@ -162,7 +162,8 @@ async def _put(request: web.Request) -> web.Response:
 
 async def _receive(request: web.Request, store: Store, settings: ServerSettings, want: CacheKey | None):
     max_bytes = settings.max_bytes
-    limits = Limits(max_stream_bytes=max_bytes, max_header_bytes=settings.max_header_bytes)
+    limits = Limits(max_stream_bytes=max_bytes, max_header_bytes=settings.max_header_bytes,
+                    max_inflation=settings.max_inflation)
     dec = StreamDecoder(limits, keep_layers=False)  # decodes and builds every layer, keeps none
     upload = await store.begin_put()
     total = 0

@@ -26,7 +26,9 @@ class ServerSettings:
     ``max_uploads`` uploads run at once; more get 503 with ``Retry-After`` at once (never queued,
     so a crowd of stalled uploads cannot hold file descriptors and staging space).
     ``max_header_bytes`` bounds a stream's JSON header (parsed in a worker thread, never on the
-    event loop).
+    event loop). ``max_inflation``: decoded bytes per uploaded byte (``wire.Limits``), stricter
+    than a reader's default 256 because a real upload decodes to a few times its size at most
+    (packed codes are not dequantized) and the server keeps an upload's context ids whole.
     """
 
     token: str | None = None
@@ -36,13 +38,14 @@ class ServerSettings:
     body_idle_timeout: float = 60.0
     body_timeout: float = 3600.0
     max_header_bytes: int = 16 << 20
+    max_inflation: int = 32
 
     def __post_init__(self) -> None:
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8):
             raise InputError("the server token must be at least 8 characters; generate one with `openssl rand -hex 16`")
         if self.token is not None and not (self.token.isascii() and self.token.isprintable()):
             raise InputError("the server token must be printable ASCII on one line (it travels in an HTTP header)")
-        for name in ("max_bytes", "max_uploads", "max_header_bytes"):
+        for name in ("max_bytes", "max_uploads", "max_header_bytes", "max_inflation"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name}={value!r}: give a whole number, at least 1")
