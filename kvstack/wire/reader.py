@@ -4,16 +4,18 @@ back each layer as soon as its last chunk has been checked and decoded.
 Nothing is trusted before it is checked: the preamble and header lengths against the
 limits, the header against its CRC and then field by field (``header.py``), each frame's
 index, length and CRC before its payload is decoded, and the whole stream against the end
-frame. Memory follows what really arrived, never what a header claims: an array grows chunk
-by chunk, and before a chunk is decoded its announced size is checked against the chunk limit
-and against ``Limits.max_inflation`` times the bytes received so far (so a small stream cannot
-decode to gigabytes). No pickle, no ``torch.load``: payloads are raw bytes or compressed raw bytes.
+frame. Memory follows what really arrived, never what a header claims: an array is allocated
+whole only when the bytes received already cover it at the inflation limit (else it grows
+chunk by chunk), and before a chunk is decoded its announced size is checked against the
+chunk limit and against ``Limits.max_inflation`` times the bytes received so far (so a small
+stream cannot decode to gigabytes). No pickle, no ``torch.load``: payloads are raw bytes or compressed raw bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from kvstack.errors import CacheFormatError, InputError, KvstackError
@@ -55,7 +57,7 @@ class StreamDecoder:
         self._consumed = 0
         self._header_len: int | None = None
         self._next = 0
-        self._data: dict[int, bytearray] = {}
+        self._data: dict[int, _Rows] = {}
         self._produced = 0  # decoded bytes so far (the inflation check)
         self._shared: dict[int, torch.Tensor] = {}
         self._layers: list[KVLayer | None] = []
@@ -162,7 +164,10 @@ class StreamDecoder:
         if not self.verify_only or array == self.header.context_array:
             self._check_inflation((stop - start) * spec.row_bytes)
             block = spec.decode_block(payload, stop - start)
-            self._data.setdefault(array, bytearray()).extend(block)  # chunks arrive in row order
+            rows = self._data.get(array)
+            if rows is None:
+                rows = self._data[array] = _Rows(spec.nbytes, self._budget() >= spec.nbytes - len(block))
+            rows.add(block)  # chunks arrive in row order
         self._next += 1
         if array == self.header.context_array and self.header.array_last_chunk[array] == index:
             self._check_context()
@@ -208,10 +213,14 @@ class StreamDecoder:
                 "its token ids mean different text here: tokenize with the tokenizer it was built with"
             )
 
+    def _budget(self) -> int:
+        """Decoded bytes the inflation limit still allows."""
+        return self.limits.max_inflation * self._consumed + self.limits.inflation_allowance - self._produced
+
     def _check_inflation(self, nbytes: int) -> None:
         lim = self.limits
         self._produced += nbytes
-        if self._produced > lim.max_inflation * self._consumed + lim.inflation_allowance:
+        if self._budget() < 0:
             raise CacheFormatError(
                 f"cache stream would decode to over {lim.max_inflation}x its {self._consumed} bytes so far "
                 f"({self._produced} bytes): a decompression bomb or a corrupt header; raise "
@@ -229,10 +238,10 @@ class StreamDecoder:
             return self._shared[array]
         spec = self.header.arrays[array]
         buf = self._data.pop(array, None)
-        if not buf:  # no rows (or zero-width rows): nothing to view, and viewing b"" as fp16 fails
+        if buf is None or not buf.size:  # no rows (or zero-width rows): viewing b"" as fp16 fails
             t = torch.empty(spec.shape, dtype=spec.dtype)
         else:
-            t = torch.frombuffer(buf, dtype=torch.uint8).view(spec.dtype).reshape(spec.shape)
+            t = torch.from_numpy(buf.array()).view(spec.dtype).reshape(spec.shape)
         if array == self.header.context_array:
             self._data[array] = buf  # ids are read twice (hash check, then the cache)
         elif spec.shared:
@@ -290,6 +299,26 @@ class StreamDecoder:
                 f"{self.limits.max_head_dim} (Limits.max_head_dim)"
             )
         return built
+
+
+class _Rows:
+    """One array's bytes as its chunks arrive. Allocated whole at its announced size when the
+    inflation budget already covers that (no copies: the common case), else grown chunk by chunk,
+    so memory follows what arrived rather than what a header claims."""
+
+    def __init__(self, nbytes: int, whole: bool) -> None:
+        self.buf: np.ndarray | bytearray = np.empty(nbytes, dtype=np.uint8) if whole else bytearray()
+        self.size = 0
+
+    def add(self, block: np.ndarray) -> None:
+        if isinstance(self.buf, np.ndarray):
+            self.buf[self.size : self.size + block.size] = block
+        else:
+            self.buf.extend(block)
+        self.size += block.size
+
+    def array(self) -> np.ndarray:
+        return self.buf if isinstance(self.buf, np.ndarray) else np.frombuffer(self.buf, dtype=np.uint8)
 
 
 def _max_payload(spec, rows: int, limits: Limits) -> int:

@@ -112,3 +112,13 @@ def test_prefix_hash_in_blocks_equals_the_whole_array_hash():
                 torch.empty(0, dtype=torch.int64), [1, 2, 3]):
         whole = np.asarray(torch.as_tensor(ids).reshape(-1).to(torch.int64).numpy()).astype("<u4").tobytes()
         assert hashing.prefix_hash(ids) == hashlib.sha256(whole).hexdigest()
+
+
+def test_arrays_grown_chunk_by_chunk_decode_the_same(wire_caches):
+    """With no allowance, arrays are never allocated whole ahead of their bytes: the grown path
+    must give the very same cache."""
+    for recipe in ("int4", "kivi:2,g8,residual=6", "identity"):
+        cache = wire_caches[recipe]
+        blob = wire.encode(cache, chunk_rows=4)
+        back = wire.decode(blob, limits=Limits(inflation_allowance=0, max_inflation=8))
+        assert wire.cache_differences(cache, back) == [], recipe
