@@ -6,7 +6,7 @@ them anywhere. Defaults suit a LAN server; tests set them small.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvstack.errors import InputError
 
@@ -31,7 +31,7 @@ class ServerSettings:
     (packed codes are not dequantized) and the server keeps an upload's context ids whole.
     """
 
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in logs
     max_bytes: int = DEFAULT_MAX_BYTES
     max_uploads: int = 64
     header_timeout: float = 30.0
