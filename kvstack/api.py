@@ -59,17 +59,22 @@ def compress(
     *,
     chunk_size: int = 1024,
     progress: bool = False,
+    fingerprint: str = "config",
 ) -> KVCache:
     """Prefill ``context_ids`` with ``model`` and compress its KV cache with ``recipe``.
 
     ``question_ids=None`` builds a question-agnostic cache reusable for many questions;
     passing the question lets query-aware stages (Q2C) score tokens by it. The question
-    itself is not stored: pass it again to :func:`generate`.
+    itself is not stored: pass it again to :func:`generate`. ``fingerprint="weights"`` marks
+    the cache with a hash of the model's config *and weights* (``kvstack.hf.fingerprint``), so
+    a fine-tune with the same config refuses it; the default marks the config only.
     """
+    from kvstack.hf.fingerprint import model_fingerprint
     from kvstack.hf.model import check_context_window, model_info
     from kvstack.hf.prefill import prefill
 
     info = model_info(model)
+    marked = model_fingerprint(model, fingerprint)
     recipe_obj = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
     ctx_ids = _as_ids(context_ids, "context_ids")
     q_ids = None if question_ids is None else _as_ids(question_ids, "question_ids")
@@ -88,27 +93,34 @@ def compress(
     start = time.perf_counter()
     cache = recipe_obj.apply(pre.cache, ctx)
     cache.stats.update(prefill_seconds=pre.seconds, compress_seconds=time.perf_counter() - start)
+    cache.model_fingerprint = marked
     return cache
 
 
-def check_model(model, cache: KVCache) -> None:
-    """Raise ModelError if ``cache`` was built by a different model (config fingerprint)."""
-    from kvstack.hf.model import model_info
+def check_model(model, cache: KVCache, fingerprint: str = "config") -> None:
+    """Raise ModelError if ``cache`` was built by a different model (config fingerprint, or config
+    and weights when the cache carries a weights fingerprint or ``fingerprint="weights"``)."""
+    from kvstack.hf.fingerprint import expected_for
 
-    info = model_info(model)
-    if cache.model_fingerprint and cache.model_fingerprint != info.fingerprint:
+    if not cache.model_fingerprint and fingerprint == "config":
+        return
+    want = expected_for(model, cache.model_fingerprint, fingerprint)
+    if cache.model_fingerprint != want:
         raise ModelError(
             f"this cache was built by another model (fingerprint {cache.model_fingerprint}, this model "
-            f"{info.fingerprint}); compress the context again with this model"
+            f"{want}); compress the context again with this model"
         )
 
 
 @torch.no_grad()
-def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, **generate_kwargs) -> torch.Tensor:
+def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, *, fingerprint: str = "config",
+             **generate_kwargs) -> torch.Tensor:
     """Answer ``question_ids`` from a compressed ``cache`` with ``model.generate``; greedy by default.
 
     Returns only the new token ids (1-D). ``cache`` is not modified, so it can be reused.
-    Extra keyword arguments go to ``model.generate`` (e.g. ``do_sample=True``).
+    ``fingerprint="weights"`` refuses a cache that does not carry a weights fingerprint (a cache
+    that does is always checked against the weights). Extra keyword arguments go to
+    ``model.generate`` (e.g. ``do_sample=True``).
     """
     from kvstack.hf.attention import enable
     from kvstack.hf.cache import CompressedCache
@@ -116,7 +128,7 @@ def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, **ge
 
     if not isinstance(cache, KVCache):
         raise InputError(f"cache must be a kvstack.KVCache from kvstack.compress, not {type(cache).__name__}")
-    check_model(model, cache)
+    check_model(model, cache, fingerprint)
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
     q_ids = _as_ids(question_ids, "question_ids")

@@ -29,8 +29,10 @@ aiohttp = require("aiohttp")
 TOKEN_ENV = "KVSTACK_TOKEN"
 
 
-def _key_text(key: CacheKey | str) -> str:
-    return str(key if isinstance(key, CacheKey) else CacheKey.parse(key))
+def _key_text(key: CacheKey | str, recipe: str | None = None) -> str:
+    """The key's URL form; ``recipe`` picks that recipe's cache of the key's context."""
+    key = key if isinstance(key, CacheKey) else CacheKey.parse(key)
+    return str(key if recipe is None else key.with_recipe(recipe))
 
 
 class Client:
@@ -64,13 +66,22 @@ class Client:
         return self._session
 
     async def _check(self, resp: aiohttp.ClientResponse, what: str) -> None:
-        if resp.status < 400:
+        if resp.status < 300:
             return
         text = (await resp.text()).strip()
         if resp.status == 401:
             raise TransportError(f"{what}: the server refused the token; pass --token or set ${TOKEN_ENV}")
         if resp.status == 404:
             raise CacheNotFoundError(f"{what}: {text}")
+        if resp.status == 300:
+            try:
+                import json
+
+                choices = "; ".join(f"{e['key']} ({e['recipe']})" for e in json.loads(text)["caches"])
+            except (ValueError, KeyError, TypeError):
+                choices = text
+            raise TransportError(f"{what}: the server holds several caches of this context, one per recipe: "
+                                 f"{choices}. Pass the full key or recipe=")
         raise TransportError(f"{what}: server answered {resp.status}: {text}")
 
     def _conn_error(self, exc: Exception, what: str) -> TransportError:
@@ -100,8 +111,8 @@ class Client:
         except aiohttp.ClientError as exc:
             raise self._conn_error(exc, "push") from exc
 
-    async def _stream(self, key: CacheKey | str) -> AsyncIterator[bytes]:
-        text = _key_text(key)
+    async def _stream(self, key: CacheKey | str, recipe: str | None = None) -> AsyncIterator[bytes]:
+        text = _key_text(key, recipe)
         try:
             async with self.session.get(f"{self.url}/v1/caches/{text}") as resp:
                 await self._check(resp, f"pull {text}")
@@ -112,38 +123,41 @@ class Client:
         except aiohttp.ClientError as exc:
             raise self._conn_error(exc, f"pull {text}") from exc
 
-    def stream(self, key: CacheKey | str, rate: float | None = None, burst: int = 64 << 10) -> AsyncIterator[bytes]:
+    def stream(self, key: CacheKey | str, rate: float | None = None, burst: int = 64 << 10, *,
+               recipe: str | None = None) -> AsyncIterator[bytes]:
         """The cache's bytes as they arrive; with ``rate`` (bytes/s) they are released through a token
         bucket, so a loopback pull behaves like a link of that bandwidth (``kvstack bench ttft``)."""
-        pieces = self._stream(key)
+        pieces = self._stream(key, recipe)
         if rate is None:
             return pieces
         from kvstack.transport.shaping import TokenBucket, shaped
 
         return shaped(pieces, TokenBucket(rate, burst))
 
-    async def pull(self, key: CacheKey | str, model=None, *, tokenizer=None, limits: Limits | None = None) -> KVCache:
+    async def pull(self, key: CacheKey | str, model=None, *, tokenizer=None, limits: Limits | None = None,
+                   recipe: str | None = None, fingerprint: str = "config") -> KVCache:
         """Download and decode a cache as it streams in; with ``model``, a foreign cache raises
-        ModelError as soon as the header arrives."""
-        fingerprint = None
-        if model is not None:
-            from kvstack.hf.model import model_info
+        ModelError as soon as the header arrives. ``recipe`` picks that recipe's cache of the
+        key's context (a key without a recipe id names the context's only cache); ``fingerprint``
+        as in :func:`kvstack.wire.load`."""
+        from kvstack.wire.files import expect_model
 
-            fingerprint = model_info(model).fingerprint
-        dec = StreamDecoder(limits, expect_fingerprint=fingerprint,
+        expect = None if model is None else expect_model(model, fingerprint)
+        dec = StreamDecoder(limits, expect_fingerprint=expect,
                             expect_tokenizer=None if tokenizer is None else tokenizer_hash(tokenizer))
-        async for piece in self._stream(key):
+        async for piece in self._stream(key, recipe):
             dec.feed(piece)
         return dec.finish()
 
-    async def pull_bytes(self, key: CacheKey | str) -> bytes:
-        return b"".join([piece async for piece in self._stream(key)])
+    async def pull_bytes(self, key: CacheKey | str, *, recipe: str | None = None) -> bytes:
+        return b"".join([piece async for piece in self._stream(key, recipe)])
 
-    async def pull_to(self, key: CacheKey | str, path: str | os.PathLike, *, limits: Limits | None = None) -> int:
+    async def pull_to(self, key: CacheKey | str, path: str | os.PathLike, *, limits: Limits | None = None,
+                      recipe: str | None = None) -> int:
         """Download into a file (verified, then renamed into place); returns its size."""
         dec = StreamDecoder(limits, verify_only=True)
         pieces = []
-        async for piece in self._stream(key):
+        async for piece in self._stream(key, recipe):
             dec.feed(piece)
             pieces.append(piece)
         dec.check_complete()
@@ -176,16 +190,19 @@ class Client:
         except aiohttp.ClientError as exc:
             raise self._conn_error(exc, "list") from exc
 
-    async def find(self, fingerprint: str, ids) -> dict | None:
+    async def find(self, fingerprint: str, ids, recipe: str | None = None) -> dict | None:
         """The stored cache of this model whose context is the longest prefix of ``ids`` (or None):
-        how an agent finds a document someone else already prefilled."""
+        how an agent finds a document someone else already prefilled. With ``recipe``, only
+        caches built with that recipe; without, the newest of equally long ones."""
         import torch
 
         ids = torch.as_tensor(ids).reshape(-1)
         best = None
         for entry in await self.list(fingerprint):
+            if recipe is not None and entry["recipe"] != recipe:
+                continue
             n = entry["tokens"]
-            if 0 < n <= ids.numel() and (best is None or n > best["tokens"]):
+            if 0 < n <= ids.numel() and (best is None or (n, entry["created"]) > (best["tokens"], best["created"])):
                 if prefix_hash(ids[:n]) == entry["prefix"]:
                     best = entry
         return best
@@ -221,17 +238,19 @@ def pull(url: str, key: CacheKey | str, model=None, token: str | None = None, **
     return _run(go())
 
 
-def find(url: str, model_or_fingerprint, ids, token: str | None = None) -> dict | None:
-    """Synchronous :meth:`Client.find`; accepts a model or its fingerprint."""
-    fingerprint = model_or_fingerprint
-    if not isinstance(fingerprint, str):
-        from kvstack.hf.model import model_info
+def find(url: str, model_or_fingerprint, ids, token: str | None = None, recipe: str | None = None,
+         fingerprint: str = "config") -> dict | None:
+    """Synchronous :meth:`Client.find`; accepts a model (whose ``fingerprint`` kind, config or
+    weights, names its caches) or a fingerprint."""
+    if not isinstance(model_or_fingerprint, str):
+        from kvstack.hf.fingerprint import model_fingerprint
 
-        fingerprint = model_info(model_or_fingerprint).fingerprint
+        model_or_fingerprint = model_fingerprint(model_or_fingerprint, fingerprint)
+    fingerprint = model_or_fingerprint
 
     async def go():
         async with Client(url, token) as c:
-            return await c.find(fingerprint, ids)
+            return await c.find(fingerprint, ids, recipe)
 
     return _run(go())
 

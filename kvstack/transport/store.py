@@ -29,6 +29,7 @@ class Entry:
 
     def to_json(self) -> dict:
         return {"key": str(self.key), "fingerprint": self.key.fingerprint, "prefix": self.key.prefix,
+                "variant": self.key.variant,
                 "bytes": self.nbytes, "tokens": self.tokens, "recipe": self.recipe, "created": self.created}
 
 

@@ -1,9 +1,13 @@
 """The shared store: Redis. Blobs are immutable keys; a small hash per cache points at its blob.
 
-* An upload APPENDs to a fresh ``blob:<uuid>`` key that carries an expiry, so a crashed
-  upload simply expires.
-* ``commit`` runs one Lua script (atomic in Redis): make the blob permanent, point the
-  cache's hash at it, add the key to the index, and give the replaced blob a grace expiry
+* An upload APPENDs to a fresh ``blob:<uuid>`` key; every append (one MULTI with EXPIRE)
+  refreshes its expiry, so a crashed or stalled upload expires *as a whole* once no byte has
+  come for ``staging_ttl`` seconds. An append whose reply length is not the bytes sent so far
+  means the key expired in between (APPEND would have started a fresh key holding only the
+  tail): the upload fails there.
+* ``commit`` runs one Lua script (atomic in Redis): check that the staged blob holds exactly
+  the bytes received (else nothing changes and the upload fails), make it permanent, point
+  the cache's hash at it, add the key to the index, and give the replaced blob a grace expiry
   so readers already streaming it can finish.
 * Reads take the blob id once and stream it with GETRANGE, so they never mix two uploads.
 """
@@ -18,10 +22,11 @@ from kvstack.transport.keys import CacheKey
 from kvstack.transport.store import READ_PIECE, Entry
 from kvstack.wire.deps import require
 
-STAGING_TTL = 3600  # seconds an unfinished upload may live
+STAGING_TTL = 3600  # seconds an unfinished upload may go without a byte before it expires
 GRACE_TTL = 300  # seconds a replaced or deleted blob stays readable for streams already reading it
 
 _COMMIT = """
+if redis.call('STRLEN', KEYS[2]) ~= tonumber(ARGV[2]) then return 0 end
 local old = redis.call('HGET', KEYS[1], 'blob')
 redis.call('PERSIST', KEYS[2])
 redis.call('HSET', KEYS[1], 'blob', ARGV[1], 'bytes', ARGV[2], 'tokens', ARGV[3], 'recipe', ARGV[4],
@@ -45,38 +50,49 @@ def _redis_error(exc: Exception, url: str) -> TransportError:
     return TransportError(f"Redis at {url} failed ({exc}); check that redis-server runs there and is reachable")
 
 
+def _expired(url: str, staged: int, sent: int) -> TransportError:
+    return TransportError(
+        f"the upload's staging key in Redis at {url} holds {staged} of the {sent} bytes sent: it expired while "
+        "the upload stalled (no bytes for longer than the staging TTL); nothing was stored, push again"
+    )
+
+
 class RedisUpload:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self.blob_id = uuid.uuid4().hex
-        self.started = False
+        self.received = 0
 
     async def write(self, data: bytes) -> None:
         key = self.store.blob_key(self.blob_id)
         try:
-            if not self.started:
-                pipe = self.store.redis.pipeline(transaction=True)
-                pipe.append(key, data)
-                pipe.expire(key, STAGING_TTL)
-                await pipe.execute()
-                self.started = True
-            else:
-                await self.store.redis.append(key, data)
+            pipe = self.store.redis.pipeline(transaction=True)
+            pipe.append(key, data)
+            pipe.expire(key, self.store.staging_ttl)
+            length, _ = await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any client failure is the store's failure
             raise _redis_error(exc, self.store.url) from exc
+        self.received += len(data)
+        if length != self.received:
+            raise _expired(self.store.url, length, self.received)
 
     async def commit(self, entry: Entry) -> None:
         s = self.store
-        if not self.started:  # an empty stream is rejected earlier; keep the invariant anyway
-            await s.redis.set(s.blob_key(self.blob_id), b"", ex=STAGING_TTL)
+        if entry.nbytes != self.received:
+            raise TransportError(f"commit of {entry.nbytes} bytes after {self.received} were written; nothing stored")
         try:
-            await s.redis.eval(
+            if not self.received:  # an empty stream is rejected earlier; keep the invariant anyway
+                await s.redis.set(s.blob_key(self.blob_id), b"", ex=s.staging_ttl)
+            done = await s.redis.eval(
                 _COMMIT, 3, s.meta_key(entry.key), s.blob_key(self.blob_id), s.index_key,
                 self.blob_id, entry.nbytes, entry.tokens, entry.recipe, entry.created, str(entry.key),
                 s.blob_key(""), GRACE_TTL,
             )
         except Exception as exc:  # noqa: BLE001
             raise _redis_error(exc, s.url) from exc
+        if not done:
+            staged = await s.redis.strlen(s.blob_key(self.blob_id))
+            raise _expired(s.url, int(staged), self.received)
 
     async def abort(self) -> None:
         try:
@@ -88,9 +104,12 @@ class RedisUpload:
 class RedisStore:
     """Caches in Redis at ``url`` (``redis://host:port[/db]``), under the ``kvstack:`` namespace."""
 
-    def __init__(self, url: str, namespace: str = "kvstack:") -> None:
+    def __init__(self, url: str, namespace: str = "kvstack:", staging_ttl: int = STAGING_TTL) -> None:
         require("redis")
         import redis.asyncio as aioredis
+        if not isinstance(staging_ttl, int) or staging_ttl < 1:
+            raise InputError(f"staging_ttl={staging_ttl!r}: give whole seconds, at least 1")
+        self.staging_ttl = staging_ttl
         self.url = url
         self.ns = namespace
         self.redis = aioredis.from_url(url, decode_responses=False)

@@ -17,7 +17,7 @@ import torch
 
 from kvstack.errors import CacheFormatError
 from kvstack.stages.quant_pack import SUPPORTED_BITS, packed_width
-from kvstack.wire import bitpack, colzstd, entropy
+from kvstack.wire import bitpack, colzstd, entropy, zstdio
 from kvstack.wire import delta as deltas
 from kvstack.wire.deps import require
 from kvstack.wire.format import DTYPES, Limits, dtype_name
@@ -96,6 +96,8 @@ class ArraySpec:
             bits, dim = obj.get("bits"), obj.get("dim")
             if bits not in SUPPORTED_BITS or not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
                 raise bad(f"{name}: codes of {bits!r} bits x {dim!r}")
+            if dim > limits.max_head_dim:  # also bounds an entropy model's groups (one per channel at most)
+                raise bad(f"{name}: codes of {dim} channels, over the reader's head_dim limit of {limits.max_head_dim}")
             if spec.dtype != torch.uint8 or len(shape) != 2 or shape[1] != packed_width(dim, bits):
                 raise bad(f"{name}: packed codes must be uint8 [rows, {packed_width(dim, bits)}]")
             spec.bits, spec.dim = bits, dim
@@ -136,12 +138,7 @@ class ArraySpec:
         elif self.codec == "colzstd":
             out = colzstd.decode(payload, rows, self.row_bytes, self.delta)
         elif self.codec == "zstd":
-            zstandard = require("zstandard")
-            try:
-                raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=expected)
-                out = np.frombuffer(raw, np.uint8)
-            except zstandard.ZstdError as exc:
-                raise CacheFormatError(f"corrupt cache: {self.name}: zstd block does not decompress ({exc})") from exc
+            out = np.frombuffer(zstdio.decompress(payload, expected, f"{self.name}: zstd block"), np.uint8)
         else:
             out = np.frombuffer(payload, dtype=np.uint8)
         if out.size != expected:

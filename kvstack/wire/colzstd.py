@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvstack.errors import CacheFormatError
+from kvstack.wire import zstdio
 from kvstack.wire.deps import require
 
 DELTAS = ("none", "seq")
@@ -50,14 +50,7 @@ def encode(block: np.ndarray, delta: str, level: int = LEVEL) -> bytes:
 
 def decode(payload: bytes | memoryview, rows: int, width: int, delta: str) -> np.ndarray:
     """The block's packed bytes, flat (CacheFormatError if the payload is not what the header says)."""
-    zstandard = require("zstandard")
-    expected = rows * width
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=expected)
-    except zstandard.ZstdError as exc:
-        raise CacheFormatError(f"corrupt cache: colzstd block does not decompress ({exc})") from exc
-    if len(raw) != expected:
-        raise CacheFormatError(f"corrupt cache: colzstd block holds {len(raw)} bytes, expected {expected}")
+    raw = zstdio.decompress(payload, rows * width, "colzstd block")
     return inverse(np.frombuffer(raw, np.uint8).reshape(width, rows), delta).reshape(-1)
 
 

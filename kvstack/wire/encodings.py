@@ -12,6 +12,7 @@ nothing else in the wire format changes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,12 +127,18 @@ def _dense_build(meta: dict, arrays: dict, children: dict) -> DenseRows:
 
 
 _loaded = False
+_loading = threading.Lock()
 
 
 def _load_builtin() -> None:
+    """Register the built-in encodings once. Thread-safe: a server decodes uploads in worker
+    threads, and a thread must never see the flag set before the registry is filled."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    register_encoding(DenseRows, "dense", _dense_parts, _dense_build)
-    from kvstack.wire import encodings_quant  # noqa: F401  (registers quant and split)
+    with _loading:
+        if _loaded:
+            return
+        register_encoding(DenseRows, "dense", _dense_parts, _dense_build)
+        from kvstack.wire import encodings_quant  # noqa: F401  (registers quant and split)
+        _loaded = True

@@ -69,25 +69,30 @@ def save(cache: KVCache, path: str | os.PathLike, *, tokenizer=None, **options) 
     return atomic_write(path, encode_stream(cache, tokenizer=tokenizer, **options))
 
 
-def _model_fingerprint(model) -> str:
-    from kvstack.hf.model import model_info
+def expect_model(model, fingerprint: str = "config"):
+    """The fingerprint check a decoder runs on a header, for ``model`` (see ``kvstack.hf.fingerprint``)."""
+    from kvstack.hf.fingerprint import _check_kind, expected_for
 
-    return model_info(model).fingerprint
+    _check_kind(fingerprint)
+    return lambda found: expected_for(model, found, fingerprint)
 
 
-def load(path: str | os.PathLike, model=None, *, tokenizer=None, limits: Limits | None = None) -> KVCache:
+def load(path: str | os.PathLike, model=None, *, tokenizer=None, limits: Limits | None = None,
+         fingerprint: str = "config") -> KVCache:
     """Read a cache saved by :func:`save`.
 
     With ``model``, a cache built by another model raises ModelError before anything is
-    decoded (likewise ``tokenizer`` when the file recorded one). A corrupt or truncated file
-    raises CacheFormatError; nothing in the file can run code.
+    decoded (likewise ``tokenizer`` when the file recorded one): by its config fingerprint, or
+    by config and weights when the cache carries a weights fingerprint; ``fingerprint="weights"``
+    refuses a cache that does not. A corrupt or truncated file raises CacheFormatError;
+    nothing in the file can run code.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no cache file at {path}; save one with kvstack.save(cache, path)")
     dec = StreamDecoder(
         limits,
-        expect_fingerprint=None if model is None else _model_fingerprint(model),
+        expect_fingerprint=None if model is None else expect_model(model, fingerprint),
         expect_tokenizer=None if tokenizer is None else tokenizer_hash(tokenizer),
     )
     with open(path, "rb") as f:

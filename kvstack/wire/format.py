@@ -64,3 +64,14 @@ class Limits:
     max_rows: int = 1 << 34
     max_width: int = 1 << 20
     max_stream_bytes: int = 64 << 30
+    # Widths of rows (a head's vectors) and of packed codes' channels: bounds a Hadamard
+    # wrapper's matrix (width^2) and an entropy model's channel-group count (at most one per channel).
+    max_head_dim: int = 4096
+    # Decoded bytes per stream byte, checked as the stream arrives (declared sizes before a
+    # chunk is decoded), beyond a first ``inflation_allowance`` bytes: a small file cannot make
+    # the reader allocate gigabytes, whatever it declares or really inflates to. Real caches
+    # decode to 1-10x their stream; only constant data compresses further.
+    max_inflation: int = 256
+    inflation_allowance: int = 64 << 20
+    # Entries (values, list items, keys) in each free-form JSON field (stats, layer meta).
+    max_json_items: int = 1 << 16

@@ -13,9 +13,18 @@ def prefix_hash(ids) -> str:
     """SHA-256 (hex) of token ids as little-endian uint32: the content address of a context.
 
     Two agents that tokenized the same prefix get the same hash, whatever tensor type held it.
+    Hashed in blocks of ``_BLOCK`` ids, so a server checking a 50M-token upload holds one
+    block widened to int64, not the whole context (that was ~6x the ids' memory).
     """
-    arr = np.asarray(torch.as_tensor(ids).reshape(-1).to(torch.int64).cpu().numpy())
-    return hashlib.sha256(arr.astype("<u4").tobytes()).hexdigest()
+    flat = torch.as_tensor(ids).reshape(-1)
+    h = hashlib.sha256()
+    for start in range(0, flat.numel(), _BLOCK):
+        part = flat[start : start + _BLOCK].to(torch.int64).cpu().numpy()
+        h.update(np.asarray(part).astype("<u4").tobytes())
+    return h.hexdigest()
+
+
+_BLOCK = 1 << 20
 
 
 def tokenizer_hash(tokenizer) -> str:

@@ -105,11 +105,12 @@ def parse_header(data: bytes, limits: Limits) -> Header:
         if not isinstance(entry, list) or len(entry) != 3:
             raise _bad(f"dense_layout entry {entry!r}")
         _int(entry[0], "dense_layout heads", 0, 1 << 20)
-        _int(entry[1], "dense_layout head_dim", 0, 1 << 20)
+        _int(entry[1], "dense_layout head_dim", 0, limits.max_head_dim)
         if entry[2] is not None:
             _int(entry[2], "dense_layout window", 1)
     if not isinstance(raw.get("stats"), dict):
         raise _bad("stats must be an object")
+    raw["stats"] = jsonvalues.load(raw["stats"], max_items=limits.max_json_items, where="stats")
 
     arrays_raw = raw.get("arrays")
     if not isinstance(arrays_raw, list) or len(arrays_raw) > limits.max_arrays:
@@ -142,7 +143,7 @@ def parse_header(data: bytes, limits: Limits) -> Header:
     layers_raw = raw.get("layers")
     if not isinstance(layers_raw, list) or len(layers_raw) > limits.max_layers:
         raise _bad("layers must be a list within the reader's limits")
-    layers = [_layer(i, entry, claim) for i, entry in enumerate(layers_raw)]
+    layers = [_layer(i, entry, claim, limits) for i, entry in enumerate(layers_raw)]
     if len(owner) != len(arrays):
         raise _bad("some arrays belong to no layer")
 
@@ -176,7 +177,7 @@ def _chunks(value: Any, arrays: list[ArraySpec], limits: Limits) -> list[tuple[i
     return out
 
 
-def _layer(i: int, entry: Any, claim) -> dict:
+def _layer(i: int, entry: Any, claim, limits: Limits) -> dict:
     where = f"layers[{i}]"
     if not isinstance(entry, dict):
         raise _bad(f"{where} must be an object")
@@ -202,17 +203,17 @@ def _layer(i: int, entry: Any, claim) -> dict:
     out = {
         "lengths": tuple(lengths),
         "sliding_window": window,
-        "meta": jsonvalues.load(meta),
+        "meta": jsonvalues.load(meta, max_items=limits.max_json_items, where=f"{where}.meta"),
         "meta_arrays": {_str(k, "meta key", 256): take(v, f"{where}.meta.{k}") for k, v in meta_arrays.items()},
         "positions": take(entry.get("positions"), f"{where}.positions", allow_none=True),
-        "keys": _node(entry.get("keys"), f"{where}.keys", take, 0),
-        "values": _node(entry.get("values"), f"{where}.values", take, 0),
+        "keys": _node(entry.get("keys"), f"{where}.keys", take, 0, limits),
+        "values": _node(entry.get("values"), f"{where}.values", take, 0, limits),
     }
     out["_arrays"] = arrays
     return out
 
 
-def _node(node: Any, where: str, take, depth: int) -> dict:
+def _node(node: Any, where: str, take, depth: int, limits: Limits) -> dict:
     if depth > _MAX_NODE_DEPTH:
         raise _bad(f"{where} nests too deep")
     if not isinstance(node, dict) or set(node) != {"kind", "meta", "arrays", "children"}:
@@ -223,8 +224,8 @@ def _node(node: Any, where: str, take, depth: int) -> dict:
         raise _bad(f"{where}.children must be an object")
     return {
         "kind": _str(node["kind"], f"{where}.kind", 64),
-        "meta": jsonvalues.load(node["meta"]),
+        "meta": jsonvalues.load(node["meta"], max_items=limits.max_json_items, where=f"{where}.meta"),
         "arrays": {_str(k, "array name", 64): take(v, f"{where}.{k}", True) for k, v in node["arrays"].items()},
-        "children": {_str(k, "child name", 64): _node(v, f"{where}.{k}", take, depth + 1)
+        "children": {_str(k, "child name", 64): _node(v, f"{where}.{k}", take, depth + 1, limits)
                      for k, v in node["children"].items()},
     }

@@ -39,19 +39,37 @@ def dump(value: Any, where: str, depth: int = 0) -> Any:
     )
 
 
-def load(value: Any, depth: int = 0) -> Any:
-    """Inverse of :func:`dump` (CacheFormatError for anything :func:`dump` never writes)."""
+def load(value: Any, depth: int = 0, *, max_items: int | None = None, where: str = "meta") -> Any:
+    """Inverse of :func:`dump` (CacheFormatError for anything :func:`dump` never writes, for
+    nesting deeper than ``MAX_DEPTH`` and, with ``max_items``, for more entries than that)."""
+    if max_items is not None:
+        _check_items(value, max_items, where)
     if depth > MAX_DEPTH:
-        raise CacheFormatError("corrupt cache: meta nests too deep")
+        raise CacheFormatError(f"corrupt cache: {where} nests too deep")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, list):
-        return [load(v, depth + 1) for v in value]
+        return [load(v, depth + 1, where=where) for v in value]
     if isinstance(value, dict):
         if set(value) == {_TUPLE} and isinstance(value[_TUPLE], list):
-            return tuple(load(v, depth + 1) for v in value[_TUPLE])
-        return {k: load(v, depth + 1) for k, v in value.items()}
-    raise CacheFormatError(f"corrupt cache: unexpected meta value {type(value).__name__}")
+            return tuple(load(v, depth + 1, where=where) for v in value[_TUPLE])
+        return {k: load(v, depth + 1, where=where) for k, v in value.items()}
+    raise CacheFormatError(f"corrupt cache: unexpected {where} value {type(value).__name__}")
+
+
+def _check_items(value: Any, max_items: int, where: str) -> None:
+    """Count values, list items and keys without recursion; CacheFormatError past ``max_items``."""
+    stack, seen = [value], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > max_items:
+            raise CacheFormatError(f"corrupt cache: {where} holds more than {max_items} JSON entries")
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            seen += len(v)
+            stack.extend(v.values())
 
 
 def plain_stats(stats: dict) -> dict:

@@ -4,13 +4,16 @@ back each layer as soon as its last chunk has been checked and decoded.
 Nothing is trusted before it is checked: the preamble and header lengths against the
 limits, the header against its CRC and then field by field (``header.py``), each frame's
 index, length and CRC before its payload is decoded, and the whole stream against the end
-frame. Arrays are allocated with the sizes the validated header announced, once their first
-chunk arrives. No pickle, no ``torch.load``: payloads are raw bytes or compressed raw bytes.
+frame. Memory follows what really arrived, never what a header claims: an array is allocated
+whole only when the bytes received already cover it at the inflation limit (else it grows
+chunk by chunk), and before a chunk is decoded its announced size is checked against the
+chunk limit and against ``Limits.max_inflation`` times the bytes received so far (so a small
+stream cannot decode to gigabytes). No pickle, no ``torch.load``: payloads are raw bytes or compressed raw bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -32,15 +35,20 @@ class StreamDecoder:
     """Push-style decoder: ``feed(bytes)`` returns the layers completed by those bytes,
     ``finish()`` the :class:`KVCache` once the end frame has arrived.
 
-    ``verify_only=True`` checks structure and checksums without decoding layers (what a
-    server does before storing an upload); ``expect_fingerprint`` fails right after the
+    ``verify_only=True`` checks structure and checksums without decoding layers;
+    ``keep_layers=False`` decodes every chunk and builds every layer (each container checks its
+    shapes against its meta) but drops each layer once built, so memory stays at about one
+    layer: what a server does before committing an upload. ``expect_fingerprint`` (a string, or
+    a function of the header's fingerprint returning the one expected) fails right after the
     header when the cache belongs to another model.
     """
 
-    def __init__(self, limits: Limits | None = None, *, verify_only: bool = False,
-                 expect_fingerprint: str | None = None, expect_tokenizer: str | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, *, verify_only: bool = False, keep_layers: bool = True,
+                 expect_fingerprint: str | Callable[[str], str] | None = None,
+                 expect_tokenizer: str | None = None) -> None:
         self.limits = limits or Limits()
         self.verify_only = verify_only
+        self.keep_layers = keep_layers
         self.expect_fingerprint = expect_fingerprint
         self.expect_tokenizer = expect_tokenizer
         self.header: Header | None = None
@@ -49,7 +57,8 @@ class StreamDecoder:
         self._consumed = 0
         self._header_len: int | None = None
         self._next = 0
-        self._data: dict[int, np.ndarray] = {}
+        self._data: dict[int, _Rows] = {}
+        self._produced = 0  # decoded bytes so far (the inflation check)
         self._shared: dict[int, torch.Tensor] = {}
         self._layers: list[KVLayer | None] = []
         self._next_layer = 0
@@ -70,8 +79,8 @@ class StreamDecoder:
     def finish(self) -> KVCache:
         """The decoded cache (CacheFormatError if the stream was cut short)."""
         self.check_complete()
-        if self.verify_only:
-            raise InputError("a verify-only decoder keeps no tensors; use StreamDecoder() to decode")
+        if self.verify_only or not self.keep_layers:
+            raise InputError("this decoder keeps no tensors (verify_only or keep_layers=False); use StreamDecoder()")
         h = self.header
         ids = self._tensor(h.context_array)
         return KVCache(
@@ -153,11 +162,12 @@ class StreamDecoder:
         if crc32c(payload) != crc:
             raise CacheFormatError(f"corrupt cache: checksum mismatch in chunk {index} ({spec.name})")
         if not self.verify_only or array == self.header.context_array:
+            self._check_inflation((stop - start) * spec.row_bytes)
             block = spec.decode_block(payload, stop - start)
-            buf = self._data.get(array)
-            if buf is None:
-                buf = self._data[array] = np.empty(spec.nbytes, dtype=np.uint8)
-            buf[start * spec.row_bytes : stop * spec.row_bytes] = block
+            rows = self._data.get(array)
+            if rows is None:
+                rows = self._data[array] = _Rows(spec.nbytes, self._budget() >= spec.nbytes - len(block))
+            rows.add(block)  # chunks arrive in row order
         self._next += 1
         if array == self.header.context_array and self.header.array_last_chunk[array] == index:
             self._check_context()
@@ -188,16 +198,33 @@ class StreamDecoder:
         from kvstack.errors import ModelError
 
         h = self.header
-        if self.expect_fingerprint is not None and h.model_fingerprint != self.expect_fingerprint:
+        want = self.expect_fingerprint
+        if callable(want):  # e.g. the model's config or weights fingerprint, by what the cache carries
+            want = want(h.model_fingerprint)
+        if want is not None and h.model_fingerprint != want:
             raise ModelError(
                 f"this cache was built by another model (fingerprint {h.model_fingerprint or 'none'}, this model "
-                f"{self.expect_fingerprint}); load the model it was built with, or compress the context again "
+                f"{want}); load the model it was built with, or compress the context again "
                 "with this model"
             )
         if self.expect_tokenizer is not None and h.tokenizer is not None and h.tokenizer != self.expect_tokenizer:
             raise ModelError(
                 f"this cache was built with another tokenizer (hash {h.tokenizer}, yours {self.expect_tokenizer}); "
                 "its token ids mean different text here: tokenize with the tokenizer it was built with"
+            )
+
+    def _budget(self) -> int:
+        """Decoded bytes the inflation limit still allows."""
+        return self.limits.max_inflation * self._consumed + self.limits.inflation_allowance - self._produced
+
+    def _check_inflation(self, nbytes: int) -> None:
+        lim = self.limits
+        self._produced += nbytes
+        if self._budget() < 0:
+            raise CacheFormatError(
+                f"cache stream would decode to over {lim.max_inflation}x its {self._consumed} bytes so far "
+                f"({self._produced} bytes): a decompression bomb or a corrupt header; raise "
+                "Limits.max_inflation if you trust the source"
             )
 
     def _check_context(self) -> None:
@@ -211,9 +238,10 @@ class StreamDecoder:
             return self._shared[array]
         spec = self.header.arrays[array]
         buf = self._data.pop(array, None)
-        if buf is None:
-            buf = np.empty(spec.nbytes, dtype=np.uint8)
-        t = torch.from_numpy(buf).view(spec.dtype).reshape(spec.shape)
+        if buf is None or not buf.size:  # no rows (or zero-width rows): viewing b"" as fp16 fails
+            t = torch.empty(spec.shape, dtype=spec.dtype)
+        else:
+            t = torch.from_numpy(buf.array()).view(spec.dtype).reshape(spec.shape)
         if array == self.header.context_array:
             self._data[array] = buf  # ids are read twice (hash check, then the cache)
         elif spec.shared:
@@ -227,8 +255,9 @@ class StreamDecoder:
         while self._next_layer < len(h.layers) and h.layer_last_chunk[self._next_layer] < self._next:
             i = self._next_layer
             layer = self._build_layer(h.layers[i], i)
-            self._layers[i] = layer
-            ready.append((i, layer))
+            if self.keep_layers:
+                self._layers[i] = layer
+                ready.append((i, layer))
             self._next_layer += 1
 
     def _build_layer(self, desc: dict, i: int) -> KVLayer:
@@ -258,11 +287,38 @@ class StreamDecoder:
         arrays = {k: None if a is None else self._tensor(a) for k, a in node["arrays"].items()}
         children = {k: self._build_node(v) for k, v in node["children"].items()}
         try:
-            return coding.build(node["meta"], arrays, children)
+            built = coding.build(node["meta"], arrays, children)
+            width = int(built.shape[1])
         except KvstackError:
             raise
-        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as exc:
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
             raise CacheFormatError(f"corrupt cache: {node['kind']} rows do not build ({exc})") from exc
+        if width > self.limits.max_head_dim:  # e.g. a Hadamard wrapper would build a width^2 matrix
+            raise CacheFormatError(
+                f"corrupt cache: {node['kind']} rows of width {width}, over the reader's head_dim limit of "
+                f"{self.limits.max_head_dim} (Limits.max_head_dim)"
+            )
+        return built
+
+
+class _Rows:
+    """One array's bytes as its chunks arrive. Allocated whole at its announced size when the
+    inflation budget already covers that (no copies: the common case), else grown chunk by chunk,
+    so memory follows what arrived rather than what a header claims."""
+
+    def __init__(self, nbytes: int, whole: bool) -> None:
+        self.buf: np.ndarray | bytearray = np.empty(nbytes, dtype=np.uint8) if whole else bytearray()
+        self.size = 0
+
+    def add(self, block: np.ndarray) -> None:
+        if isinstance(self.buf, np.ndarray):
+            self.buf[self.size : self.size + block.size] = block
+        else:
+            self.buf.extend(block)
+        self.size += block.size
+
+    def array(self) -> np.ndarray:
+        return self.buf if isinstance(self.buf, np.ndarray) else np.frombuffer(self.buf, dtype=np.uint8)
 
 
 def _max_payload(spec, rows: int, limits: Limits) -> int:

@@ -65,11 +65,12 @@ def store_url(request, tmp_path):
 
 @pytest.fixture
 def serve():
-    """``serve(store_url, token=TOKEN, max_bytes=...)`` -> RunningServer, stopped after the test."""
+    """``serve(store_url, token=TOKEN, max_bytes=..., settings=ServerSettings(...))`` -> RunningServer,
+    stopped after the test."""
     running = []
 
-    def start(store_url: str, token: str | None = TOKEN, max_bytes: int = 1 << 30) -> RunningServer:
-        s = RunningServer(store_url, token, max_bytes)
+    def start(store_url: str, token: str | None = TOKEN, max_bytes: int = 1 << 30, settings=None) -> RunningServer:
+        s = RunningServer(store_url, token, max_bytes, settings)
         running.append(s)
         return s
 

@@ -16,6 +16,7 @@ from transport_helpers import TOKEN, tiny_llama
 
 import kvstack
 from kvstack import wire
+from kvstack.transport.keys import recipe_variant
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -67,8 +68,9 @@ def test_cli_push_and_pull_move_a_file_exactly(server, tmp_path):
     pushed = cli("push", str(src), "--server", url, "--token", TOKEN)
     assert pushed.returncode == 0, pushed.stderr
     key = pushed.stdout.strip()
-    assert key == f"{cache.model_fingerprint}/{wire.prefix_hash(cache.context_ids)}"
-    assert (store / cache.model_fingerprint / f"{key.split('/')[1]}.kvw").read_bytes() == src.read_bytes()
+    variant = recipe_variant(cache.recipe)
+    assert key == f"{cache.model_fingerprint}/{wire.prefix_hash(cache.context_ids)}/{variant}"
+    assert (store / cache.model_fingerprint / f"{key.split('/')[1]}.{variant}.kvw").read_bytes() == src.read_bytes()
     # the other commands in-process (an interpreter start-up costs seconds on shared CI cores)
     from kvstack.transport.__main__ import main
 

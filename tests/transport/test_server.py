@@ -15,6 +15,7 @@ import kvstack
 from kvstack import wire
 from kvstack.errors import CacheNotFoundError, InputError, ModelError, TransportError
 from kvstack.transport import CacheKey, Client
+from kvstack.transport.keys import recipe_variant
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def test_push_pull_is_exact_and_generates_the_same(serve, store_url, model, cont
     async def go():
         async with Client(server.url, TOKEN) as c:
             info = await c.push(cache)
-            assert info["key"] == f"{cache.model_fingerprint}/{wire.prefix_hash(context)}"
+            variant = recipe_variant(cache.recipe)
+            assert info["key"] == f"{cache.model_fingerprint}/{wire.prefix_hash(context)}/{variant}"
             assert info["tokens"] == 40 and info["recipe"] == cache.recipe
             return await c.pull(info["key"], model), await c.pull_bytes(info["key"]), info
 

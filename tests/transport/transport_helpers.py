@@ -21,7 +21,7 @@ def free_port() -> int:
 class RunningServer:
     """A server on its own event loop thread; ``url``, ``store_url``, ``stop()``."""
 
-    def __init__(self, store_url: str, token: str | None, max_bytes: int) -> None:
+    def __init__(self, store_url: str, token: str | None, max_bytes: int, settings=None) -> None:
         from kvstack.transport.server import start
         from kvstack.transport.store import open_store
 
@@ -30,7 +30,8 @@ class RunningServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runner, port = asyncio.run_coroutine_threadsafe(
-            start(open_store(store_url), "127.0.0.1", 0, token, max_bytes), self.loop).result(30)
+            start(open_store(store_url), "127.0.0.1", 0, token, max_bytes, settings), self.loop).result(30)
+        self.port = port
         self.url = f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
