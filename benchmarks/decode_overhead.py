@@ -1,6 +1,6 @@
 """Host-side cost of one compressed layer's decode step on the kernel path: time, ops, launches, reads back.
 
-``python benchmarks/decode_overhead.py [--context 2048] [--steps 24] [--recipe "snapkv:0.25 > int4"]``
+``python benchmarks/decode_overhead.py [--context 2048] [--steps 24] [--recipe "snapkv:0.25 > int4:token,norot"]``
 
 A decode step through :mod:`kvstack.hf.fast_decode` costs, per layer, the cache update
 (append the new token to the dense tail), planning the step, and the attention hook's
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--recipe", default="snapkv:0.25 > int4")
+    ap.add_argument("--recipe", default="snapkv:0.25 > int4:token,norot")
     args = ap.parse_args()
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"

@@ -1,6 +1,6 @@
 """End to end on the GPU: a random-weight model of Llama-3.1-8B's shape at a long context.
 
-``python benchmarks/gpu_e2e.py [--context 32768] [--tokens 64] [--recipe "snapkv:0.25 > int4"] [--loop-only]``
+``python benchmarks/gpu_e2e.py [--context 32768] [--tokens 64] [--recipe "snapkv:0.25 > int4:token,norot"] [--loop-only]``
 
 Measures, for the full bf16 cache (transformers' DynamicCache through ``model.generate``)
 and for a kvstack recipe (``kvstack.compress`` then ``kvstack.generate``, decode steps
@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--context", type=int, default=32768)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per timed generation")
-    ap.add_argument("--recipe", default="snapkv:0.25 > int4")
+    ap.add_argument("--recipe", default="snapkv:0.25 > int4:token,norot")
     ap.add_argument("--json", help="write the numbers here")
     ap.add_argument("--loop-only", action="store_true", help="only the plain step loops (full vs recipe): ~1 minute")
     args = ap.parse_args()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ["--model", "random:llama-3.1-8b", "--device", "cuda", "--tokens", "8k", "32k",
-            "--recipes", "int4", "snapkv:0.25 > int4", "int2", "--bandwidth", "0.1", "1", "10",
+            "--recipes", "int4:token,norot", "snapkv:0.25 > int4:token,norot", "int2", "--bandwidth", "0.1", "1", "10",
             "--repeat", "1", "--chunk-size", "4096", "--max-transfer-s", "40", "--budget-s", "290", "--threads", "4",
             "--quiet"]  # no progress bars: a line per measurement goes to stderr instead
 

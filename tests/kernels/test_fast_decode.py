@@ -60,7 +60,7 @@ def _step_logits(model, cache, q_ids, steps):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("recipe", ["int4:g32", "snapkv:0.5,alloc=adakv > int4:g16", "int8:g16,axis=channel",
+@pytest.mark.parametrize("recipe", ["int4:g32,token,norot", "snapkv:0.5,alloc=adakv > int4:g16,token,norot", "int8:g16,axis=channel",
                                     "int2:g16,axis=channel", "snapkv:0.6"])
 def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe):
     model = _model(device)
@@ -81,7 +81,7 @@ def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe)
 
 def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypatch):
     model = _model(device)
-    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g32")
+    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g32,token,norot")
     hf = kvstack.hf.CompressedCache(cache, model.dtype)
     layer = hf.layers[0]
     long_q = torch.randn(1, 4, 40, 64, device=device)  # 2 heads x 40 tokens = 80 rows > MAX_QUERY_ROWS
@@ -97,7 +97,7 @@ def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypa
 
 def test_plan_is_kept_across_steps_and_rebuilt_when_the_rows_change(device, make_ids):
     model = _model(device)
-    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g32")
+    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g32,token,norot")
     layer = kvstack.hf.CompressedCache(cache, model.dtype).layers[0]
     new = lambda: torch.randn(1, 2, 1, 64, device=device)
     first, _ = layer.update(new(), new())
@@ -117,7 +117,7 @@ def test_decode_steps_read_nothing_back_from_the_device(device, make_ids, monkey
     from torch.utils._python_dispatch import TorchDispatchMode
 
     model = _model(device)
-    hf = kvstack.hf.CompressedCache(kvstack.compress(model, make_ids(80).to(device), "snapkv:0.5 > int4:g16"),
+    hf = kvstack.hf.CompressedCache(kvstack.compress(model, make_ids(80).to(device), "snapkv:0.5 > int4:g16,token,norot"),
                                     model.dtype)
     pause: list = []
     launches = _count_launches(monkeypatch, pause)
