@@ -73,6 +73,14 @@ class Kivi(Stage):
                 f"kivi: residual={self.residual!r} must be >= 0 tokens (0 quantizes everything)"
             )
 
+    def budget_note(self, context_length: int) -> str | None:
+        if self.residual >= context_length:
+            return (
+                f"kivi keeps the last residual={self.residual} tokens dense and the context has "
+                f"{context_length}: nothing quantized"
+            )
+        return None
+
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         keys, values = layer.keys.decode(), layer.values.decode()
         dense = recent_mask(layer, self.residual)
