@@ -70,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kvstack.zoo import load_model, load_tokenizer
 
     recipe = kvstack.parse_recipe(args.recipe)  # fail fast, before loading anything
+    if args.max_new_tokens < 1:
+        raise kvstack.errors.InputError(f"--max-new-tokens {args.max_new_tokens}: ask for at least 1 token")
     context, source = _read_context(args)
     tokenizer = load_tokenizer(args.model)
     ctx_ids, q_ids = split_prompt(tokenizer, context, args.question)

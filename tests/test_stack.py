@@ -77,7 +77,9 @@ def test_scope_beyond_the_model_is_an_error():
         Recipe.parse("int8@layer7").apply(_cache(), _ctx())
 
 
-@pytest.mark.parametrize("text", ["streaming:sink=4,window=8", "streaming:window=512 > int8", "streaming:sink=4,window=6"])
+@pytest.mark.parametrize(
+    "text", ["streaming:sink=4,window=8", "streaming:window=512 > int8", "streaming:sink=4,window=6"]
+)
 def test_a_window_covering_the_context_keeps_everything_with_a_note(text):
     full = _cache()
     cache = Recipe.parse(text).apply(full, _ctx())

@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from kvstack.errors import BudgetError
-from kvstack.kv import KVCache, KVLayer
+from kvstack.kv import KVLayer
 from kvstack.stack import Param, Stage, StageContext, as_bool, register
 
 

@@ -34,6 +34,8 @@ def _serve(args) -> int:
         )
     if args.max_bytes < 1:
         raise InputError("--max-bytes must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port: give 1024-65535, or 0 for any free port")
 
     async def main() -> None:
         store = open_store(args.store)
