@@ -93,7 +93,7 @@ def info_elem(info) -> int:
     return torch.empty((), dtype=info.dtype).element_size()
 
 
-def load_model(name: str):
+def load_model(name: str, progress: bool = False):
     """``(model, tokenizer)`` through the zoo, with a clear error for a directory missing its tokenizer."""
     from kvstack.zoo import ZOO, load
 
@@ -106,7 +106,7 @@ def load_model(name: str):
                 "there with tokenizer.save_pretrained(dir); evaluation formats prompts with the model's tokenizer"
             )
     try:
-        return load(name)
+        return load(name, progress=progress)
     except (OSError, ValueError) as exc:
         if isinstance(exc, KvstackError):
             raise
@@ -172,7 +172,7 @@ class Runner:
             self.log(f"note: finished cells in {self.out} ran on {', '.join(other)}; the {len(todo)} new ones run on "
                      f"{spec.device} (every row records its device; use another --out to keep devices apart)")
         if self.model is None:
-            self.model, self.tokenizer = load_model(spec.model)
+            self.model, self.tokenizer = load_model(spec.model, progress=self.progress)
         if next(self.model.parameters()).device != torch.device(spec.device):
             self.model = self.model.to(spec.device)  # kvpress peers still run on the CPU, in their own venv
         torch.manual_seed(spec.seed)

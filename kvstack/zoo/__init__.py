@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def _convert_gguf(entry: ZooModel, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = locate(entry.name)
-    print(f"kvstack: converting {entry.name} ({gguf}) once into a Hugging Face folder at {out} "
+    print(f"\nkvstack: converting {entry.name} ({gguf}) once into a Hugging Face folder at {out} "
           "(later loads take seconds)", file=sys.stderr, flush=True)
     model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
     if entry.name == "gemma3-270m":
@@ -290,23 +291,29 @@ def max_context(name_or_dir: str) -> int | None:
 
 def load_model(name_or_dir: str, dtype=None, progress: bool = False):
     """The model alone, offline, in eval mode; ``progress`` says what is loading and how long it took."""
-    _quiet_transformers()
-    import time
+    with _saying(f"loading {name_or_dir}", progress):
+        _quiet_transformers()
+        from transformers import AutoModelForCausalLM
 
-    from transformers import AutoModelForCausalLM
-
-    target = resolve(name_or_dir)
-    start = time.perf_counter()
-    if progress:
-        print(f"loading {name_or_dir} ...", end="", file=sys.stderr, flush=True)
-    kwargs = {} if dtype is None else {"dtype": dtype}
-    model = AutoModelForCausalLM.from_pretrained(target, **kwargs).eval()
-    if progress:
-        print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    return model
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        return AutoModelForCausalLM.from_pretrained(resolve(name_or_dir), **kwargs).eval()
 
 
 def load(name_or_dir: str, dtype=None, progress: bool = False):
     """Load ``(model, tokenizer)`` from a bundled name or a local model directory, offline, in eval mode."""
-    tokenizer = load_tokenizer(name_or_dir)
-    return load_model(name_or_dir, dtype, progress=progress), tokenizer
+    with _saying(f"loading {name_or_dir}", progress):
+        tokenizer = load_tokenizer(name_or_dir)
+        return load_model(name_or_dir, dtype), tokenizer
+
+
+@contextmanager
+def _saying(what: str, enabled: bool):
+    """``what ... 2.1 s`` on stderr around a phase that may take seconds (a first GGUF conversion: more)."""
+    import time
+
+    start = time.perf_counter()
+    if enabled:
+        print(f"{what} ...", end="", file=sys.stderr, flush=True)
+    yield
+    if enabled:
+        print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
