@@ -66,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import kvstack
+    from kvstack.progress import saying
     from kvstack.prompting import split_prompt
     from kvstack.zoo import load_model, load_tokenizer
 
@@ -73,13 +74,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise kvstack.errors.InputError(f"--max-new-tokens {args.max_new_tokens}: ask for at least 1 token")
     context, source = _read_context(args)
-    tokenizer = load_tokenizer(args.model)
-    ctx_ids, q_ids = split_prompt(tokenizer, context, args.question)
-    check_length(args.model, ctx_ids.numel())
-    notes = recipe.notes(ctx_ids.numel())
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = load_model(args.model, progress=not args.quiet)
+    with saying(f"loading {args.model}", not args.quiet):
+        tokenizer = load_tokenizer(args.model)  # the tokenizer alone first: the input is checked before the weights
+        ctx_ids, q_ids = split_prompt(tokenizer, context, args.question)
+        check_length(args.model, ctx_ids.numel())
+        notes = recipe.notes(ctx_ids.numel())
+        torch.manual_seed(0)
+        model = load_model(args.model)
     print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f}s; context: {source}, "
           f"{ctx_ids.numel()} tokens")
 

@@ -22,11 +22,11 @@ import importlib.util
 import json
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvstack.errors import InputError, ModelError, ModelNotInstalledError
+from kvstack.progress import saying
 
 SHIPPED = Path(__file__).resolve().parent
 
@@ -291,7 +291,7 @@ def max_context(name_or_dir: str) -> int | None:
 
 def load_model(name_or_dir: str, dtype=None, progress: bool = False):
     """The model alone, offline, in eval mode; ``progress`` says what is loading and how long it took."""
-    with _saying(f"loading {name_or_dir}", progress):
+    with saying(f"loading {name_or_dir}", progress):
         _quiet_transformers()
         from transformers import AutoModelForCausalLM
 
@@ -301,19 +301,6 @@ def load_model(name_or_dir: str, dtype=None, progress: bool = False):
 
 def load(name_or_dir: str, dtype=None, progress: bool = False):
     """Load ``(model, tokenizer)`` from a bundled name or a local model directory, offline, in eval mode."""
-    with _saying(f"loading {name_or_dir}", progress):
+    with saying(f"loading {name_or_dir}", progress):
         tokenizer = load_tokenizer(name_or_dir)
         return load_model(name_or_dir, dtype), tokenizer
-
-
-@contextmanager
-def _saying(what: str, enabled: bool):
-    """``what ... 2.1 s`` on stderr around a phase that may take seconds (a first GGUF conversion: more)."""
-    import time
-
-    start = time.perf_counter()
-    if enabled:
-        print(f"{what} ...", end="", file=sys.stderr, flush=True)
-    yield
-    if enabled:
-        print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
