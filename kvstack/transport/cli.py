@@ -29,7 +29,8 @@ def _serve(args) -> int:
     token = args.token or os.environ.get(TOKEN_ENV)
     if token is None and not args.no_auth:
         raise InputError(
-            f"give the server a secret with (or ${TOKEN_ENV}); clients send it as a bearer token. "
+            f"give the server a secret of 8+ characters with --token (or ${TOKEN_ENV}: "
+            f"export {TOKEN_ENV}=$(openssl rand -hex 16)); clients send it as a bearer token. "
             "--no-auth serves without one (trusted loopback only)"
         )
     if args.max_bytes < 1:
