@@ -21,7 +21,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,23 +189,24 @@ def _convert_gguf(entry: ZooModel, out: Path) -> None:
     """
     import shutil
 
+    _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = locate(entry.name)
-    print(f"\nkvstack: converting {entry.name} ({gguf}) once into a Hugging Face folder at {out} "
-          "(later loads take seconds)", file=sys.stderr, flush=True)
-    model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
-    if entry.name == "gemma3-270m":
-        from kvstack.zoo.gguf_tokenizer import build_gemma_tokenizer
-
-        tokenizer = build_gemma_tokenizer(where / gguf)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(where), gguf_file=gguf)
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")  # two processes converting never share a folder
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / _STAMP).write_text(_source_stamp(entry), encoding="utf-8")
+    with saying(f"converting {entry.name} ({gguf}) once into a Hugging Face folder at {out}; later loads take "
+                "seconds"):
+        model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
+        if entry.name == "gemma3-270m":
+            from kvstack.zoo.gguf_tokenizer import build_gemma_tokenizer
+
+            tokenizer = build_gemma_tokenizer(where / gguf)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(where), gguf_file=gguf)
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / _STAMP).write_text(_source_stamp(entry), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out, ignore_errors=True)
     try:
@@ -301,6 +301,7 @@ def load_model(name_or_dir: str, dtype=None, progress: bool = False):
 
 def load(name_or_dir: str, dtype=None, progress: bool = False):
     """Load ``(model, tokenizer)`` from a bundled name or a local model directory, offline, in eval mode."""
+    resolve(name_or_dir)  # a first GGUF conversion says so on its own line, before "loading"
     with saying(f"loading {name_or_dir}", progress):
         tokenizer = load_tokenizer(name_or_dir)
         return load_model(name_or_dir, dtype), tokenizer
