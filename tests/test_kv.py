@@ -43,3 +43,20 @@ def test_cache_dense_bytes_follow_model_dtype_and_sliding_windows():
     assert cache.dense_nbytes == 2 * 2 * 4 * 10 * 2 + 2 * 2 * 4 * 3 * 2
     assert cache.nbytes == 2 * (2 * 2 * 10 * 4 * 4)
     assert DenseRows(torch.zeros(3, 2)).nbytes == 24
+
+
+def test_ratio_names_its_baseline():
+    import pytest
+
+    from kvstack.errors import InputError
+
+    layers = [KVLayer.from_dense(torch.randn(2, 10, 4).half(), torch.randn(2, 10, 4).half())]
+    cache = KVCache(layers=layers, context_ids=torch.arange(10), dense_dtype=torch.float32,
+                    dense_layout=[(2, 4, None)])
+    assert cache.nbytes == 2 * 2 * 10 * 4 * 2  # fp16 rows
+    assert cache.dense_dtype_name == "fp32"
+    assert cache.ratio == cache.ratio_vs("model") == cache.ratio_vs("fp32") == 2.0
+    assert cache.ratio_vs("fp16") == cache.ratio_vs("bf16") == 1.0
+    assert cache.ratio_vs() == 1.0  # fp16 is the default baseline: the one papers and presets quote
+    with pytest.raises(InputError, match="fp16, bf16, fp32, model"):
+        cache.ratio_vs("int8")

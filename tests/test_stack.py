@@ -77,9 +77,37 @@ def test_scope_beyond_the_model_is_an_error():
         Recipe.parse("int8@layer7").apply(_cache(), _ctx())
 
 
-def test_budget_larger_than_context_is_an_error():
-    with pytest.raises(BudgetError, match="context has only 10"):
-        Recipe.parse("streaming:sink=4,window=8").apply(_cache(), _ctx())
+@pytest.mark.parametrize(
+    "text", ["streaming:sink=4,window=8", "streaming:window=512 > int8", "streaming:sink=4,window=6"]
+)
+def test_a_window_covering_the_context_keeps_everything_with_a_note(text):
+    full = _cache()
+    cache = Recipe.parse(text).apply(full, _ctx())
+    assert cache.tokens_kept == full.tokens_kept == 3 * 2 * 10
+    for got, want in zip(cache.layers, full.layers):
+        assert torch.equal(got.row_positions(), want.row_positions())
+    assert cache.stats["notes"] == [
+        Recipe.parse(text).stages[0].budget_note(10)
+    ] and "everything kept" in cache.stats["notes"][0]
+    assert "notes" not in full.stats  # the input cache is left as it was
+
+
+def test_a_window_inside_the_context_still_evicts_without_a_note():
+    cache = Recipe.parse("streaming:sink=2,window=5").apply(_cache(), _ctx())
+    assert all(layer.lengths == (7, 7) for layer in cache.layers)
+    assert cache.stats["notes"] == []
+    recipe = Recipe.parse("streaming:sink=2,window=5")
+    assert recipe.notes(8) == []
+    assert recipe.notes(7) == [
+        "streaming keeps sink+window=7 tokens and the context has 7: everything kept, nothing evicted"
+    ]
+
+
+def test_kivi_residual_covering_the_context_is_noted():
+    assert Recipe.parse("kivi:2,residual=128").notes(100) == [
+        "kivi keeps the last residual=128 tokens dense and the context has 100: nothing quantized"
+    ]
+    assert Recipe.parse("kivi:2,residual=128").notes(129) == []
 
 
 def test_every_stage_is_described():

@@ -31,7 +31,7 @@ def run_diagnose(args: argparse.Namespace) -> int:
     options = tuple(o.strip() for o in args.options.split(",") if o.strip())
     for opt in options:  # fail before loading anything
         Recipe.parse(opt)
-    model, tok = load(args.model)
+    model, tok = load(args.model, progress=not args.quiet)
     ids = tok(_text(args), add_special_tokens=False, return_tensors="pt").input_ids[0]
     need = args.tokens + args.continuation
     if ids.numel() < need:

@@ -43,8 +43,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     runner = Runner(spec, args.out, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     counts = runner.run()
-    print(f"{args.out}: {counts['ran']} cells run, {counts['skipped']} skipped, {counts['errors']} errors, "
-          f"{counts['done']} already done")
+    print(f"{counts['ran']} cells run, {counts['skipped']} skipped, {counts['errors']} errors, "
+          f"{counts['done']} already done\n")
+    from kvstack.eval.terminal import results_table
+
+    print(results_table(args.out, spec.model, spec.tasks, spec.lengths, spec.recipes))
+    print("\nscore: answers containing the expected string (ppl: perplexity); vs full: the score as a share of "
+          "the full cache's (identity) on the same samples")
+    print(f"results: {Path(args.out).resolve()} (one JSON line per cell, appended; rerunning resumes). "
+          f"Markdown report and plots: kvstack report {args.out} --out report/")
     if args.report:
         from kvstack.eval.report import write_report
 

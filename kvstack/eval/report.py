@@ -24,8 +24,9 @@ LEGEND = (
     "full cache's (identity) on the same samples, *agree* is the share of answers identical to the full cache's. "
     "*answer NLL* is the teacher-forced negative log-likelihood per token (nats) of the gold answer after the "
     "question: a signal even where greedy answers fail. Perplexity is of a held-out continuation; bytes per token "
-    "is what the cache really holds divided by context tokens. ★ = on the accuracy/bytes Pareto frontier of its "
-    "task and length (perplexity for perplexity tasks)."
+    "is what the cache really holds divided by context tokens; *ratio* is a plain cache in the model's own dtype "
+    "(the one it was loaded in: fp32 doubles it against fp16) divided by those bytes. ★ = on the accuracy/bytes "
+    "Pareto frontier of its task and length (perplexity for perplexity tasks)."
 )
 
 
@@ -60,6 +61,9 @@ def summarize(rows: list[dict]) -> list[dict]:
             "context_tokens": _mean([r["context_tokens"] for r in rs]),
             "bytes_per_token": _mean([r["bytes_per_token"] for r in rs]),
             "ratio": _mean([r["ratio"] for r in rs]),
+            "ratio_fp16": _mean([r.get("ratio_fp16") for r in rs]),
+            "dense_dtype": rs[0].get("dense_dtype", "") if rs else "",
+            "cache_bytes": _mean([r.get("cache_bytes") for r in rs]),
             "prefill_s": _mean([r.get("prefill_s") for r in rs]),
             "compress_s": _mean([r.get("compress_s") for r in rs]),
             "generate_s": _mean([r.get("generate_s") for r in rs]),
@@ -132,8 +136,11 @@ def markdown(summary: list[dict], source: str = "") -> str:
     for (model, task), ss in cells.items():
         ss = sorted(ss, key=lambda s: (s["length"], -(s["bytes_per_token"] or 0)))
         lines += [f"## {task} - {model}", ""]
+        dtypes = {s.get("dense_dtype") for s in ss if s.get("dense_dtype")}
+        ratio = f"ratio vs {dtypes.pop()}" if len(dtypes) == 1 else "ratio vs model dtype"
         if any(s.get("kind") == "nll" for s in ss):
-            head = "| length | recipe | n | perplexity | Δ vs full | bytes/token | ratio | prefill s | compress s | |"
+            head = (f"| length | recipe | n | perplexity | Δ vs full | bytes/token | {ratio} | prefill s | compress s "
+                    "| |")
             lines += [head, "|" + "---|" * (head.count("|") - 1)]
             for s in ss:
                 lines.append(
@@ -144,7 +151,7 @@ def markdown(summary: list[dict], source: str = "") -> str:
                 )
         else:
             head = ("| length | recipe | n | contains | exact | F1 | rel. full | agree | answer NLL | Δ vs full "
-                    "| bytes/token | ratio | prefill s | compress s | |")
+                    f"| bytes/token | {ratio} | prefill s | compress s | |")
             lines += [head, "|" + "---|" * (head.count("|") - 1)]
             for s in ss:
                 lines.append(

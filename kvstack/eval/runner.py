@@ -22,6 +22,7 @@ from kvstack.eval.peers.kvpress_bridge import is_peer, parse_peer, peers_python,
 from kvstack.eval.prompt import Prompt, format_sample
 from kvstack.eval.results import ResultsWriter, cell_key, read_rows
 from kvstack.eval.tasks import Sample, Task, get_task
+from kvstack.kv import BASELINES
 from kvstack.stack import Recipe
 
 TIMING_FIELDS = ("prefill_s", "compress_s", "generate_s")
@@ -83,12 +84,17 @@ def parse_length(text: str) -> int:
 
 def dense_bytes(info, tokens: int) -> int:
     """What a plain HF cache holds for ``tokens`` context tokens (sliding layers keep their window)."""
-    elem = torch.empty((), dtype=info.dtype).element_size()
+    elem = info_elem(info)
     per_layer = [tokens if w is None else min(tokens, w - 1) for w in info.sliding_windows]
     return sum(2 * info.num_kv_heads * info.head_dim * t * elem for t in per_layer)
 
 
-def load_model(name: str, dtype: str | None = None):
+def info_elem(info) -> int:
+    """Bytes per element of the model's dtype."""
+    return torch.empty((), dtype=info.dtype).element_size()
+
+
+def load_model(name: str, dtype: str | None = None, progress: bool = False):
     """``(model, tokenizer)`` through the zoo, with a clear error for a directory missing its tokenizer."""
     from kvstack.zoo import ZOO, load
 
@@ -101,7 +107,7 @@ def load_model(name: str, dtype: str | None = None):
                 "there with tokenizer.save_pretrained(dir); evaluation formats prompts with the model's tokenizer"
             )
     try:
-        return load(name, dtype=getattr(torch, dtype) if dtype else None)
+        return load(name, dtype=getattr(torch, dtype) if dtype else None, progress=progress)
     except (OSError, ValueError) as exc:
         if isinstance(exc, KvstackError):
             raise
@@ -167,7 +173,7 @@ class Runner:
             self.log(f"note: finished cells in {self.out} ran on {', '.join(other)}; the {len(todo)} new ones run on "
                      f"{spec.device} (every row records its device; use another --out to keep devices apart)")
         if self.model is None:
-            self.model, self.tokenizer = load_model(spec.model, spec.dtype)
+            self.model, self.tokenizer = load_model(spec.model, spec.dtype, progress=self.progress)
         self._check_lengths()
         if next(self.model.parameters()).device != torch.device(spec.device):
             self.model = self.model.to(spec.device)  # kvpress peers still run on the CPU, in their own venv
@@ -255,6 +261,7 @@ class Runner:
                 continue
             row.update(
                 cache_bytes=cache.nbytes, dense_bytes=cache.dense_nbytes, ratio=cache.ratio,
+                ratio_fp16=cache.ratio_vs("fp16"), dense_dtype=cache.dense_dtype_name,
                 bytes_per_token=cache.nbytes / max(cache.context_length, 1), tokens_kept=cache.tokens_kept,
                 prefill_s=cache.stats.get("prefill_seconds"), compress_s=cache.stats.get("compress_seconds"),
             )
@@ -294,6 +301,7 @@ class Runner:
         info = model_info(self.model)
         by_id = {job["id"]: (row, sample) for job, row, sample in jobs}
         dtype = str(info.dtype).removeprefix("torch.")
+        dtype_name = next((n for n, dt in BASELINES.items() if dt == info.dtype), dtype)
         for result in run_jobs(self.spec.model, dtype, [job for job, _, _ in jobs], threads=self.spec.threads):
             if "hello" in result:
                 self.log(f"kvpress worker: kvpress {result['kvpress']}, transformers {result['transformers']}, "
@@ -307,6 +315,7 @@ class Runner:
             row = {
                 **row, "status": "ok", "cache_bytes": result["cache_bytes"], "dense_bytes": dense,
                 "ratio": dense / max(result["cache_bytes"], 1),
+                "ratio_fp16": dense * 2 / info_elem(info) / max(result["cache_bytes"], 1), "dense_dtype": dtype_name,
                 "bytes_per_token": result["cache_bytes"] / max(row["context_tokens"], 1),
                 "tokens_kept": sum(result["kept_tokens"]) * info.num_kv_heads,
                 "prefill_s": result["prefill_s"], "compress_s": None, "generate_s": result["generate_s"],

@@ -81,10 +81,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _positive("sink-tokens", args.sink_tokens)
     text = _read(args.context_file) if args.context_file else essay(args.essay)
     t0 = time.perf_counter()
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, progress=not args.quiet)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0][: args.tokens]
     torch.manual_seed(0)
-    report = inspect_model(model, ids, sink_tokens=args.sink_tokens, name=Path(args.model).name)
+    report = inspect_model(model, ids, sink_tokens=args.sink_tokens, name=Path(args.model).name,
+                           progress=not args.quiet)
     seconds = time.perf_counter() - t0
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
@@ -163,6 +164,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", help="directory for stats.json and the PNG heatmaps")
     p.add_argument("--prefix", default="inspect_", help="file name prefix of the PNGs (default inspect_)")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress (loading, prefill, per-layer analysis)")
     p.set_defaults(func=cmd_inspect)
 
     c = subparsers.add_parser(

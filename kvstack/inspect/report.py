@@ -174,8 +174,14 @@ def inspect_cache(
     rope: dict[int, Rotary] | None = None,
     sink_tokens: int = 4,
     model: str = "",
+    progress: bool = False,
 ) -> ModelReport:
-    """Statistics of a full (uncompressed) cache; ``attention`` is the prefill's ``attention`` capture."""
+    """Statistics of a full (uncompressed) cache; ``attention`` is the prefill's ``attention`` capture.
+
+    ``progress`` shows a bar over layers: on a 30-layer model the SVDs take most of a minute.
+    """
+    from tqdm.auto import tqdm
+
     if sink_tokens < 1:
         raise InputError(f"sink_tokens={sink_tokens}: count at least the first token")
     keys, values = [], []
@@ -185,9 +191,15 @@ def inspect_cache(
         h, n = layer.num_heads, layer.max_length
         keys.append(layer.keys.decode().reshape(h, n, -1).double())
         values.append(layer.values.decode().reshape(h, n, -1).double())
-    cos_k, cos_v = stats.cosine_matrix(keys), stats.cosine_matrix(values)
+    # one step per layer plus two for the cross-layer cosine matrices (seconds each on 30 layers)
+    bar = tqdm(total=len(cache.layers) + 2, desc="analysing layers", unit="step", disable=not progress, leave=False)
+    cos_k = stats.cosine_matrix(keys)
+    bar.update()
+    cos_v = stats.cosine_matrix(values)
+    bar.update()
     out = []
     for i, layer in enumerate(cache.layers):
+        bar.update()
         k, v = keys[i], values[i]
         h, n, _ = k.shape
         kpre = None
@@ -224,6 +236,7 @@ def inspect_cache(
                 sink_uniform=uniform,
             )
         )
+    bar.close()
     sink_heads = None
     if attention is not None and all(i in attention for i in range(len(cache.layers))):
         sink_heads = torch.stack(
@@ -251,7 +264,8 @@ def _relative_channels(layers: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def inspect_model(model, context_ids: torch.Tensor, sink_tokens: int = 4, name: str = "") -> ModelReport:
+def inspect_model(model, context_ids: torch.Tensor, sink_tokens: int = 4, name: str = "",
+                  progress: bool = False) -> ModelReport:
     """Prefill ``context_ids`` with attention capture and report on the full cache it makes."""
     from kvstack.errors import ModelError
     from kvstack.hf.model import model_info
@@ -263,12 +277,12 @@ def inspect_model(model, context_ids: torch.Tensor, sink_tokens: int = 4, name: 
     ids = torch.as_tensor(context_ids).view(-1).long()
     if ids.numel() < 2:
         raise InputError("inspect needs a context of at least 2 tokens (pass a longer --context-file)")
-    pre = prefill(model, info, ids, frozenset({NEED_ATTENTION}))
+    pre = prefill(model, info, ids, frozenset({NEED_ATTENTION}), progress=progress)
     try:
         rope = rope_tables(model)
     except ModelError:
         rope = None
-    report = inspect_cache(pre.cache, pre.captures.get(NEED_ATTENTION), rope, sink_tokens, name)
+    report = inspect_cache(pre.cache, pre.captures.get(NEED_ATTENTION), rope, sink_tokens, name, progress=progress)
     if rope is None:
         report.notes.append("no usable rotary tables: pre-RoPE ranks not reported")
     return report

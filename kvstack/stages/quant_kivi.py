@@ -77,6 +77,14 @@ class Kivi(Stage):
         if not isinstance(self.sink, int) or self.sink < 0:
             raise RecipeError(f"kivi: sink={self.sink!r} must be >= 0 tokens kept dense (0: none)")
 
+    def budget_note(self, context_length: int) -> str | None:
+        if self.residual >= context_length:
+            return (
+                f"kivi keeps the last residual={self.residual} tokens dense and the context has "
+                f"{context_length}: nothing quantized"
+            )
+        return None
+
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         keys, values = layer.keys.decode(), layer.values.decode()
         dense = recent_mask(layer, self.residual) | (layer.row_positions() < self.sink)

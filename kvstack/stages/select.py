@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 
 from kvstack.errors import BudgetError
-from kvstack.kv import KVCache, KVLayer
+from kvstack.kv import KVLayer
 from kvstack.stack import Param, Stage, StageContext, as_bool, register
 
 
@@ -55,13 +55,14 @@ class StreamingLLM(Stage):
         if self.window + self.sink == 0:
             raise BudgetError("streaming: window=0 and sink=0 keep no tokens; give a window of at least 1")
 
-    def check_context(self, cache: KVCache) -> None:
-        if self.sink + self.window >= cache.context_length:
-            raise BudgetError(
-                f"streaming keeps sink+window={self.sink + self.window} tokens but the context has only "
-                f"{cache.context_length}: nothing would be evicted. Use a smaller window "
-                f"(e.g. window={max(cache.context_length // 4, 1)}) or the 'identity' recipe."
+    def budget_note(self, context_length: int) -> str | None:
+        # A fixed-size cache larger than the context keeps all of it, as fixed-size caches do everywhere.
+        if self.sink + self.window >= context_length:
+            return (
+                f"streaming keeps sink+window={self.sink + self.window} tokens and the context has "
+                f"{context_length}: everything kept, nothing evicted"
             )
+        return None
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         pos = layer.row_positions()

@@ -54,11 +54,14 @@ def _serve(args) -> int:
     token = None if args.no_auth else read_token(args)
     if token is None and not args.no_auth:
         raise InputError(
-            f"give the server a secret with --token-file FILE, ${TOKEN_ENV} or --token SECRET (visible in the "
-            "process list); clients send it as a bearer token. --no-auth serves without one (trusted loopback only)"
+            f"give the server a secret of 8+ characters with --token-file FILE, ${TOKEN_ENV} (e.g. "
+            f"export {TOKEN_ENV}=$(openssl rand -hex 16)) or --token SECRET (visible in the process list); clients "
+            "send it as a bearer token. --no-auth serves without one (trusted loopback only)"
         )
     if args.max_bytes < 1:
         raise InputError("--max-bytes must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port: give 1024-65535, or 0 for any free port")
     settings = ServerSettings(
         token=token, max_bytes=args.max_bytes, max_uploads=args.max_uploads, header_timeout=args.header_timeout,
         body_idle_timeout=args.body_idle_timeout, body_timeout=args.body_timeout,
@@ -144,7 +147,7 @@ def register(subparsers) -> None:
         "by its content address <model fingerprint>/<sha256 of the token prefix>.\n\n"
         "examples:\n"
         "  kvstack serve --store ./caches --port 8765 --token $(openssl rand -hex 16)\n"
-        "  kvstack serve --store redis://127.0.0.1:6379 --token SECRET --max-bytes 4000000000",
+        "  kvstack serve --store redis://127.0.0.1:6379 --max-bytes 4000000000",
     )
     p.add_argument("--store", default=os.environ.get(STORE_ENV) or str(Path.home() / ".cache" / "kvstack" / "store"),
                    help=f"a directory (created if missing) or redis://HOST:PORT[/DB] (default ${STORE_ENV} or "
@@ -177,8 +180,8 @@ def register(subparsers) -> None:
         "push", help="upload a saved cache file to a server", formatter_class=fmt,
         description="Upload a cache saved with kvstack.save; prints its key.\n\n"
         "examples:\n"
-        "  kvstack push doc.kvw --server http://127.0.0.1:8765 --token SECRET\n"
-        "  KVSTACK_SERVER=http://10.0.0.5:8765 KVSTACK_TOKEN=SECRET kvstack push doc.kvw --json",
+        "  kvstack push doc.kvw --server http://127.0.0.1:8765\n"
+        "  KVSTACK_SERVER=http://10.0.0.5:8765 kvstack push doc.kvw --json",
     )
     p.add_argument("file", help="cache file (kvstack.save / kvstack pull)")
     p.add_argument("--json", action="store_true", help="print the server's JSON answer instead of the key")
@@ -189,7 +192,7 @@ def register(subparsers) -> None:
         "pull", help="download a cache from a server into a file", formatter_class=fmt,
         description="Download a cache by key, verify every checksum, and save it atomically.\n\n"
         "examples:\n"
-        "  kvstack pull 69c6797fbba72db4/ff54c4...9cd8 --out doc.kvw --token SECRET",
+        "  kvstack pull 69c6797fbba72db4/ff54c4...9cd8 --out doc.kvw",
     )
     p.add_argument("key", help="<fingerprint>/<prefix sha256>[/<recipe id>], as printed by kvstack push")
     p.add_argument("--out", required=True, help="file to write (replaced atomically)")
@@ -201,7 +204,7 @@ def register(subparsers) -> None:
         "caches", help="list (or delete) the caches on a server", formatter_class=fmt,
         description="List the caches a server holds, or delete one.\n\n"
         "examples:\n"
-        "  kvstack caches --token SECRET\n"
+        "  kvstack caches                      # the token comes from $KVSTACK_TOKEN\n"
         "  kvstack caches --fingerprint 69c6797fbba72db4 --json\n"
         "  kvstack caches --delete 69c6797fbba72db4/ff54c4...9cd8",
     )

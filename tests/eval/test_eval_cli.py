@@ -78,6 +78,37 @@ def test_resume_redoes_only_a_truncated_cell_and_new_samples(first_run, tiny_mod
     assert "0 cells run" in capsys.readouterr().out
 
 
+def test_eval_ends_with_the_grid_s_results_table_and_says_where_results_are(first_run, tiny_model_dir, tmp_path,
+                                                                          capsys):
+    import re
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(first_run.read_bytes())
+    other = json.loads(first_run.read_text().splitlines()[0])
+    with path.open("a") as f:  # a row of another grid in the same file stays out of the table
+        f.write(json.dumps({**other, "recipe": "int4", "task": "niah_single"}) + "\n")
+    capsys.readouterr()
+    assert run_cli(eval_argv(tiny_model_dir, path)) == 0
+    out = capsys.readouterr().out
+    assert "0 cells run" in out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("task "))
+    assert lines[head].split() == ["task", "length", "recipe", "n", "score", "vs", "full", "cache", "bytes",
+                                   "ratio", "vs", "fp16"]
+    body = [line for line in lines[head + 2:] if line.strip()][: 2 * len(RECIPES)]
+    assert [line.split()[0] for line in body] == ["niah_single"] * len(RECIPES) + ["ppl"] * len(RECIPES)
+    assert not any(" int4 " in line for line in lines)
+    rows = {line.split()[2]: line for line in body[: len(RECIPES)]}
+    assert set(rows) == set(RECIPES)
+    # an fp32 tiny model's plain cache is 0.50x against fp16 (vs full: '-' as the random model scores 0%)
+    assert re.search(r"identity\s+2\s+\d+%\s+(100%|-)\s+[\d.]+ KiB\s+0\.50x", rows["identity"])
+    assert re.search(r"int8\s+2\s+\d+%\s+(\d+%|-)\s+[\d.]+ KiB\s+1\.78x", rows["int8"])  # 16 B codes + 2 B scale
+    ppl_identity = next(line for line in body[len(RECIPES):] if " identity " in line)
+    assert "ppl " in ppl_identity and "+0.000 ppl" in ppl_identity
+    assert "q2c:0.5" in out and "skipped: InputError" in out  # the ppl cells q2c cannot run
+    assert f"results: {path.resolve()}" in out and f"kvstack report {path}" in out
+
+
 def test_resume_on_another_device_says_where_finished_cells_ran(first_run, tiny_model_dir, tmp_path, capsys):
     path = tmp_path / "d.jsonl"
     rows, _ = read_rows(first_run)

@@ -36,9 +36,13 @@ def test_every_recipe_matches_its_own_compress(tiny_model, make_ids, arch):
 
 def test_recipes_that_cannot_run_yield_their_error(tiny_model, make_ids):
     model = tiny_model("llama")
-    recipes = [kvstack.parse_recipe(r) for r in ("q2c:0.5", "streaming:window=100", "int8")]
+    recipes = [kvstack.parse_recipe(r) for r in ("q2c:0.5", "snapkv:0.5,sink=16", "int8", "streaming:window=100")]
     got = dict((r.text, c) for r, c in compress_many(model, make_ids(20), recipes, None))
     assert isinstance(got["q2c:0.5"], InputError) and "no question" in str(got["q2c:0.5"])
     assert isinstance(got["int8"], kvstack.KVCache)
-    assert isinstance(got["streaming:window=100"], BudgetError)  # a window longer than the context
-    assert "nothing would be evicted" in str(got["streaming:window=100"])
+    assert isinstance(got["snapkv:0.5,sink=16"], BudgetError)  # 16 sinks do not fit in half of 20 tokens
+    assert "must always be kept" in str(got["snapkv:0.5,sink=16"])
+    # a window longer than the context keeps everything; only that recipe carries the note
+    assert got["streaming:window=100"].tokens_kept == got["int8"].tokens_kept
+    assert "everything kept" in got["streaming:window=100"].stats["notes"][0]
+    assert got["int8"].stats["notes"] == []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kvstack
-from kvstack.errors import BudgetError, InputError, KvstackError, ModelError
+from kvstack.errors import InputError, KvstackError, ModelError
 
 
 def test_empty_context(tiny_model):
@@ -53,13 +53,26 @@ def test_cache_from_another_model(tiny_model, make_ids):
     assert kvstack.generate(llama, cache, make_ids(3), max_new_tokens=2).numel() >= 1
 
 
-def test_streaming_budget_beyond_context(tiny_model, make_ids):
+def test_streaming_window_beyond_the_context_keeps_everything(tiny_model, make_ids):
+    model, ctx, q = tiny_model("llama"), make_ids(20), make_ids(3, seed=5)
+    full = kvstack.compress(model, ctx, "identity")
+    for recipe in ("streaming:sink=4,window=32", "streaming:sink=4,window=16"):  # 36 and exactly 20 kept
+        cache = kvstack.compress(model, ctx, recipe)
+        assert cache.tokens_kept == full.tokens_kept and cache.nbytes == full.nbytes
+        assert "everything kept" in cache.stats["notes"][0]
+        assert torch.equal(kvstack.generate(model, cache, q, max_new_tokens=4),
+                           kvstack.generate(model, full, q, max_new_tokens=4))
+    assert kvstack.compress(model, ctx, "streaming:sink=4,window=15").tokens_kept < full.tokens_kept
+
+
+@pytest.mark.parametrize("bad", ["some text", b"bytes", ["a", "b"], {"input_ids": [1, 2]}, object()])
+def test_text_or_other_non_ids_say_tokenize_first(tiny_model, make_ids, bad):
     model = tiny_model("llama")
-    with pytest.raises(BudgetError, match="Use a smaller window") as info:
-        kvstack.compress(model, make_ids(20), "streaming:sink=4,window=32")
-    assert "e.g. window=5" in str(info.value)  # a concrete budget that fits 20 tokens
-    with pytest.raises(BudgetError, match="Use a smaller window"):
-        kvstack.compress(model, make_ids(20), "streaming:sink=4,window=16")  # keeps all 20: nothing evicted
+    with pytest.raises(InputError, match=r"tokenize first, e\.g\. ids = tokenizer\(\"some text\""):
+        kvstack.compress(model, bad, "identity")
+    cache = kvstack.compress(model, make_ids(8), "identity")
+    with pytest.raises(InputError, match="question_ids must be token ids"):
+        kvstack.generate(model, cache, bad, max_new_tokens=2)
 
 
 def test_errors_share_the_base_class(tiny_model):

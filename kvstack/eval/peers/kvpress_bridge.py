@@ -96,15 +96,11 @@ def peers_python() -> Path:
 
 
 def model_reference(model_name: str) -> dict:
-    """What the worker loads: the same files ``kvstack.zoo.load`` reads (a small GGUF directly, other
-    bundled models from their Hugging Face directory, or the local directory given)."""
+    """What the worker loads: the same files ``kvstack.zoo.load`` reads (a bundled model's Hugging Face
+    directory, converted once from its GGUF, or the local directory given)."""
     from kvstack import zoo
 
-    entry = zoo.ZOO.get(model_name)
-    if entry is not None:
-        if entry.gguf_file and not getattr(entry, "parts", ()):
-            where, gguf = zoo.locate(model_name)
-            return {"model": str(where), "gguf_file": gguf}
+    if model_name in zoo.ZOO:
         return {"model": str(zoo.path(model_name)), "gguf_file": None}
     if not Path(model_name).is_dir():
         raise InputError(f"model {model_name!r} is neither bundled nor a directory")
