@@ -48,3 +48,36 @@ class LayerProtocol:
     # 5.2-5.12: the abstract method under its old name.
     def get_max_cache_shape(self) -> int:
         return self.max_length()
+
+
+def portable_config(items: dict[str, Any]) -> dict[str, Any]:
+    """``config.to_dict()`` without what only some releases write, so a model's fingerprint (and a
+    cache saved or served under it) is the same under every supported release.
+
+    5.2-5.3 serialise ``ignore_keys_at_rope_validation`` and repeat RoPE settings at the top
+    level beside ``rope_parameters`` (Phi-3's ``partial_rotary_factor``); 5.4 stopped both.
+    """
+    out = {k: v for k, v in items.items() if k != "ignore_keys_at_rope_validation"}
+    # 5.17+ records a GGUF load as ``quantization_config`` (quant_method "gguf"); the weights kvstack
+    # loads are dequantized (see gguf_load_kwargs), the same model as 5.2's loader made.
+    if isinstance(out.get("quantization_config"), dict) and out["quantization_config"].get("quant_method") == "gguf":
+        del out["quantization_config"]
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict):
+        out = {k: v for k, v in out.items() if k == "rope_parameters" or k not in rope or rope[k] != v}
+    return out
+
+
+def gguf_load_kwargs(gguf_file: str) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load a GGUF file into plain dense ``Linear`` weights.
+
+    5.17 added ``GgufConfig``: for the architectures its new loader knows, weights may stay packed
+    in GGUF blocks behind a matmul kernel fetched from the hub; kvstack's zoo (and its stages that
+    read ``o_proj``) wants the dense model that 5.2-5.16 always built, so it asks for it.
+    """
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file}
+    if TRANSFORMERS >= (5, 17):
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    return kwargs

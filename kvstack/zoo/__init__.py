@@ -177,8 +177,10 @@ def _convert_gguf(entry: ZooModel, out: Path) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kvstack.hf.compat import gguf_load_kwargs
+
     where, gguf = locate(entry.name)
-    model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(str(where), **gguf_load_kwargs(gguf))
     if entry.name == "gemma3-270m":
         from kvstack.zoo.gguf_tokenizer import build_gemma_tokenizer
 
@@ -242,5 +244,9 @@ def load(name_or_dir: str, dtype=None):
     if dtype is not None:
         kwargs["dtype"] = dtype
     tokenizer = AutoTokenizer.from_pretrained(target, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
+    if "gguf_file" in kwargs:
+        from kvstack.hf.compat import gguf_load_kwargs
+
+        kwargs.update(gguf_load_kwargs(kwargs["gguf_file"]))
     model = AutoModelForCausalLM.from_pretrained(target, **kwargs).eval()
     return model, tokenizer
