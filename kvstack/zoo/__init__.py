@@ -223,12 +223,14 @@ def load(name_or_dir: str, dtype=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from kvstack.hf.compat import gguf_load_kwargs
+
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     kwargs = {}
     if name_or_dir in ZOO and ZOO[name_or_dir].gguf_file and not ZOO[name_or_dir].parts:
         where, gguf = locate(name_or_dir)  # small GGUF: load it directly, no conversion
-        kwargs = {"gguf_file": gguf}
+        kwargs = gguf_load_kwargs(gguf)
         target = str(where)
     elif name_or_dir in ZOO:
         target = str(path(name_or_dir))
@@ -244,9 +246,5 @@ def load(name_or_dir: str, dtype=None):
     if dtype is not None:
         kwargs["dtype"] = dtype
     tokenizer = AutoTokenizer.from_pretrained(target, **{k: v for k, v in kwargs.items() if k == "gguf_file"})
-    if "gguf_file" in kwargs:
-        from kvstack.hf.compat import gguf_load_kwargs
-
-        kwargs.update(gguf_load_kwargs(kwargs["gguf_file"]))
     model = AutoModelForCausalLM.from_pretrained(target, **kwargs).eval()
     return model, tokenizer
