@@ -58,7 +58,7 @@ class CompressedLayer(LayerProtocol, CacheLayerMixin):
         self.device = key_states.device
 
     def update(self, key_states, value_states, *args, **kwargs):
-        # extra arguments are ignored: ``cache_kwargs`` up to 5.x, ``kwargs=...`` in 5.25 (kvstack.hf.compat)
+        # extra arguments are ignored: 5.2-5.3 pass ``cache_kwargs``, 5.24+ ``kwargs=`` (kvstack.hf.compat)
         if key_states.shape[0] != 1:
             raise ModelError("a kvstack compressed cache holds one sequence; generate with batch size 1")
         q = key_states.shape[-2]

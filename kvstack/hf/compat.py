@@ -4,7 +4,9 @@ kvstack supports transformers 5.2 (what the kvpress peer venv pins) up to the ne
 release CI tests (``requirements.txt``); ``requirements-oldest.txt`` pins the lower end
 and ``make test-oldest`` runs the suite there. Everything else in kvstack calls the
 helpers below instead of testing versions itself, so dropping an old release means
-deleting its branch here and nothing else.
+deleting its branch here and nothing else. Two differences need no code here: layers'
+``update`` takes any extra arguments (5.2-5.3 pass ``cache_kwargs``, 5.4-5.23 nothing, 5.24+
+``kwargs=``), and 5.21+ refuses SDPA for Gemma 2 (its test skips there, saying so).
 """
 
 from __future__ import annotations
