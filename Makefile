@@ -4,25 +4,48 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint setup clean
+# The lower end of the supported range (transformers 5.2): its own venv, the same tests.
+OLDEST := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed
+COMMON_REQS := pyproject.toml requirements-base.txt requirements-data.txt requirements-kernels.txt
+
+VERSIONS := "import sys, torch, transformers; print(sys.prefix, 'transformers', transformers.__version__, 'torch', torch.__version__)"
+
+.PHONY: demo test test-oldest test-slow lint setup setup-oldest clean
+
+# $(1): the venv's folder, $(2): the requirements file that pins torch and the Hugging Face stack
+define install_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip
+	$(1)/bin/pip install --quiet -r $(2)
+	$(1)/bin/pip install --quiet --no-deps -r requirements-data.txt
+	$(1)/bin/pip install --quiet --no-deps -r requirements-kernels.txt
+	$(1)/bin/pip install --quiet --no-deps -e .
+	touch $(1)/.installed
+endef
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt requirements-data.txt requirements-kernels.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet --no-deps -r requirements-data.txt
-	$(BIN)/pip install --quiet --no-deps -r requirements-kernels.txt
-	$(BIN)/pip install --quiet --no-deps -e .
-	touch $(STAMP)
+$(STAMP): requirements.txt $(COMMON_REQS)
+	$(call install_venv,$(VENV),requirements.txt)
+
+setup-oldest: $(OLDEST_STAMP)
+
+$(OLDEST_STAMP): requirements-oldest.txt $(COMMON_REQS)
+	$(call install_venv,$(OLDEST),requirements-oldest.txt)
 
 demo: $(STAMP)
 	$(BIN)/kvstack run --model smollm2-135m --recipe "streaming:sink=4,window=384 > int8"
 
 test: $(STAMP)
+	$(BIN)/python -c $(VERSIONS)
 	$(BIN)/ruff check kvstack tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The whole suite again on the oldest supported transformers (lint needs no second run).
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST)/bin/python -c $(VERSIONS)
+	$(OLDEST)/bin/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -31,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check kvstack tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache
 
 # NVIDIA kvpress, the peer `kvstack eval` compares against (kvpress:<Press> recipes), in its own
 # venv: importing kvpress rewraps transformers' attention process-wide, so it never shares kvstack's.

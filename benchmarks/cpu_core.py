@@ -20,6 +20,7 @@ from transformers import DynamicCache
 import kvstack
 from kvstack.cli import table
 from kvstack.eval.texts import essay, essay_names
+from kvstack.hf.compat import cache_kwargs
 from kvstack.zoo import load
 
 RECIPES = ["identity", "int8", "streaming:sink=4,window=512", "streaming:sink=4,window=512 > int8"]
@@ -40,12 +41,12 @@ def plain_decode(model, ctx: torch.Tensor, steps: int) -> tuple[float, float]:
     """Prefill + greedy decode with a DynamicCache; returns (prefill s, decode tok/s)."""
     t = time.perf_counter()
     dc = DynamicCache()
-    out = model(input_ids=ctx[None], past_key_values=dc, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ctx[None], **cache_kwargs(dc), use_cache=True, logits_to_keep=1)
     prefill = time.perf_counter() - t
     tok = out.logits[:, -1:].argmax(-1)
     t = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=tok, past_key_values=dc, use_cache=True)
+        out = model(input_ids=tok, **cache_kwargs(dc), use_cache=True)
         tok = out.logits[:, -1:].argmax(-1)
     return prefill, steps / (time.perf_counter() - t)
 
@@ -58,7 +59,7 @@ def kvstack_decode(model, ctx: torch.Tensor, recipe: str, steps: int):
     t = time.perf_counter()
     with kvstack.hf.enable(model):
         for _ in range(steps):
-            out = model(input_ids=tok, past_key_values=hf, use_cache=True)
+            out = model(input_ids=tok, **cache_kwargs(hf), use_cache=True)
             tok = out.logits[:, -1:].argmax(-1)
     return cache, steps / (time.perf_counter() - t)
 

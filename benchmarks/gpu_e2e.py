@@ -24,6 +24,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import kvstack
+from kvstack.hf.compat import cache_kwargs
 
 GiB = 1 << 30
 
@@ -64,7 +65,7 @@ def step_loop(model, cache, first: torch.Tensor, n: int) -> tuple[float, float]:
     for _ in range(n):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         host.append(time.perf_counter() - t)
         ids = out.logits[:, -1:].argmax(-1)
         torch.cuda.synchronize()
@@ -77,7 +78,7 @@ def loop_only(model, ids: torch.Tensor, question: torch.Tensor, recipe: str, res
     """Plain step loops only (full cache, then the recipe through the kernels): the per-step overhead, quickly."""
     with torch.no_grad():
         dyn = DynamicCache()
-        model(input_ids=ids.view(1, -1), past_key_values=dyn, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids.view(1, -1), **cache_kwargs(dyn), use_cache=True, logits_to_keep=1)
         full, full_host = step_loop(model, dyn, question, steps)
         del dyn
         torch.cuda.empty_cache()
@@ -128,7 +129,7 @@ def main() -> None:
         res["full_prefill_peak_gib"] = torch.cuda.max_memory_allocated() / GiB
         step, peak = decode_rate(run_full, args.tokens)
         dyn = DynamicCache()
-        model(input_ids=ids.view(1, -1), past_key_values=dyn, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids.view(1, -1), **cache_kwargs(dyn), use_cache=True, logits_to_keep=1)
         res["full_loop_step_ms"] = step_loop(model, dyn, question, 16)[0] * 1e3
         del dyn
         torch.cuda.empty_cache()

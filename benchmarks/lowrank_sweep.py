@@ -31,6 +31,7 @@ from kvstack.cli import table
 from kvstack.errors import KvstackError
 from kvstack.eval.texts import essay, essay_names
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
 from kvstack.inspect.calibrate import calibrate_to_file
@@ -74,7 +75,7 @@ def held_out_ids(tok, name: str, context: int, continuation: int) -> tuple[torch
 def continuation_nll(model, cache: KVCache, last_logits: torch.Tensor, cont: torch.Tensor) -> float:
     """Mean negative log-likelihood of ``cont`` given the cache (the first token from the prefill's logits)."""
     with enable(model):
-        out = model(input_ids=cont[None], past_key_values=CompressedCache(cache, model.dtype), use_cache=True)
+        out = model(input_ids=cont[None], **cache_kwargs(CompressedCache(cache, model.dtype)), use_cache=True)
     logits = torch.cat([last_logits[None], out.logits[0, :-1].float()])
     return float(torch.nn.functional.cross_entropy(logits, cont))
 

@@ -135,6 +135,7 @@ def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, *, f
     """
     from kvstack.hf.attention import enable
     from kvstack.hf.cache import CompressedCache
+    from kvstack.hf.compat import cache_kwargs
     from kvstack.hf.model import check_context_window, model_info
 
     if not isinstance(cache, KVCache):
@@ -162,7 +163,7 @@ def generate(model, cache: KVCache, question_ids, max_new_tokens: int = 32, *, f
         out = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            past_key_values=hf_cache,
+            **cache_kwargs(hf_cache),
             max_new_tokens=max_new_tokens,
             pad_token_id=pad if pad is not None else 0,
             **generate_kwargs,

@@ -64,3 +64,14 @@ def test_empty_context_is_an_input_error(smol):
     model, _ = smol
     with pytest.raises(InputError, match="empty"):
         kvstack.compress(model, torch.tensor([], dtype=torch.long), "int8")
+
+
+def test_gguf_loads_as_the_same_dense_model_under_every_release(smol):
+    # transformers 5.17+ could keep GGUF weights packed (kvstack.hf.compat.gguf_load_kwargs asks for
+    # dense ones); the fingerprint, read under 5.2.0 and 5.25.0 alike, lets caches move between them
+    from kvstack.hf.model import model_info
+
+    model, _ = smol
+    assert all(type(m) is torch.nn.Linear for m in (model.model.layers[0].self_attn.o_proj, model.lm_head))
+    assert next(model.parameters()).dtype == torch.float32
+    assert model_info(model).fingerprint == "e9fbe5825a8ef60b"

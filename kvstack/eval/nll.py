@@ -31,6 +31,7 @@ def continuation_nll(
     (and ``question_ids``, unscored, when given)."""
     from kvstack.api import check_model
     from kvstack.hf import CompressedCache, enable, model_info
+    from kvstack.hf.compat import cache_kwargs
 
     check_model(model, cache)
     cont = torch.as_tensor(continuation_ids).long().view(-1)
@@ -41,7 +42,7 @@ def continuation_nll(
     device = next(model.parameters()).device
     hf_cache = CompressedCache(cache, model_info(model).dtype)
     with enable(model):
-        logits = model(input_ids=ids.view(1, -1).to(device), past_key_values=hf_cache, use_cache=True).logits[0]
+        logits = model(input_ids=ids.view(1, -1).to(device), **cache_kwargs(hf_cache), use_cache=True).logits[0]
     return _score(logits, ids, max(q.numel(), 1))
 
 

@@ -17,6 +17,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvstack.errors import ModelError
 from kvstack.hf.attention import RowMeta
+from kvstack.hf.compat import LayerProtocol, mask_query_length
 from kvstack.hf.fast_decode import plan_step
 from kvstack.kv import KVCache, KVLayer, tensor_nbytes
 from kvstack.stack import parse_stage
@@ -32,7 +33,7 @@ def _select_requantizes(layer: KVLayer) -> bool:
     return any(getattr(enc, "select_requantizes", False) for enc in (layer.keys, layer.values))
 
 
-class CompressedLayer(CacheLayerMixin):
+class CompressedLayer(LayerProtocol, CacheLayerMixin):
     """One layer: compressed segments + dense tail of new tokens, masked by true positions.
 
     ``segments[0]`` is the compressed context; a quantizer that asks for it (KIVI, via
@@ -56,7 +57,8 @@ class CompressedLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
 
-    def update(self, key_states, value_states, cache_kwargs=None):
+    def update(self, key_states, value_states, *args, **kwargs):
+        # extra arguments are ignored: 5.2-5.3 pass ``cache_kwargs``, 5.24+ ``kwargs=`` (kvstack.hf.compat)
         if key_states.shape[0] != 1:
             raise ModelError("a kvstack compressed cache holds one sequence; generate with batch size 1")
         q = key_states.shape[-2]
@@ -85,15 +87,14 @@ class CompressedLayer(CacheLayerMixin):
     def base(self) -> KVLayer:
         return self.segments[0]
 
-    def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
+    def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
         stored = sum(seg.max_length for seg in self.segments) + (0 if self.tail_k is None else self.tail_k.shape[1])
-        q = cache_position.shape[0]
-        return stored + q, max(self.seen - stored, 0)
+        return stored + mask_query_length(query), max(self.seen - stored, 0)
 
     def get_seq_length(self) -> int:
         return self.seen
 
-    def get_max_cache_shape(self) -> int:
+    def max_length(self) -> int:
         return self.window if self.window is not None else -1
 
     def reset(self) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from kvstack.errors import ModelError
 from kvstack.hf.attention import allowed, capturing, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache
 from kvstack.stages.select_critical import NEED_OPROJ
@@ -102,5 +103,5 @@ def reconstruction_scores(model, info: ModelInfo, cache: KVCache, chunk: int = K
     with enable(model), capturing(session):
         for a in range(0, ids.numel(), chunk):
             part = ids[a : a + chunk].view(1, -1).to(device)
-            model(input_ids=part, past_key_values=CompressedCache(cache, info.dtype), use_cache=True, logits_to_keep=1)
+            model(input_ids=part, **cache_kwargs(CompressedCache(cache, info.dtype)), use_cache=True, logits_to_keep=1)
     return session.scores

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from kvstack.errors import InputError, ModelError
+from kvstack.hf.compat import portable_config
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,10 @@ _VOLATILE = {
 
 
 def _config_fingerprint(config) -> str:
-    """Hash of what shapes the cache (geometry, RoPE, vocabulary), not of runtime switches."""
+    """Hash of what shapes the cache (geometry, RoPE, vocabulary), not of runtime switches, and
+    the same under every supported transformers release (:func:`kvstack.hf.compat.portable_config`)."""
     try:
-        items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE}
+        items = {k: v for k, v in portable_config(config.to_dict()).items() if k not in _VOLATILE}
         text = json.dumps(items, sort_keys=True, default=str)
     except Exception:  # noqa: BLE001 - a config that cannot serialise still gets a (weaker) id
         text = repr(config)

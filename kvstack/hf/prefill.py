@@ -14,6 +14,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from kvstack.hf.attention import CaptureSession, capturing, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import ATTN_PARAMS, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
@@ -75,14 +76,14 @@ def prefill(
         for a in range(0, total, chunk_size):
             b = min(a + chunk_size, total)
             session.q_start = a
-            out = model(input_ids=ids[:, a:b], past_key_values=dc, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids[:, a:b], **cache_kwargs(dc), use_cache=True, logits_to_keep=1)
             logits = out.logits[0, -1].float()
             if bar is not None:
                 bar.update(b - a)
         if session.want_question and question_ids is not None and question_ids.numel():
             session.phase, session.q_start = "question", total
             q_ids = question_ids.to(device).view(1, -1)
-            model(input_ids=q_ids, past_key_values=dc, use_cache=True, logits_to_keep=1)
+            model(input_ids=q_ids, **cache_kwargs(dc), use_cache=True, logits_to_keep=1)
     received = {}
     if session.received is not None:  # strided H2O queries are scored here, against the dense keys
         received = session.received.finish({i: _layer_kv(dc, i)[0] for i in range(info.num_layers)})

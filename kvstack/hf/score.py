@@ -25,11 +25,12 @@ def continuation_logprobs(
     """
     from kvstack.hf.attention import enable
     from kvstack.hf.cache import CompressedCache
+    from kvstack.hf.compat import cache_kwargs
 
     ids = torch.as_tensor(continuation_ids).view(1, -1).to(next(model.parameters()).device)
     hf = CompressedCache(cache, next(model.parameters()).dtype)
     with enable(model):
-        logits = model(input_ids=ids, past_key_values=hf, use_cache=True).logits[0].float()
+        logits = model(input_ids=ids, **cache_kwargs(hf), use_cache=True).logits[0].float()
     rows = logits[:-1]
     if first_logits is not None:
         rows = torch.cat([first_logits.to(rows).view(1, -1), rows])

@@ -192,11 +192,13 @@ def _convert_gguf(entry: ZooModel, out: Path) -> None:
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kvstack.hf.compat import gguf_load_kwargs
+
     where, gguf = locate(entry.name)
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")  # two processes converting never share a folder
     with saying(f"converting {entry.name} ({gguf}) once into a Hugging Face folder at {out}; later loads take "
                 "seconds"):
-        model = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(str(where), **gguf_load_kwargs(gguf))
         if entry.name == "gemma3-270m":
             from kvstack.zoo.gguf_tokenizer import build_gemma_tokenizer
 

@@ -5,6 +5,7 @@ import torch
 
 import kvstack
 from kvstack.hf.cache import CompressedLayer
+from kvstack.hf.compat import cache_kwargs
 from kvstack.kv import DenseRows
 
 
@@ -57,7 +58,7 @@ def test_kivi_generate_through_model_generate_matches_the_step_loop(tiny_model, 
     ids, steps = q[None], []
     with kvstack.hf.enable(model), torch.no_grad():
         for _ in range(12):
-            logits = model(input_ids=ids, past_key_values=hf, use_cache=True).logits
+            logits = model(input_ids=ids, **cache_kwargs(hf), use_cache=True).logits
             ids = logits[:, -1:].argmax(-1)
             steps.append(int(ids))
     assert out.tolist() == steps

@@ -10,6 +10,7 @@ from transformers import DynamicCache
 
 import kvstack
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 
 ARCHS = ("llama", "mistral", "mistral_swa", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 CONTEXT = 40
@@ -27,10 +28,10 @@ def test_identity_decode_matches_dynamic_cache(arch, tiny_model, make_ids):
 
     # Reference: one-shot prefill into the model's own DynamicCache, then greedy steps.
     ref_cache = DynamicCache(config=model.config)
-    out = model(input_ids=ctx.view(1, -1), past_key_values=ref_cache, use_cache=True)
+    out = model(input_ids=ctx.view(1, -1), **cache_kwargs(ref_cache), use_cache=True)
     tokens, ref_logits = [int(out.logits[0, -1].argmax())], []
     for _ in range(STEPS):
-        out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=ref_cache, use_cache=True)
+        out = model(input_ids=torch.tensor([[tokens[-1]]]), **cache_kwargs(ref_cache), use_cache=True)
         ref_logits.append(out.logits[0, -1])
         tokens.append(int(out.logits[0, -1].argmax()))
 
@@ -42,7 +43,7 @@ def test_identity_decode_matches_dynamic_cache(arch, tiny_model, make_ids):
     hf_cache = CompressedCache(kv, torch.float32)
     with enable(model):
         for step in range(STEPS):
-            out = model(input_ids=torch.tensor([[tokens[step]]]), past_key_values=hf_cache, use_cache=True)
+            out = model(input_ids=torch.tensor([[tokens[step]]]), **cache_kwargs(hf_cache), use_cache=True)
             torch.testing.assert_close(
                 out.logits[0, -1], ref_logits[step], atol=1e-5, rtol=0, msg=lambda m, s=step: f"step {s}: {m}"
             )

@@ -11,6 +11,7 @@ from transformers import DynamicCache
 
 import kvstack
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.kv import DenseRows
 
 T = 48
@@ -24,7 +25,7 @@ def _model(tiny_model):
 
 def _first_step_logits(model, cache, token: int) -> torch.Tensor:
     with enable(model):
-        return model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
+        return model(input_ids=torch.tensor([[token]]), **cache_kwargs(cache), use_cache=True).logits[0, -1]
 
 
 @pytest.mark.parametrize("group", [32, 64])
@@ -33,9 +34,9 @@ def test_int8_cache_decodes_close_to_full_cache(group, tiny_model, make_ids):
     model = _model(tiny_model)
     ctx = make_ids(T, seed=13)
     dc = DynamicCache(config=model.config)
-    out = model(input_ids=ctx.view(1, -1), past_key_values=dc, use_cache=True)
+    out = model(input_ids=ctx.view(1, -1), **cache_kwargs(dc), use_cache=True)
     token = int(out.logits[0, -1].argmax())
-    full = model(input_ids=torch.tensor([[token]]), past_key_values=dc, use_cache=True).logits[0, -1]
+    full = model(input_ids=torch.tensor([[token]]), **cache_kwargs(dc), use_cache=True).logits[0, -1]
 
     kv = kvstack.compress(model, ctx, f"int8:g{group}")
     keys = kv.layers[0].keys

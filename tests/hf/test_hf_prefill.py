@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
 from kvstack.stack import NEED_ATTENTION, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
@@ -105,7 +106,7 @@ def test_chunked_prefill_cache_equals_one_shot(arch, tiny_model, make_ids):
     pre = prefill(model, info, ctx, chunk_size=CHUNK)
 
     dc = DynamicCache(config=model.config)
-    out = model(input_ids=ctx.view(1, -1), past_key_values=dc, use_cache=True)
+    out = model(input_ids=ctx.view(1, -1), **cache_kwargs(dc), use_cache=True)
     torch.testing.assert_close(pre.last_logits, out.logits[0, -1].float(), atol=1e-5, rtol=0)
     for i, layer in enumerate(pre.cache.layers):
         k, v, pos, valid = layer.padded()

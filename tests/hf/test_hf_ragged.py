@@ -14,6 +14,7 @@ from hf_reference import HandLlama, append, keep_positions
 
 import kvstack
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 
 T = 32
 
@@ -64,7 +65,7 @@ def test_ragged_heads_attend_to_their_own_rows(tiny_model, make_ids):
             for step in range(3):
                 pos = T + step
                 ref = hand.step(token, pos, past)
-                out = model(input_ids=torch.tensor([[token]]), past_key_values=hf_cache, use_cache=True)
+                out = model(input_ids=torch.tensor([[token]]), **cache_kwargs(hf_cache), use_cache=True)
                 for li in range(2):
                     got = attn_in[li].view(4, 16).double()  # [Hq, D], query heads in order
                     torch.testing.assert_close(got, ref.attn_out[li], atol=1e-4, rtol=0)
@@ -127,7 +128,7 @@ def test_decode_budget_on_ragged_heads_is_per_head(tiny_model, make_ids):
             pos = T + step
             past = keep_positions(full_past, lambda li, h, p, held=held: torch.isin(p, torch.tensor(held[(li, h)])))
             ref = hand.step(token, pos, past)
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=hf_cache, use_cache=True)
+            out = model(input_ids=torch.tensor([[token]]), **cache_kwargs(hf_cache), use_cache=True)
             torch.testing.assert_close(out.logits[0, -1].double(), ref.logits, atol=1e-4, rtol=0)
             held = {key: policy(v + [pos], pos) for key, v in held.items()}
             for li, layer in enumerate(hf_cache.layers):

@@ -12,6 +12,7 @@ from hf_reference import HandLlama, append, keep_positions
 
 import kvstack
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 
 T, SINK, WINDOW = 40, 4, 8
 EXPECTED = list(range(SINK)) + list(range(T - WINDOW, T))
@@ -67,7 +68,7 @@ def test_streaming_decode_matches_hand_reference(tiny_model, make_ids):
         for step in range(6):
             pos = T + step
             ref = hand.step(token, pos, past)
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=hf_cache, use_cache=True)
+            out = model(input_ids=torch.tensor([[token]]), **cache_kwargs(hf_cache), use_cache=True)
             torch.testing.assert_close(out.logits[0, -1].double(), ref.logits, atol=1e-4, rtol=0)
             # Without eviction the answer would be different: the test sees the eviction.
             full_ref = hand.step(token, pos, full_past)
@@ -97,7 +98,7 @@ def test_streaming_decode_budget_evicts_while_generating(tiny_model, make_ids):
             # The token at `pos` sees the sinks and the `WINDOW` tokens before it (plus itself).
             past = keep_positions(full_past, lambda li, h, p, pos=pos: (p < SINK) | (p >= pos - WINDOW))
             ref = hand.step(token, pos, past)
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=hf_cache, use_cache=True)
+            out = model(input_ids=torch.tensor([[token]]), **cache_kwargs(hf_cache), use_cache=True)
             torch.testing.assert_close(out.logits[0, -1].double(), ref.logits, atol=1e-4, rtol=0)
             for layer in hf_cache.layers:
                 held = _held_positions(layer)
@@ -134,7 +135,7 @@ def test_generate_with_decode_budget_matches_manual_loop(tiny_model, make_ids):
     tokens, ids = [], question.view(1, -1)
     with enable(model):
         for _ in range(12):
-            out = model(input_ids=ids, past_key_values=hf_cache, use_cache=True)
+            out = model(input_ids=ids, **cache_kwargs(hf_cache), use_cache=True)
             tokens.append(int(out.logits[0, -1].argmax()))
             ids = torch.tensor([[tokens[-1]]])
     assert got.tolist() == tokens[: got.numel()]

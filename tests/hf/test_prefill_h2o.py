@@ -43,7 +43,10 @@ def count_fused(monkeypatch) -> list[int]:
 def test_exact_h2o_prefill_leaves_the_model_unchanged(monkeypatch, tiny_model, make_ids, arch, impl, fused):
     model = tiny_model(arch)
     if impl:
-        model.set_attn_implementation(impl)
+        try:
+            model.set_attn_implementation(impl)
+        except ValueError as err:  # transformers 5.21+ refuses SDPA for Gemma 2 (it would drop the softcap)
+            pytest.skip(f"this transformers has no {impl} for {arch}: {err}"[:200])
     ctx = make_ids(T, seed=3)
     info = model_info(model)
     plain = prefill(model, info, ctx, chunk_size=CHUNK)

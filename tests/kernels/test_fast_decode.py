@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import kvstack
 from kvstack.hf import fast_decode
+from kvstack.hf.compat import cache_kwargs
 
 
 def _model(device):
@@ -54,7 +55,7 @@ def _step_logits(model, cache, q_ids, steps):
     ids, out = q_ids[None], []
     with kvstack.hf.enable(model), torch.no_grad():
         for _ in range(steps):
-            logits = model(input_ids=ids, past_key_values=hf, use_cache=True).logits[0, -1].float()
+            logits = model(input_ids=ids, **cache_kwargs(hf), use_cache=True).logits[0, -1].float()
             ids = logits.argmax(-1).view(1, 1)
             out.append(logits)
     return torch.stack(out)

@@ -10,6 +10,7 @@ import torch
 
 import kvstack
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
 from kvstack.inspect.rope import rope_tables
@@ -43,7 +44,7 @@ def dense_copy(cache: KVCache) -> KVCache:
 def next_logits(model, cache: KVCache, token: int) -> torch.Tensor:
     with enable(model):
         hf = CompressedCache(cache, torch.float32)
-        return model(input_ids=torch.tensor([[token]]), past_key_values=hf, use_cache=True).logits[0, -1]
+        return model(input_ids=torch.tensor([[token]]), **cache_kwargs(hf), use_cache=True).logits[0, -1]
 
 
 RECIPES = [

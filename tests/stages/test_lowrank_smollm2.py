@@ -13,6 +13,7 @@ import torch
 
 from kvstack.errors import ModelNotInstalledError
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
 from kvstack.inspect.rope import rope_tables
@@ -43,7 +44,7 @@ def setup():
 @torch.no_grad()
 def perplexity(model, cache, last_logits, cont) -> float:
     with enable(model):
-        out = model(input_ids=cont[None], past_key_values=CompressedCache(cache, model.dtype), use_cache=True)
+        out = model(input_ids=cont[None], **cache_kwargs(CompressedCache(cache, model.dtype)), use_cache=True)
     logits = torch.cat([last_logits[None], out.logits[0, :-1].float()])
     return math.exp(float(torch.nn.functional.cross_entropy(logits, cont)))
 

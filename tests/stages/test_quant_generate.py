@@ -12,6 +12,7 @@ import torch
 
 import kvstack
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.kv import DenseRows, KVCache
 from kvstack.stages.lowrank_keep import KeptRows
 from kvstack.stages.quant_rope import RotatedRows
@@ -27,7 +28,7 @@ def dense_copy(cache: KVCache) -> KVCache:
 @torch.no_grad()
 def question_logits(model, cache: KVCache, question: torch.Tensor) -> torch.Tensor:
     with enable(model):
-        return model(input_ids=question.view(1, -1), past_key_values=CompressedCache(cache, torch.float32)).logits[0]
+        return model(input_ids=question.view(1, -1), **cache_kwargs(CompressedCache(cache, torch.float32))).logits[0]
 
 
 @pytest.mark.parametrize("recipe", ["kvquant:4", "kvquant:3,outliers=0.02", "gear:2,rank=2", "cq:1",

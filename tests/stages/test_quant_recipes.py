@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import kvstack
 from kvstack.errors import RecipeError
 from kvstack.hf import CompressedCache, enable
+from kvstack.hf.compat import cache_kwargs
 from kvstack.kv import DenseRows
 from kvstack.stack import Recipe, describe_stages
 from kvstack.stages.quant_rotate import HadamardRows
@@ -41,7 +42,7 @@ def setup():
 def question_logits(model, cache, question) -> torch.Tensor:
     with torch.no_grad(), enable(model):
         hf_cache = CompressedCache(cache, torch.float32)
-        return model(input_ids=question.view(1, -1), past_key_values=hf_cache).logits[0]
+        return model(input_ids=question.view(1, -1), **cache_kwargs(hf_cache)).logits[0]
 
 
 def test_logit_error_ordered_by_bits(setup):
