@@ -5,20 +5,10 @@ variable that ends up holding the value. A cache that loses one link loses what 
 
 from __future__ import annotations
 
-import random
-import string
-
 from kvstack.eval.tasks.base import ALL, Sample, Task
 from kvstack.eval.tasks.ruler import templates as T
 from kvstack.eval.tasks.ruler.fit import budget, fit_units
-
-
-def _name(rng: random.Random, taken: set[str]) -> str:
-    while True:
-        name = "".join(rng.choice(string.ascii_uppercase) for _ in range(5))
-        if name not in taken:
-            taken.add(name)
-            return name
+from kvstack.eval.tasks.vartrack import slot_name
 
 
 class RulerVariableTracking(Task):
@@ -31,7 +21,7 @@ class RulerVariableTracking(Task):
         taken: set[str] = set()
         chains = []
         for _ in range(self.chains):
-            names = [_name(rng, taken) for _ in range(self.hops + 1)]
+            names = [slot_name(rng, taken) for _ in range(self.hops + 1)]  # 5 capital letters, as RULER's
             val = str(rng.randint(10000, 99999))
             lines = [T.VT_FIRST.format(name=names[0], value=val)]
             lines += [T.VT_COPY.format(name=b, source=a) for a, b in zip(names, names[1:])]
