@@ -26,7 +26,7 @@ from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
 from kvstack.zoo import load
 
-RECIPES = ("kivi:2", "kivi:2,sink=4", "kivi:4", "int4:token,norot", "int4", "int8")
+RECIPES = ("kivi:2", "kivi:2,sink=4", "kivi:4", "int4:token,norot", "int4", "int4:vaxis=token", "int8")
 
 
 def kivi_reference(rows: torch.Tensor, axis: str, bits: int = 2, group: int = 32) -> torch.Tensor:
@@ -59,14 +59,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipes for the attention-error table")
+    ap.add_argument("--skip-reference", action="store_true", help="only the attention-error table")
     args = ap.parse_args()
     model, tok = load("smollm2-135m")
     sample = get_task("ruler_niah_single_2").samples(tok, args.tokens, 1, seed=args.seed)[0]
     prompt = format_sample(tok, sample)
     full = kvstack.compress(model, prompt.context_ids, "identity")
-    residual = 128
+    if not args.skip_reference:
+        reference_check(model, prompt, full, residual=128)
+    attention_table(model, prompt, full, args.recipes)
 
-    # 1. kvstack's kivi:2 vs the float64 reference (old tokens only; the residual is exact in both)
+
+def reference_check(model, prompt, full, residual: int) -> None:
+    """kvstack's kivi:2 against the float64 reference, on the old rows (the residual is exact in both)."""
     kivi = kvstack.compress(model, prompt.context_ids, "kivi:2")
     err_ref = err_got = total = flips = 0.0
     for lf, lq in zip(full.layers, kivi.layers):
@@ -83,12 +89,14 @@ def main() -> None:
           f"residual {residual}): RMS error {(err_got / total) ** 0.5:.4f} (kvstack) vs {(err_ref / total) ** 0.5:.4f} "
           f"(reference); {flips / total:.2%} of elements land on another level (fp16 scales/zeros at group edges)")
 
-    # 2. attention output error per layer for the question's queries
+
+def attention_table(model, prompt, full, recipes: list[str]) -> None:
+    """Per layer, the attention-output error of each recipe for the question's own queries (Markdown table)."""
     print(f"\nrelative error of attention outputs (question queries, {prompt.context_ids.numel()} context tokens); "
           "top-1 = share of (head, query) pairs whose most-attended token changes")
     print("| recipe | below model dtype | mean rel. error | worst layer (error) | top-1 changed |")
     print("|---|---|---|---|---|")
-    for r in RECIPES:
+    for r in recipes:
         cache = kvstack.compress(model, prompt.context_ids, r)
         errs = attention_errors(model, full, cache, prompt.question_ids)
         rel = [e.relative for e in errs]

@@ -175,7 +175,10 @@ def parse_recipe(text: str) -> RecipeEstimate:
         raise RecipeError(
             "empty recipe: use 'identity' for no compression, e.g. 'snapkv:0.25 > int4'"
         )
-    return RecipeEstimate(text.strip(), tuple(parse_stage(part) for part in text.split(">")))
+    from kvstack.presets import expand
+
+    recipe = expand(text)  # a preset name stands for its whole recipe
+    return RecipeEstimate(text.strip(), tuple(parse_stage(part) for part in recipe.split(">")))
 
 
 def parse_stage(text: str) -> StageEffect:
@@ -222,6 +225,8 @@ _FLAGS = {
     "asym": ("sym", "false"),
     "token": ("axis", "token"),
     "channel": ("axis", "channel"),
+    "rot": ("rot", "true"),
+    "norot": ("rot", "false"),
 }
 
 
@@ -322,12 +327,18 @@ def _truth(raw: str, value: str) -> bool:
 def _integer(raw: str, name: str, layers, positional, options) -> StageEffect:
     """int8/4/3/2: ``group`` (default 64), ``axis`` (token: a group is channels of one token;
     channel: tokens of one channel), ``sym`` (default: int8 symmetric, lower widths not)."""
-    values = _bind(raw, name, ("group", "axis", "sym"), positional, options)
+    # rot, seed and clip change no byte; sink's few fp16 rows and vaxis's other grouping of the values
+    # are left out of the estimate (a few percent at most)
+    values = _bind(raw, name, ("group", "axis", "sym", "rot", "seed", "clip", "sink", "vaxis"), positional, options)
     group = _whole(raw, "group", values.get("group", str(DEFAULT_GROUP)), 1)
-    axis = values.get("axis", "token").lower()
+    axis = values.get("axis", "channel" if name == "int4" else "token").lower()  # int4's default: channel groups
     if axis not in ("token", "channel"):
         raise RecipeError(f"stage {raw!r}: axis={axis!r} is not one of token, channel")
     sym = _truth(raw, values["sym"]) if "sym" in values else name == "int8"
+    if values.get("rot", "true").lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", "auto"):
+        raise RecipeError(f"stage {raw!r}: rot={values['rot']!r} must be true, false or auto (or write rot/norot)")
+    if values.get("vaxis", "same").lower() not in ("same", "token", "channel"):
+        raise RecipeError(f"stage {raw!r}: vaxis={values['vaxis']!r} is not one of same, token, channel")
     overhead = SCALE_BITS if sym else SCALE_BITS + ZERO_BITS
     precision = Precision(name, Fraction(INT_BITS[name]), group, overhead, axis, tile=True)
     return StageEffect(raw, name, "quantize", layers, precision=precision)

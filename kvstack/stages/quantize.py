@@ -59,6 +59,15 @@ def parse_rot(raw: str) -> bool | str:
 
 parse_rot.__name__ = "boolean (true/false) or auto"
 AUTO = "auto"
+SAME = "same"
+
+
+def parse_vaxis(raw: str) -> str:
+    """``same`` (the values follow ``axis``) or an axis of their own."""
+    return SAME if raw.strip().lower() == SAME else parse_axis(raw)
+
+
+parse_vaxis.__name__ = "same, token or channel"
 
 
 def _power_of_two(n: int) -> bool:
@@ -75,6 +84,8 @@ def _params(sym: bool, axis: str = "token", rot: bool | str = False) -> tuple[Pa
         Param("seed", int, 0, "seed of the rotation's random signs (rot only)"),
         Param("clip", float, 1.0, "keep this fraction of each group's [min, max] around its middle (0 < clip <= 1)"),
         Param("sink", int, 0, "first tokens kept in fp16 (attention sinks; 0 quantizes every token)"),
+        Param("vaxis", parse_vaxis, SAME, "values' axis: same (as axis) | token | channel (KIVI: keys channel, "
+              "values token)"),
     )
 
 
@@ -98,22 +109,31 @@ class UniformQuant(Stage):
         if not isinstance(self.clip, float | int) or not 0 < self.clip <= 1:
             raise RecipeError(f"{self.name}: clip={self.clip!r} must be in (0, 1]: the share of a group's range kept")
         check_sink(self.name, self.sink)
+        if self.vaxis != SAME and self.vaxis not in AXES:
+            raise RecipeError(f"{self.name}: vaxis={self.vaxis!r} is not one of same, {', '.join(AXES)}")
         try:
-            check_settings(self.bits, self.group, self.axis)
+            for axis in {self.axis, self.value_axis}:
+                check_settings(self.bits, self.group, axis)
         except RecipeError as exc:
             raise RecipeError(f"{self.name}: {exc}") from None
 
-    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], coefficients: bool = False
-                 ) -> QuantRows | HadamardRows:
-        """Quantize one layer's keys or values (``lengths``: rows per head), rotated first with ``rot``
-        (``auto``: when the width is a power of two and the rows are not low-rank ``coefficients``)."""
-        if not self.rot or (self.rot == AUTO and (coefficients or not _power_of_two(rows.shape[1]))):
-            return self._quantize(rows, lengths)
-        check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
-        return HadamardRows(self._quantize(rotate(rows, self.seed), lengths), self.seed, rows.dtype)
+    @property
+    def value_axis(self) -> str:
+        return self.axis if self.vaxis == SAME else self.vaxis
 
-    def _quantize(self, rows: torch.Tensor, lengths: tuple[int, ...]) -> QuantRows:
-        if self.axis == "token":
+    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], coefficients: bool = False,
+                 axis: str | None = None) -> QuantRows | HadamardRows:
+        """Quantize one layer's keys or values (``lengths``: rows per head) along ``axis`` (default: keys'),
+        rotated first with ``rot`` (``auto``: when the width is a power of two and the rows are not low-rank
+        ``coefficients``)."""
+        axis = axis or self.axis
+        if not self.rot or (self.rot == AUTO and (coefficients or not _power_of_two(rows.shape[1]))):
+            return self._quantize(rows, lengths, axis)
+        check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
+        return HadamardRows(self._quantize(rotate(rows, self.seed), lengths, axis), self.seed, rows.dtype)
+
+    def _quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], axis: str) -> QuantRows:
+        if axis == "token":
             group = token_axis_group(self.name, self.group, rows.shape[1])
             return QuantRows.quantize(clip_groups(rows, group, "token", None, self.clip), self.bits, group, "token",
                                       self.sym)
@@ -123,20 +143,21 @@ class UniformQuant(Stage):
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         # after a low-rank stage, the coefficients (r per row) are quantized, not the reconstruction (d per row)
         if self.sink and not getattr(layer.keys, "has_inner_rows", False):
-            def encode(rows: torch.Tensor, _pos: torch.Tensor, lengths: tuple[int, ...]):
-                return self.quantize(rows, lengths)
+            def encoder(axis: str):
+                return lambda rows, _pos, lengths: self.quantize(rows, lengths, axis=axis)
 
-            keys = keep_sink(layer.keys.decode(), layer, self.sink, encode)
-            values = keep_sink(layer.values.decode(), layer, self.sink, encode)
+            keys = keep_sink(layer.keys.decode(), layer, self.sink, encoder(self.axis))
+            values = keep_sink(layer.values.decode(), layer, self.sink, encoder(self.value_axis))
             return replace(layer, keys=keys, values=values)
         if self.sink:
             raise RecipeError(f"{self.name}: sink={self.sink} applies to token rows, not to low-rank coefficients")
-        keys, values = self._encode(layer.keys, layer.lengths), self._encode(layer.values, layer.lengths)
+        keys = self._encode(layer.keys, layer.lengths, self.axis)
+        values = self._encode(layer.values, layer.lengths, self.value_axis)
         return replace(layer, keys=keys, values=values)
 
-    def _encode(self, rows, lengths: tuple[int, ...]):
+    def _encode(self, rows, lengths: tuple[int, ...], axis: str):
         coefficients = bool(getattr(rows, "has_inner_rows", False))
-        return quantize_encoded(rows, lengths, lambda r, n: self.quantize(r, n, coefficients))
+        return quantize_encoded(rows, lengths, lambda r, n: self.quantize(r, n, coefficients, axis))
 
 
 @register

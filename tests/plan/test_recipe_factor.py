@@ -102,16 +102,18 @@ def test_kivi_keeps_residual_tokens_in_the_cache_dtype(llama):
 
 
 def test_recipe_groups_must_tile_head_dim_as_in_kvstack():
-    phi3 = load_spec("phi-3-mini")  # head_dim 96: kvstack refuses int4's default g64
+    phi3 = load_spec("phi-3-mini")  # head_dim 96: kvstack refuses per-token g64
     with pytest.raises(RecipeError, match="does not divide head_dim=96"):
-        plan(phi3, 10, recipe="int4")
+        plan(phi3, 10, recipe="int4:token")
     # g32: 3 groups per 96-dim vector, 64 vectors (32 K + 32 V) per token per layer
-    assert plan(phi3, 10, recipe="int4:g32").layers[0].bytes == 10 * 64 * (96 * 4 + 3 * 32) // 8
+    assert plan(phi3, 10, recipe="int4:g32,token").layers[0].bytes == 10 * 64 * (96 * 4 + 3 * 32) // 8
+    # the default int4 groups tokens of a channel: any head_dim; one group of 10 tokens per channel
+    assert plan(phi3, 10, recipe="int4").layers[0].bytes == (10 * 64 * 96 * 4 + 64 * 96 * 32) // 8
 
 
 def test_channel_axis_amortizes_scales_across_tokens():
     gpt2 = load_spec("gpt2")  # 12 heads of 64: a token-axis group is capped at 64
-    token = plan(gpt2, 1, recipe="int4:g128").layers[0].bits_per_token
+    token = plan(gpt2, 1, recipe="int4:g128,token").layers[0].bits_per_token
     channel = plan(gpt2, 1, recipe="int4:g128,channel").layers[0].bits_per_token
     assert token == 24 * (64 * 4 + 32)
     assert channel == 24 * (64 * 4 + 64 * 32 / 128)
@@ -131,7 +133,7 @@ def test_cast_stage_changes_fp32_cache():
 
 
 def test_scoped_stage_overrides_unscoped_of_same_family(llama):
-    p = plan(llama, 10, recipe="int4 > fp16@layer0")
+    p = plan(llama, 10, recipe="int4:token > fp16@layer0")
     assert p.layers[0].bytes == 10 * 4096  # layer 0 stays 16-bit
     assert p.layers[1].bytes == 10 * VECTORS * 576 // 8
 
@@ -181,6 +183,7 @@ def test_unknown_stage_lists_known_ones():
         "int4:g64,diagonal",
         "int4:axis=diagonal",
         "int4:64,token,true,9",
+        "int4:vaxis=diagonal",
         "kivi:2,bits=3",
     ],
 )

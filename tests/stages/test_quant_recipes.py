@@ -102,6 +102,20 @@ def test_default_int4_is_rotated_channel_groups_of_64_tokens(setup):
     assert kvstack.generate(model, cache, question, max_new_tokens=3).shape == (3,)
 
 
+def test_values_can_take_their_own_axis(setup):
+    """``vaxis=token``: keys in channel groups (64 tokens), values in token groups (capped at head_dim)."""
+    model, ids, question, _ = setup
+    cache = kvstack.compress(model, ids, "int4:vaxis=token")
+    for layer in cache.layers:
+        assert (layer.keys.inner.axis, layer.values.inner.axis) == ("channel", "token")
+        keys = H * T * D // 2 + 4 * H * 2 * D  # 2 groups of 64 tokens per channel
+        values = H * T * D // 2 + 4 * H * T * (D // 16)  # one group per token (g64 capped at head_dim 16)
+        assert layer.nbytes == keys + values
+    assert kvstack.generate(model, cache, question, max_new_tokens=3).shape == (3,)
+    with pytest.raises(RecipeError, match="vaxis"):
+        kvstack.compress(model, ids, "int4:vaxis=diagonal")
+
+
 def test_kivi_recipe_bytes_and_generate(setup):
     model, ids, question, _ = setup
     cache = kvstack.compress(model, ids, "kivi:2,residual=16")
