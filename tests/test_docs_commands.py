@@ -106,7 +106,7 @@ RECIPES = [(f, r) for f, line in KVSTACK for r in _recipes(argv_of(line))] + PYT
 
 def test_the_docs_show_recipes():
     shown = {r for _, r in RECIPES}
-    assert {"snapkv:0.25 > int4", "keydiff:0.125,span=16 > int4", "best:16x"} <= shown
+    assert {"snapkv:0.25 > int4", "keydiff:0.125,span=16 > int4", "qa:16x"} <= shown
 
 
 @pytest.mark.parametrize("where, recipe", RECIPES, ids=[f"{f}: {r}" for f, r in RECIPES])

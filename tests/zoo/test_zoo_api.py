@@ -97,5 +97,8 @@ def test_bundled_gguf_models_load_from_their_converted_folder(smollm2):
     assert (where / "model.safetensors").is_file() and (where / "tokenizer.json").is_file()
     assert zoo._converted(zoo.ZOO["smollm2-135m"], where) and (where / zoo._STAMP).is_file()
     assert model.dtype.is_floating_point and str(model.name_or_path) == str(where)
-    # the tokenizer saved with the folder splits text as the GGUF's did (ids checked against a direct GGUF load)
-    assert tok("Hello world, this is a test.").input_ids == [1, 19556, 905, 28, 451, 314, 253, 1028, 30]
+    # the tokenizer saved with the folder splits text as the GGUF's did (ids checked against a direct GGUF load);
+    # whether it adds a BOS differs between transformers releases (5.2 adds one, 5.25 follows the GGUF: none),
+    # and kvstack tokenizes without special tokens everywhere
+    ids = tok("Hello world, this is a test.", add_special_tokens=False).input_ids
+    assert ids == [19556, 905, 28, 451, 314, 253, 1028, 30]
