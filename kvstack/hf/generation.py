@@ -12,10 +12,17 @@ from typing import Any
 
 import torch
 
+from kvstack.errors import ModelError
+
 
 def generation_kwargs(model, generate_kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """``(kwargs for model.generate, pad id)``: the caller's kwargs with kvstack's defaults filled in."""
     kwargs = dict(generate_kwargs)
+    if kwargs.get("num_return_sequences", 1) != 1:
+        raise ModelError(
+            f"num_return_sequences={kwargs['num_return_sequences']}: a kvstack cache decodes one row per sequence, "
+            "so num_return_sequences must be 1; call generate again (with do_sample=True) for more answers"
+        )
     kwargs.setdefault("do_sample", False)
     if not kwargs["do_sample"]:
         for key in ("temperature", "top_p", "top_k"):
