@@ -68,6 +68,17 @@ def test_batched_generate_equals_each_single_call(tiny_model, make_ids, arch, re
         assert cache_differences(batch[i], single) == [], f"sequence {i} differs from its own compress call"
 
 
+@pytest.mark.parametrize("arch", ["mistral", "mistral_swa", "qwen3", "gemma3", "phi3"])
+def test_every_other_tiny_architecture_batches_exactly(tiny_model, make_ids, arch):
+    model = tiny_model(arch)
+    ctxs, qs = _inputs(make_ids)
+    batch = kvstack.compress(model, ctxs, "int8")
+    got = kvstack.generate(model, batch, qs, max_new_tokens=NEW)
+    assert [g.tolist() for g in got] == [
+        kvstack.generate(model, batch[i], qs[i], max_new_tokens=NEW).tolist() for i in range(len(batch))
+    ]
+
+
 def test_ragged_heads_really_differ_in_the_batch(tiny_model, make_ids):
     """The adakv case above is only worth something if heads keep different counts per sequence."""
     model = tiny_model("llama")
@@ -95,6 +106,10 @@ def test_container_sums_and_indexes(tiny_model, make_ids):
     assert isinstance(one, kvstack.KVCache)
     assert isinstance(kvstack.compress(model, ctxs[0].tolist(), "int8"), kvstack.KVCache)
     assert cache_differences(one, batch[0]) == []
+    # a list of lists of ints is a batch too; a list holding one sequence is a batch of one
+    as_lists = kvstack.compress(model, [c.tolist() for c in ctxs[:2]], "int8")
+    assert isinstance(as_lists, KVBatch) and as_lists.context_lengths == list(CTX_LENGTHS[:2])
+    assert len(kvstack.compress(model, [ctxs[0]], "int8")) == 1
 
 
 def test_eos_cuts_each_row_where_the_single_call_stops(tiny_model, make_ids):
