@@ -7,12 +7,13 @@ import time
 import torch
 
 from kvstack.api_inputs import as_ids, batch_ids, batch_questions, check_model, is_batch
-from kvstack.errors import InputError
+from kvstack.errors import InputError, KvstackError
 from kvstack.kv import KVCache
 from kvstack.kv_batch import KVBatch
 from kvstack.stack import NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES, Recipe, StageContext
 
-__all__ = ["check_model", "compress", "generate", "stage_context", "window_queries_needed"]  # check_model: kept here
+# check_model now lives in kvstack.api_inputs; it stays importable from here
+__all__ = ["check_model", "compress", "generate", "stage_context", "window_queries_needed"]
 
 
 def window_queries_needed(recipes: list[Recipe]) -> int:
@@ -65,7 +66,8 @@ def compress(
         contexts = batch_ids(context_ids, "context_ids")
         questions = batch_questions(question_ids, len(contexts), optional=True)
         options = dict(chunk_size=chunk_size, progress=progress, fingerprint=fingerprint)
-        return KVBatch([compress(model, c, recipe, q, **options) for c, q in zip(contexts, questions, strict=True)])
+        return KVBatch([_one_of_batch(i, model, c, recipe, q, options)
+                        for i, (c, q) in enumerate(zip(contexts, questions, strict=True))])
     info = model_info(model)
     marked = model_fingerprint(model, fingerprint)
     recipe_obj = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
@@ -88,6 +90,14 @@ def compress(
     cache.stats.update(prefill_seconds=pre.seconds, compress_seconds=time.perf_counter() - start)
     cache.model_fingerprint = marked
     return cache
+
+
+def _one_of_batch(index: int, model, context_ids, recipe, question_ids, options: dict) -> KVCache:
+    """Sequence ``index`` of a batch compressed as its own call; its errors name it (same type)."""
+    try:
+        return compress(model, context_ids, recipe, question_ids, **options)
+    except KvstackError as exc:
+        raise type(exc)(f"context_ids[{index}] of the batch: {exc}") from exc
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kvstack
-from kvstack.errors import InputError, ModelError
+from kvstack.errors import BudgetError, InputError, ModelError
 from kvstack.kv import DenseRows
 from kvstack.kv_batch import KVBatch
 
@@ -87,6 +87,12 @@ def test_mixed_device_batch(setup):
     with pytest.raises(InputError, match="sequence 1: meta.*a batch decodes on one device"):
         KVBatch([batch[0], _on_meta(batch[1]), batch[2]])
     _still_works(model, batch, qs)
+
+
+def test_a_sequence_the_recipe_cannot_compress_is_named(setup, make_ids):
+    model, ctxs, _, _ = setup
+    with pytest.raises(BudgetError, match=r"context_ids\[1\] of the batch: snapkv"):
+        kvstack.compress(model, [ctxs[0], make_ids(6), ctxs[2]], "snapkv:0.5,window=4")
 
 
 def test_not_a_batch_of_caches(setup):
