@@ -70,6 +70,7 @@ def main() -> None:
     from kvstack.zoo import load
 
     model, tok = load("smollm2-135m")
+    _row(model, tok, 2, argparse.Namespace(**{**vars(args), "repeat": 2}))  # warm-up (the first calls are slow)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, recipe {args.recipe!r}, {args.new} new tokens, greedy fp32")
     print("| B | context tokens | batched s | B single calls s | speedup | rows equal | batch bytes | padded bytes |")
