@@ -4,6 +4,8 @@
     cache = kvstack.compress(model, context_ids, recipe="streaming:sink=4,window=512 > int8")
     cache.nbytes, cache.dense_nbytes
     out_ids = kvstack.generate(model, cache, question_ids, max_new_tokens=32)
+    batch = kvstack.compress(model, [ids_1, ids_2], recipe="int8")     # a KVBatch, ragged
+    outs = kvstack.generate(model, batch, [q_1, q_2], max_new_tokens=32)  # one batched generate
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from kvstack import errors
 
 __version__ = "0.1.0"
 __all__ = [
-    "KVCache", "KVLayer", "Recipe", "compress", "compress_many", "errors", "generate", "load", "parse_recipe", "save",
+    "KVBatch", "KVCache", "KVLayer", "Recipe", "compress", "compress_many", "errors", "generate", "load",
+    "parse_recipe", "save",
 ]
 
 _LAZY = {
@@ -22,6 +25,7 @@ _LAZY = {
     "generate": ("kvstack.api", "generate"),
     "KVCache": ("kvstack.kv", "KVCache"),
     "KVLayer": ("kvstack.kv", "KVLayer"),
+    "KVBatch": ("kvstack.kv_batch", "KVBatch"),
     "Recipe": ("kvstack.stack", "Recipe"),
     "compress_many": ("kvstack.eval.shared_prefill", "compress_many"),
     "save": ("kvstack.wire", "save"),

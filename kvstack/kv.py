@@ -47,6 +47,14 @@ class Encoded(Protocol):
     def select(self, rows: torch.Tensor) -> Encoded: ...
 
 
+def baseline_dtype(baseline: str) -> torch.dtype:
+    """The dtype of a ratio baseline name ("fp16", "bf16", "fp32"); InputError for any other name."""
+    dtype = BASELINES.get(baseline)
+    if dtype is None:
+        raise InputError(f"unknown ratio baseline {baseline!r}: use one of {', '.join([*BASELINES, 'model'])}")
+    return dtype
+
+
 def tensor_nbytes(t: torch.Tensor | None) -> int:
     """Bytes a tensor's elements occupy (what the allocator really holds for a contiguous tensor)."""
     return 0 if t is None else t.numel() * t.element_size()
@@ -284,12 +292,7 @@ class KVCache:
         """
         if baseline == "model":
             return self.ratio
-        dtype = BASELINES.get(baseline)
-        if dtype is None:
-            raise InputError(
-                f"unknown ratio baseline {baseline!r}: use one of {', '.join([*BASELINES, 'model'])}"
-            )
-        return self.dense_nbytes_as(dtype) / max(self.nbytes, 1)
+        return self.dense_nbytes_as(baseline_dtype(baseline)) / max(self.nbytes, 1)
 
     @property
     def dense_dtype_name(self) -> str:

@@ -29,7 +29,7 @@ def continuation_nll(
 ) -> tuple[float, int]:
     """``(sum of NLL in nats, tokens scored)`` of ``continuation_ids`` after the cached context
     (and ``question_ids``, unscored, when given)."""
-    from kvstack.api import check_model
+    from kvstack.api_inputs import check_model
     from kvstack.hf import CompressedCache, enable, model_info
     from kvstack.hf.compat import cache_kwargs
 

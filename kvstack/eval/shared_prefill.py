@@ -30,7 +30,8 @@ def compress_many(
 ) -> Iterator[tuple[Recipe, KVCache | KvstackError]]:
     """Yield ``(recipe, cache)`` for each recipe, one at a time (so only one compressed cache is
     alive at once); a recipe that cannot run on this context yields its typed error instead."""
-    from kvstack.api import _as_ids, stage_context, window_queries_needed
+    from kvstack.api import stage_context, window_queries_needed
+    from kvstack.api_inputs import as_ids as _as_ids
     from kvstack.hf.model import model_info
     from kvstack.hf.prefill import prefill
 

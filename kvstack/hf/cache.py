@@ -33,63 +33,15 @@ def _select_requantizes(layer: KVLayer) -> bool:
     return any(getattr(enc, "select_requantizes", False) for enc in (layer.keys, layer.values))
 
 
-class CompressedLayer(LayerProtocol, CacheLayerMixin):
-    """One layer: compressed segments + dense tail of new tokens, masked by true positions.
+class KvstackLayerOps(LayerProtocol):
+    """What every kvstack cache layer answers transformers alike: ``seen`` tokens so far, the
+    sliding ``window``, and a refusal of the operations a read-only compressed cache cannot do."""
 
-    ``segments[0]`` is the compressed context; a quantizer that asks for it (KIVI, via
-    ``meta["decode_quantize"]``) gets later segments: blocks of generated tokens
-    quantized as the dense tail fills, so long generations stay compressed too.
-    """
+    seen: int
+    window: int | None
 
-    def __init__(self, base: KVLayer, seen: int, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.segments: list[KVLayer] = [base]
-        self.seen = seen  # tokens ever processed (context + generated)
-        self.window = base.sliding_window
-        self.is_sliding = self.window is not None
-        self.dtype = dtype
-        self.tail_k: torch.Tensor | None = None  # [H, t, D]
-        self.tail_v: torch.Tensor | None = None
-        self.tail_pos = torch.empty(0, dtype=torch.long)
-        self.is_initialized = True
-
-    # --- transformers protocol ---------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        # extra arguments are ignored: 5.2-5.3 pass ``cache_kwargs``, 5.24+ ``kwargs=`` (kvstack.hf.compat)
-        if key_states.shape[0] != 1:
-            raise ModelError("a kvstack compressed cache holds one sequence; generate with batch size 1")
-        q = key_states.shape[-2]
-        new_pos = torch.arange(self.seen, self.seen + q, device=key_states.device)
-        self.seen += q
-        k_new, v_new = key_states[0], value_states[0]
-        if self.tail_k is None:
-            self.tail_k, self.tail_v, self.tail_pos = k_new, v_new, new_pos
-        else:
-            self.tail_k = torch.cat([self.tail_k, k_new], dim=1)
-            self.tail_v = torch.cat([self.tail_v, v_new], dim=1)
-            self.tail_pos = torch.cat([self.tail_pos.to(new_pos.device), new_pos])
-        step = plan_step(self, new_pos)
-        if step is not None:  # the attention hook reads the packed rows through the GPU kernels
-            marker = key_states.new_empty((1, key_states.shape[1], 0, key_states.shape[-1]))
-            marker._kvstack_fast = step
-            return marker, marker
-        keys, values, meta = self._materialize(new_pos)
-        self._trim()
-        self._quantize_tail()
-        keys = keys.unsqueeze(0)
-        keys._kvstack = meta  # read by kvstack's attention hook
-        return keys, values.unsqueeze(0)
-
-    @property
-    def base(self) -> KVLayer:
-        return self.segments[0]
-
-    def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
-        stored = sum(seg.max_length for seg in self.segments) + (0 if self.tail_k is None else self.tail_k.shape[1])
-        return stored + mask_query_length(query), max(self.seen - stored, 0)
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -108,10 +60,70 @@ class CompressedLayer(LayerProtocol, CacheLayerMixin):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if repeats != 1:
-            raise ModelError("a kvstack cache holds one sequence; num_return_sequences must be 1")
+            raise ModelError("a kvstack cache holds one row per sequence; num_return_sequences must be 1")
 
     def batch_select_indices(self, indices) -> None:
-        raise ModelError("a kvstack cache holds one sequence; batch selection is not supported")
+        raise ModelError("a kvstack cache keeps all its sequences; batch selection is not supported")
+
+
+class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
+    """One layer: compressed segments + dense tail of new tokens, masked by true positions.
+
+    ``segments[0]`` is the compressed context; a quantizer that asks for it (KIVI, via
+    ``meta["decode_quantize"]``) gets later segments: blocks of generated tokens
+    quantized as the dense tail fills, so long generations stay compressed too.
+    """
+
+    def __init__(self, base: KVLayer, seen: int, dtype: torch.dtype, fast: bool = True) -> None:
+        super().__init__()
+        self.fast = fast  # may offer the GPU kernels a step (False inside a batch: they read one sequence)
+        self.segments: list[KVLayer] = [base]
+        self.seen = seen  # tokens ever processed (context + generated)
+        self.window = base.sliding_window
+        self.is_sliding = self.window is not None
+        self.dtype = dtype
+        self.tail_k: torch.Tensor | None = None  # [H, t, D]
+        self.tail_v: torch.Tensor | None = None
+        self.tail_pos = torch.empty(0, dtype=torch.long)
+        self.is_initialized = True
+
+    # --- transformers protocol ---------------------------------------------------------
+    def update(self, key_states, value_states, *args, **kwargs):
+        # extra arguments are ignored: 5.2-5.3 pass ``cache_kwargs``, 5.24+ ``kwargs=`` (kvstack.hf.compat)
+        if key_states.shape[0] != 1:
+            raise ModelError(
+                "this kvstack compressed cache holds one sequence; generate with batch size 1, or compress a "
+                "list of contexts for a batched cache"
+            )
+        q = key_states.shape[-2]
+        new_pos = torch.arange(self.seen, self.seen + q, device=key_states.device)
+        self.seen += q
+        k_new, v_new = key_states[0], value_states[0]
+        if self.tail_k is None:
+            self.tail_k, self.tail_v, self.tail_pos = k_new, v_new, new_pos
+        else:
+            self.tail_k = torch.cat([self.tail_k, k_new], dim=1)
+            self.tail_v = torch.cat([self.tail_v, v_new], dim=1)
+            self.tail_pos = torch.cat([self.tail_pos.to(new_pos.device), new_pos])
+        step = plan_step(self, new_pos) if self.fast else None
+        if step is not None:  # the attention hook reads the packed rows through the GPU kernels
+            marker = key_states.new_empty((1, key_states.shape[1], 0, key_states.shape[-1]))
+            marker._kvstack_fast = step
+            return marker, marker
+        keys, values, meta = self._materialize(new_pos)
+        self._trim()
+        self._quantize_tail()
+        keys = keys.unsqueeze(0)
+        keys._kvstack = meta  # read by kvstack's attention hook
+        return keys, values.unsqueeze(0)
+
+    @property
+    def base(self) -> KVLayer:
+        return self.segments[0]
+
+    def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
+        stored = sum(seg.max_length for seg in self.segments) + (0 if self.tail_k is None else self.tail_k.shape[1])
+        return stored + mask_query_length(query), max(self.seen - stored, 0)
 
     # --- internals ---------------------------------------------------------------------
     def _materialize(self, query_pos: torch.Tensor):

@@ -17,7 +17,7 @@ from kvstack.kv import KVCache
 from kvstack.wire.format import Limits
 from kvstack.wire.hashing import tokenizer_hash
 from kvstack.wire.reader import StreamDecoder
-from kvstack.wire.writer import encode_stream
+from kvstack.wire.writer import check_one_sequence, encode_stream
 
 READ_BLOCK = 1 << 20
 
@@ -66,6 +66,7 @@ def save(cache: KVCache, path: str | os.PathLike, *, tokenizer=None, **options) 
     ``options`` are :class:`kvstack.wire.WireOptions` fields, e.g. ``codes="colzstd"`` (default,
     fast), ``codes="ans"`` (smallest) or ``codes="raw"`` (no coding). Pass the ``tokenizer`` to record its hash.
     """
+    check_one_sequence(cache)  # before any file is made
     return atomic_write(path, encode_stream(cache, tokenizer=tokenizer, **options))
 
 

@@ -17,6 +17,7 @@ import torch
 
 from kvstack.errors import InputError
 from kvstack.kv import KVCache, KVLayer
+from kvstack.kv_batch import KVBatch
 from kvstack.wire import colzstd, entropy, jsonvalues
 from kvstack.wire.arrays import CODE_CODECS, TENSOR_CODECS, ArraySpec, plan_codes
 from kvstack.wire.checksum import crc32c
@@ -125,10 +126,20 @@ class _Planner:
         }
 
 
-def build_plan(cache: KVCache, options: WireOptions, tokenizer=None) -> Plan:
-    """Describe every array of ``cache`` and fit the entropy models: all the header needs."""
+def check_one_sequence(cache) -> None:
+    """InputError unless ``cache`` is one :class:`KVCache`: a file (or stream) holds one sequence."""
+    if isinstance(cache, KVBatch):
+        raise InputError(
+            f"a wire file holds one sequence and this is a batch of {len(cache)}: save one sequence at a "
+            "time, e.g. for i in range(len(batch)): kvstack.save(batch[i], f'doc{i}.kvw')"
+        )
     if not isinstance(cache, KVCache):
         raise InputError(f"expected a kvstack.KVCache (from kvstack.compress), got {type(cache).__name__}")
+
+
+def build_plan(cache: KVCache, options: WireOptions, tokenizer=None) -> Plan:
+    """Describe every array of ``cache`` and fit the entropy models: all the header needs."""
+    check_one_sequence(cache)
     if sys.byteorder != "little":
         raise InputError("the wire format is written on little-endian machines only")
     planner = _Planner(options)

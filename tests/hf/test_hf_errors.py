@@ -19,7 +19,7 @@ def test_empty_context(tiny_model):
 def test_batch_of_two_contexts(tiny_model, make_ids):
     model = tiny_model("llama")
     batch = torch.stack([make_ids(10, seed=1), make_ids(10, seed=2)])
-    with pytest.raises(InputError, match="compress each context separately"):
+    with pytest.raises(InputError, match="pass a batch as a list of sequences"):
         kvstack.compress(model, batch, "identity")
 
 
