@@ -161,10 +161,10 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 
 def _load_builtin_stages() -> None:
-    # Importing the families registers their stages.
-    from kvstack.stages import identity, quantize, select  # noqa: F401
-    __import__("kvstack.stages.lowrank")  # svd, latent (one line each, so it never conflicts with other families)
-    __import__("kvstack.stages.crosslayer")  # minicache, xkv
+    # Lazy: the stage modules import this one; kvstack/stages/__init__.py lists them.
+    from kvstack.stages import load_builtin
+
+    load_builtin()
 
 
 _SCOPE = re.compile(r"^(?P<body>.*?)@(?:layer(?P<one>\d+)|layers(?P<a>\d+)-(?P<b>\d+))$")

@@ -34,7 +34,6 @@ import torch
 from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer
 from kvstack.stack import Param, Stage, StageContext, as_bool, register
-from kvstack.stages import quant_cq, quant_gear, quant_kivi, quant_kvquant  # noqa: F401  (register them)
 from kvstack.stages.lowrank_rows import quantize_encoded
 from kvstack.stages.quant_kvquant import check_sink
 from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group

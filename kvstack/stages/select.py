@@ -76,14 +76,3 @@ class StreamingLLM(Stage):
             out = replace(out, meta={**out.meta, "decode_budget": (self.sink, self.window)})
         return out
 
-
-# Score-and-keep methods live in their own modules; importing them registers their stages.
-from kvstack.stages import (  # noqa: E402, F401
-    select_attention,
-    select_critical,
-    select_fastgen,
-    select_h2o,
-    select_keys,
-    select_kvzip,
-    select_merge,
-)

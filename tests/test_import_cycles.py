@@ -1,0 +1,149 @@
+"""Guard against import cycles inside kvstack/.
+
+Why: a cycle makes import order matter (a module half-initialised when its
+partner reads it) and hides which layer depends on which. Only module-level
+imports count: imports inside functions are deliberate lazy imports, and
+`if TYPE_CHECKING:` blocks never run.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "kvstack"
+ROOT = PACKAGE.parent
+
+
+def module_name(path: Path) -> str:
+    """Dotted name of a source file under the package root."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """True for `TYPE_CHECKING` or `typing.TYPE_CHECKING`."""
+    if isinstance(test, ast.Name):
+        return test.id == "TYPE_CHECKING"
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+
+
+def _module_level_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Import statements that run when the module is imported.
+
+    Descends into `if`/`try`/`with` blocks (they run at import time) but not
+    into functions or classes' methods, nor `if TYPE_CHECKING:` blocks.
+    """
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                found += _module_level_imports(node.body)
+            found += _module_level_imports(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody):
+                found += _module_level_imports(block)
+            for handler in node.handlers:
+                found += _module_level_imports(handler.body)
+        elif isinstance(node, ast.With):
+            found += _module_level_imports(node.body)
+        elif isinstance(node, ast.ClassDef):
+            found += _module_level_imports(node.body)
+    return found
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    """Absolute module name that a (possibly relative) `from` import names."""
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Map each kvstack module to the kvstack modules it imports at load time.
+
+    `from pkg import name` counts as an edge to `pkg.name` when that is a
+    module, else to `pkg`. Importing `a.b.c` also runs `a` and `a.b`, but
+    parent packages are left out of the edges: counting them would report
+    every `__init__` that re-exports a child as a cycle with that child.
+    """
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        edges: set[str] = set()
+        for node in _module_level_imports(tree.body):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = _resolve(module, path.name == "__init__.py", node)
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base
+                    for alias in node.names
+                ]
+            edges |= {t for t in targets if t in files and t != module}
+        graph[module] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_graph_sees_known_edges() -> None:
+    graph = import_graph()
+    assert "kvstack.errors" in graph["kvstack.stack"]
+    assert len(graph) > 100
+
+
+def test_no_import_cycles_in_kvstack() -> None:
+    found = cycles(import_graph())
+    report = "\n".join(
+        f"cycle of {len(c)} modules: " + " <-> ".join(m.replace(".", "/") + ".py" for m in c)
+        for c in found
+    )
+    assert not found, f"{len(found)} import cycle(s) in kvstack/:\n{report}"
+
+
+def test_cycle_finder_reports_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
