@@ -5,21 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kvstack.cli_text import DEFAULT_MODEL, table  # noqa: F401  (table: benchmarks import it from here)
 from kvstack.errors import KvstackError
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ESSAY = "foundervisa"
 DEFAULT_QUESTION = "How many startup founders a year does the author propose to let into the country?"
 DEFAULT_RECIPE = "streaming:sink=4,window=384 > int8"
-
-
-def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    """A plain aligned text table (no dependency, copy-pastes into Markdown-ish notes)."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)), line]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -13,14 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-
-def fmt_bytes(n: float) -> str:
-    """``512 B``, ``4.44 MiB``: binary units, two decimals past bytes."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
+from kvstack.cli_text import fmt_bytes, table
 
 
 def _read_context(args: argparse.Namespace) -> tuple[str, str]:
@@ -109,8 +102,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_results(results: list[tuple], question: str, notes: list[str]) -> None:
     """The memory table, what its ratios are against, the notes, then each answer."""
-    from kvstack.cli import table
-
     dtype = results[0][1].dense_dtype_name
     ratio_head = ("vs fp16",) if dtype == "fp16" else ("vs fp16", f"vs model {dtype}")
     rows = [

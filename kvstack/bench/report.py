@@ -35,7 +35,7 @@ def derivation_errors(result: Result) -> list[float]:
 
 
 def components_table(result: Result) -> str:
-    from kvstack.cli import table
+    from kvstack.cli_text import table
 
     rows = [(str(tokens), name, f"{c.nbytes:,}", _ms(result.encode_s[(tokens, name)]), _ms(c.receive_s),
              f"{c.nbytes / max(c.receive_s, 1e-9) / 1e6:.0f}", _ms(c.answer_s))
@@ -44,7 +44,7 @@ def components_table(result: Result) -> str:
 
 
 def cells_table(result: Result) -> str:
-    from kvstack.cli import table
+    from kvstack.cli_text import table
 
     spec = result.spec
     deadline = spec.deadline_ms is not None

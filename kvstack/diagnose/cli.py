@@ -23,7 +23,7 @@ def _text(args: argparse.Namespace) -> str:
 def run_diagnose(args: argparse.Namespace) -> int:
     import torch
 
-    from kvstack.cli import table
+    from kvstack.cli_text import table
     from kvstack.diagnose import Probe, allocate, compose_recipe, measure
     from kvstack.stack import Recipe
     from kvstack.zoo import load

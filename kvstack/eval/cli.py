@@ -70,7 +70,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``eval`` and ``report`` to kvstack's subcommands."""
-    from kvstack.cli import DEFAULT_MODEL
+    from kvstack.cli_text import DEFAULT_MODEL
 
     ev = subparsers.add_parser(
         "eval",

@@ -32,8 +32,7 @@ def _ratio(s: dict) -> str:
 
 def results_table(path: str | Path, model: str, tasks: list[str], lengths: list[int], recipes: list[str]) -> str:
     """The grid's summary as an aligned text table (one row per task, length and recipe)."""
-    from kvstack.cli import table
-    from kvstack.run_cli import fmt_bytes
+    from kvstack.cli_text import fmt_bytes, table
 
     rows, _ = read_rows(path)
     wanted = set(recipes)

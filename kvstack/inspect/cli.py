@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvstack.cli_text import DEFAULT_MODEL
 from kvstack.errors import InputError
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ESSAY = "worked"  # long enough for --tokens 1024 (18K tokens)
 MODEL_HELP = f"bundled name or local HF model dir (default {DEFAULT_MODEL})"
 
@@ -90,7 +90,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
-        from kvstack.cli import table
+        from kvstack.cli_text import table
 
         print(f"{args.model}: {report.context_tokens} tokens, {len(report.layers)} layers, "
               f"{report.kv_heads} KV heads of {report.head_dim} ({seconds:.1f}s)")
