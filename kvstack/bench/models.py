@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvstack.device import check_device
 from kvstack.errors import InputError
 
 PREFIX = "random:"
@@ -80,18 +81,6 @@ def random_config(spec: RandomModel):
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on a GPU (as the real checkpoints run), fp32 on the CPU (where bf16 matmuls are slow)."""
     return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-
-
-def check_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device!r}: give cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: this machine has no CUDA device; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {device!r}: give cpu, cuda or cuda:N")
-    return dev
 
 
 def build_random(spec: RandomModel, device: str = "cpu", dtype: torch.dtype | None = None, seed: int = 0):

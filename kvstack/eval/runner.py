@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from kvstack.device import check_device
 from kvstack.errors import InputError, KvstackError
 from kvstack.eval.metrics import f1, score
 from kvstack.eval.peers.kvpress_bridge import is_peer, parse_peer, peers_python, run_jobs
@@ -49,8 +50,6 @@ class EvalSpec:
         """Validate everything cheap before a model loads; returns the task objects."""
         if not self.recipes:
             raise InputError("no recipes given: pass --recipes identity int8 ...")
-        from kvstack.bench.models import check_device
-
         check_device(self.device)
         if self.samples < 1:
             raise InputError(f"--samples {self.samples}: ask for at least 1 sample per cell")
