@@ -6,3 +6,8 @@ long-context facts and questions, with ``templates`` holding every training phra
 (a Llama in plain PyTorch whose weights load into transformers' LlamaForCausalLM), ``train``
 (the curriculum run on a GPU) and ``export`` (the shipped Hugging Face directory).
 """
+
+from pathlib import Path
+
+# Where the shipped model lives; here (not in ``train``) so that ``data`` can use it without importing ``train``.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "kvstack-retrieval"

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tokenizers import Tokenizer
 
-    from kvstack.zoo.train.train import SHIPPED_DIR
+    from kvstack.zoo.train import SHIPPED_DIR
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--data", type=Path, default=Path(".kvstack/train"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from kvstack.errors import InputError
+from kvstack.zoo.train import SHIPPED_DIR
 from kvstack.zoo.train.model import LlamaShape
-from kvstack.zoo.train.train import SHIPPED_DIR
 
 
 def merged_state(run: Path) -> dict[str, torch.Tensor]:

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kvstack.zoo.train import SHIPPED_DIR
 from kvstack.zoo.train.data import StepBatches, build_streams, make_loader, parse_mix, parse_phases, step_lengths
 from kvstack.zoo.train.model import LlamaShape, TrainLlama, parameter_count
 from kvstack.zoo.train.retrieval import SampleMaker, VocabTables
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "kvstack-retrieval"
 SHAPES = {
     "shipped": LlamaShape(),
     "tiny": LlamaShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
