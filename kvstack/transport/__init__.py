@@ -11,7 +11,7 @@ from typing import Any
 
 _NAMES = {
     "Client": "client", "find": "client", "pull": "client", "push": "client",
-    "CacheKey": "keys", "recipe_variant": "keys", "open_store": "store", "ServerSettings": "settings",
+    "CacheKey": "keys", "recipe_variant": "keys", "open_store": "store_url", "ServerSettings": "settings",
 }
 __all__ = sorted(_NAMES)
 

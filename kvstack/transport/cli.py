@@ -49,7 +49,7 @@ WARNING: use this only on a trusted loopback; otherwise pass --token-file FILE o
 def _serve(args) -> int:
     from kvstack.transport.server import start
     from kvstack.transport.settings import ServerSettings
-    from kvstack.transport.store import open_store
+    from kvstack.transport.store_url import open_store
 
     token = None if args.no_auth else read_token(args)
     if token is None and not args.no_auth:

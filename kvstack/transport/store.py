@@ -1,4 +1,4 @@
-"""What the server needs from a store, and how a store URL picks one.
+"""What the server needs from a store (``store_url.open_store`` picks one from a URL).
 
 A store keeps immutable cache blobs under :class:`CacheKey`. Writes go through an
 :class:`Upload` that becomes visible only at ``commit`` (atomically: readers see the old
@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvstack.errors import InputError
 from kvstack.transport.keys import CacheKey
 
 READ_PIECE = 1 << 20
@@ -52,17 +51,3 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-
-def open_store(url: str) -> Store:
-    """``redis://host:port[/db]`` -> RedisStore; anything else is a directory -> DirectoryStore."""
-    if not isinstance(url, str) or not url:
-        raise InputError("--store needs a directory path or redis://HOST:PORT")
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from kvstack.transport.store_redis import RedisStore
-
-        return RedisStore(url)
-    if "://" in url:
-        raise InputError(f"store {url!r}: use a directory path or redis://HOST:PORT")
-    from kvstack.transport.store_dir import DirectoryStore
-
-    return DirectoryStore(url)

@@ -222,7 +222,7 @@ def test_an_interrupted_upload_leaves_nothing(serve, store_url, cache):
 
 def test_server_refuses_a_short_token(tmp_path):
     from kvstack.transport.server import make_app
-    from kvstack.transport.store import open_store
+    from kvstack.transport.store_url import open_store
 
     with pytest.raises(InputError, match="at least 8"):
         make_app(open_store(str(tmp_path)), "short")

@@ -23,7 +23,7 @@ class RunningServer:
 
     def __init__(self, store_url: str, token: str | None, max_bytes: int, settings=None) -> None:
         from kvstack.transport.server import start
-        from kvstack.transport.store import open_store
+        from kvstack.transport.store_url import open_store
 
         self.store_url = store_url
         self.loop = asyncio.new_event_loop()
