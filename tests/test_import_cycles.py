@@ -9,6 +9,7 @@ imports count: imports inside functions are deliberate lazy imports, and
 from __future__ import annotations
 
 import ast
+from fnmatch import fnmatch
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "kvstack"
@@ -56,6 +57,20 @@ def _module_level_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportF
     return found
 
 
+def _all_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement, lazy ones inside functions included (`if TYPE_CHECKING:` left out)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            found += _all_imports(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            found += _all_imports([n for n in getattr(node, field, []) if isinstance(n, ast.AST)])
+    return found
+
+
 def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     """Absolute module name that a (possibly relative) `from` import names."""
     if node.level == 0:
@@ -67,20 +82,21 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(lazy: bool = False) -> dict[str, set[str]]:
     """Map each kvstack module to the kvstack modules it imports at load time.
 
     `from pkg import name` counts as an edge to `pkg.name` when that is a
     module, else to `pkg`. Importing `a.b.c` also runs `a` and `a.b`, but
     parent packages are left out of the edges: counting them would report
     every `__init__` that re-exports a child as a cycle with that child.
+    With `lazy`, imports inside functions count too.
     """
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         edges: set[str] = set()
-        for node in _module_level_imports(tree.body):
+        for node in (_all_imports if lazy else _module_level_imports)(tree.body):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -147,3 +163,43 @@ def test_no_import_cycles_in_kvstack() -> None:
 def test_cycle_finder_reports_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+
+# Cycles that close only through an import inside a function (or `load_builtin`'s import_module of
+# STAGE_MODULES, which the graph adds as edges). They cannot fail at import time, but they still tie
+# layers together. Each is named by the modules it may span (fnmatch patterns); the list may only shrink.
+KNOWN_LAZY_CYCLES = {
+    # stack.parse_stage loads every stage module on first use, and they import stack for Stage and
+    # register. Inverting it needs the torch-free stage metadata of issue 21, deliverable 1.
+    "stage registration": ("kvstack.stack", "kvstack.stages", "kvstack.stages.*"),
+    # The same plugin shape for the wire: encodings.py imports encodings_quant on first use, which
+    # imports encodings.py to register; the storage-layer step (deliverable 2) moves these containers.
+    "wire encodings": ("kvstack.wire.encodings", "kvstack.wire.encodings_quant"),
+}
+
+
+def lazy_graph() -> dict[str, set[str]]:
+    """The import graph with lazy imports, plus the stage modules that `load_builtin` imports by name."""
+    from kvstack.stages import STAGE_MODULES
+
+    graph = import_graph(lazy=True)
+    graph["kvstack.stages"] |= {f"kvstack.stages.{name}" for name in STAGE_MODULES}
+    return graph
+
+
+def _known(cycle: list[str]) -> str | None:
+    for name, patterns in KNOWN_LAZY_CYCLES.items():
+        if all(any(fnmatch(m, p) for p in patterns) for m in cycle):
+            return name
+    return None
+
+
+def test_lazy_imports_add_no_unknown_cycle() -> None:
+    found = cycles(lazy_graph())
+    unknown = [c for c in found if _known(c) is None]
+    assert not unknown, "import cycles through lazy imports in kvstack/:\n" + "\n".join(
+        " <-> ".join(c) for c in unknown
+    )
+    gone = set(KNOWN_LAZY_CYCLES) - {_known(c) for c in found}
+    assert not gone, f"known cycles no longer there, remove them from KNOWN_LAZY_CYCLES: {sorted(gone)}"
