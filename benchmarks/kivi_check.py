@@ -21,7 +21,7 @@ import statistics
 import torch
 
 import kvstack
-from kvstack.eval.attention_error import attention_errors
+from kvstack.eval.attention_error import attention_errors, head_rows
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
 from kvstack.zoo import load
@@ -49,12 +49,6 @@ def kivi_reference(rows: torch.Tensor, axis: str, bits: int = 2, group: int = 32
     return out
 
 
-def heads(layer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    k, v = layer.keys.decode(), layer.values.decode()
-    offs = layer.head_offsets()
-    return ([k[o : o + n] for o, n in zip(offs, layer.lengths)], [v[o : o + n] for o, n in zip(offs, layer.lengths)])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=2048)
@@ -76,7 +70,7 @@ def reference_check(model, prompt, full, residual: int) -> None:
     kivi = kvstack.compress(model, prompt.context_ids, "kivi:2")
     err_ref = err_got = total = flips = 0.0
     for lf, lq in zip(full.layers, kivi.layers):
-        for (kf, vf), (kq, vq) in zip(zip(*heads(lf)), zip(*heads(lq))):
+        for (kf, vf), (kq, vq) in zip(zip(*head_rows(lf)), zip(*head_rows(lq))):
             old = kf.shape[0] - residual  # the residual is exact in both
             for x, axis, got in ((kf[:old], "channel", kq[:old]), (vf[:old], "token", vq[:old])):
                 ref = kivi_reference(x, axis)

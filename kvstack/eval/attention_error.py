@@ -26,7 +26,8 @@ class LayerError:
     top1_changed: float  # share of (head, query) pairs whose argmax context token changes
 
 
-def _heads(layer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def head_rows(layer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One layer's decoded keys and values, split per KV head (float32)."""
     k, v = layer.keys.decode().float(), layer.values.decode().float()
     spans = list(zip(layer.head_offsets(), layer.lengths))
     return [k[o : o + n] for o, n in spans], [v[o : o + n] for o, n in spans]
@@ -45,14 +46,14 @@ def attention_errors(model, full: KVCache, cache: KVCache, question_ids: torch.T
     n_ctx = full.context_ids.numel()
     hidden = model(ids, output_hidden_states=True).hidden_states
     pos = torch.arange(n_ctx, ids.shape[1], device=device).view(1, -1)
+    cos, sin = inner.rotary_emb(hidden[0][:, n_ctx:], pos)  # the same positions for every layer
     out = []
     for i, (lf, lq) in enumerate(zip(full.layers, cache.layers, strict=True)):
         attn = inner.layers[i].self_attn
         h = inner.layers[i].input_layernorm(hidden[i][:, n_ctx:])
-        cos, sin = inner.rotary_emb(h, pos)
         q = attn.q_proj(h).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
         q = apply_rotary_pos_emb(q, q, cos, sin)[0][0].float()  # [Hq, n, d]
-        (kf, vf), (kq, vq) = _heads(lf), _heads(lq)
+        (kf, vf), (kq, vq) = head_rows(lf), head_rows(lq)
         group = q.shape[0] // len(kf)
         rel, flips = [], []
         for hq in range(q.shape[0]):

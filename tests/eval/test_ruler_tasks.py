@@ -130,3 +130,20 @@ def test_lengths_beyond_the_window_fail_before_any_prefill(tiny_model, make_ids,
         runner.run()
     assert not (tmp_path / "r.jsonl").exists() or (tmp_path / "r.jsonl").read_text() == ""
     assert torch.is_tensor(cache.context_ids)
+
+
+def test_fitting_stops_at_the_end_of_a_finite_pool(bpe_tokenizer):
+    from kvstack.eval.tasks.ruler.fit import fit_units
+
+    # a pool of 50 words fits a 10k-token budget whole: the search returns it instead of doubling forever
+    n, text = fit_units(bpe_tokenizer, 10_000, lambda k: " ".join(["essay"] * min(k, 50)), 5, most=50)
+    assert n == 50 and text.count("essay") == 50
+
+
+@pytest.mark.parametrize("recipe", ["int4:sink=-1", "kivi:2,sink=-4"])
+def test_a_negative_sink_is_a_recipe_error(recipe):
+    from kvstack.errors import RecipeError
+    from kvstack.stack import Recipe
+
+    with pytest.raises(RecipeError, match="sink=-"):
+        Recipe.parse(recipe)

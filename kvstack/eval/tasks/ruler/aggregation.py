@@ -7,12 +7,20 @@ answer). Every occurrence counts, so eviction that keeps only salient tokens suf
 from __future__ import annotations
 
 import math
+import random
 import string
+from functools import lru_cache
 
 from kvstack.eval.tasks.base import ALL, Sample, Task
 from kvstack.eval.tasks.ruler import templates as T
 from kvstack.eval.tasks.ruler.fit import budget, fit_units
 from kvstack.eval.tasks.ruler.words import english_words
+
+
+@lru_cache(maxsize=4)
+def _zeta(alpha: float, terms: int = 100_000) -> float:
+    """Riemann zeta(alpha) for alpha > 1: a partial sum plus its integral tail (computed once per alpha)."""
+    return sum(k**-alpha for k in range(1, terms)) + 1 / ((alpha - 1) * terms ** (alpha - 1))
 
 
 class RulerCommonWords(Task):
@@ -33,10 +41,10 @@ class RulerCommonWords(Task):
         def build(n_rare: int) -> str:
             items = [w for w in common for _ in range(repeats)]
             items += [w for w in rare[:n_rare] for _ in range(self.rare_repeats)]
-            type(rng)(order_seed).shuffle(items)
+            random.Random(order_seed).shuffle(items)
             return T.CWE_INTRO + "\n" + " ".join(f"{i + 1}. {w}" for i, w in enumerate(items))
 
-        n, context = fit_units(tokenizer, target, lambda k: build(min(k, len(rare))), max(target // 15, 1))
+        n, context = fit_units(tokenizer, target, build, max(target // 15, 1), most=len(rare))
         return Sample(self.name, index, context, T.CWE_QUESTION, tuple(common), ALL, T.CWE_PREFIX, verbatim=True,
                       meta={"rare_words": n, "common_repeats": repeats})
 
@@ -55,13 +63,13 @@ class RulerFrequentWords(Task):
         words = sorted(vocab)
         rng.shuffle(words)
         words[0] = "...."  # RULER: the top-ranked word is noise ("please ignore the dots")
-        zeta = sum(k ** -self.alpha for k in range(1, 100_000)) + 1 / ((self.alpha - 1) * 100_000 ** (self.alpha - 1))
+        zeta = _zeta(self.alpha)
         order_seed = rng.random()
 
         def build(total: int) -> str:
             counts = [math.floor(total * (k + 1) ** -self.alpha / zeta) for k in range(len(words))]
             text = [w for w, c in zip(words, counts) for _ in range(c)]
-            type(rng)(order_seed).shuffle(text)
+            random.Random(order_seed).shuffle(text)
             return T.FWE_INTRO + " " + " ".join(text)
 
         target = budget(tokenizer, length, T.FWE_QUESTION, T.FWE_PREFIX, self.max_new_tokens)

@@ -21,15 +21,20 @@ def budget(tokenizer, length: int, question: str, prefix: str, max_new_tokens: i
     return max(length - fixed, 16)
 
 
-def fit_units(tokenizer, target: int, build: Callable[[int], str], first_guess: int) -> tuple[int, str]:
-    """Largest ``n`` with ``count_tokens(build(n)) <= target`` (``build`` grows with ``n``)."""
-    n = max(first_guess, 1)
+def fit_units(tokenizer, target: int, build: Callable[[int], str], first_guess: int,
+              most: int | None = None) -> tuple[int, str]:
+    """Largest ``n`` (at most ``most`` units: a finite pool) with ``count_tokens(build(n)) <= target``
+    (``build`` grows with ``n``)."""
+    cap = most if most is not None else 1 << 40
+    n = min(max(first_guess, 1), cap)
     for _ in range(3):  # proportional steps land close; the bisection below makes it exact
         used = count_tokens(tokenizer, build(n))
-        n = max(int(n * target / max(used, 1)), 1)
+        n = min(max(int(n * target / max(used, 1)), 1), cap)
     lo, hi = 0, n
     while count_tokens(tokenizer, build(hi)) <= target:
-        lo, hi = hi, hi * 2
+        if hi >= cap:  # the whole pool fits: nothing larger to try
+            return hi, build(hi)
+        lo, hi = hi, min(hi * 2, cap)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if count_tokens(tokenizer, build(mid)) <= target:

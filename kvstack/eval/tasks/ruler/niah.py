@@ -72,6 +72,8 @@ class RulerNiah(Task):
 
             _, context = fit_units(tokenizer, target, build, target)
         else:
+            per_line = 25 if cfg.haystack == "noise" else 18  # tokens a line, about, with a BPE of ~50k words
+            # lines to draw from: far more than fit (the pool's size fixes the samples: kept as first published)
             pool = _lines(cfg, rng, 4 * target // 10 + 64, set(taken))
             spots = [rng.random() for _ in needles]
 
@@ -81,8 +83,7 @@ class RulerNiah(Task):
                     lines.insert(int(spot * (len(lines) + 1)), needle)
                 return intro + "\n" + "\n".join(lines)
 
-            per_line = 25 if cfg.haystack == "noise" else 18
-            _, context = fit_units(tokenizer, target, lambda n: build(min(n, len(pool))), target // per_line)
+            _, context = fit_units(tokenizer, target, build, target // per_line, most=len(pool))
         return Sample(
             self.name, index, context, question, answers, ANY if len(answers) == 1 else ALL, prefix,
             verbatim=True, meta={"keys": [keys[i] for i in asked], "needles": len(needles), "haystack": cfg.haystack},
