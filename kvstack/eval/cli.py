@@ -16,7 +16,7 @@ EVAL_EXAMPLES = """examples:
       --tasks niah_single --lengths 32k --samples 20 --out gpu.jsonl
   kvstack report results.jsonl --out report/
 
-  kvstack eval --model smollm2-135m --suite ruler --lengths 4k 8k --recipes identity int4 --samples 40 \
+  kvstack eval --model smollm2-135m --suite ruler --lengths 4k 8k --recipes identity int4 --samples 40 \\
       --device cuda --dtype bfloat16 --out ruler.jsonl      # RULER's synthetic tasks (docs/eval.md)
 
 Rerunning the same command resumes: finished cells are skipped, a truncated last line is
