@@ -328,8 +328,9 @@ def _integer(raw: str, name: str, layers, positional, options) -> StageEffect:
     """int8/4/3/2: ``group`` (default 64), ``axis`` (token: a group is channels of one token;
     channel: tokens of one channel), ``sym`` (default: int8 symmetric, lower widths not)."""
     # rot, seed and clip change no byte; sink's few fp16 rows and vaxis's other grouping of the values
-    # are left out of the estimate (a few percent at most)
-    values = _bind(raw, name, ("group", "axis", "sym", "rot", "seed", "clip", "sink", "vaxis"), positional, options)
+    # are left out of the estimate (a few percent at most); vbits: keys and values each hold half the elements
+    values = _bind(raw, name, ("group", "axis", "sym", "rot", "seed", "clip", "sink", "vaxis", "vbits"), positional,
+                   options)
     group = _whole(raw, "group", values.get("group", str(DEFAULT_GROUP)), 1)
     axis = values.get("axis", "channel" if name == "int4" else "token").lower()  # int4's default: channel groups
     if axis not in ("token", "channel"):
@@ -339,8 +340,12 @@ def _integer(raw: str, name: str, layers, positional, options) -> StageEffect:
         raise RecipeError(f"stage {raw!r}: rot={values['rot']!r} must be true, false or auto (or write rot/norot)")
     if values.get("vaxis", "same").lower() not in ("same", "token", "channel"):
         raise RecipeError(f"stage {raw!r}: vaxis={values['vaxis']!r} is not one of same, token, channel")
+    vbits = _whole(raw, "vbits", values.get("vbits", "0"))
+    if vbits not in (0, 2, 3, 4, 8):
+        raise RecipeError(f"stage {raw!r}: vbits={vbits} must be 8, 4, 3 or 2 (0: the stage's own)")
     overhead = SCALE_BITS if sym else SCALE_BITS + ZERO_BITS
-    precision = Precision(name, Fraction(INT_BITS[name]), group, overhead, axis, tile=True)
+    bits = Fraction(INT_BITS[name] + (vbits or INT_BITS[name]), 2)
+    precision = Precision(name, bits, group, overhead, axis, tile=True)
     return StageEffect(raw, name, "quantize", layers, precision=precision)
 
 

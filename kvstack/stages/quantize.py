@@ -38,7 +38,7 @@ from kvstack.stages.lowrank_rows import quantize_encoded
 from kvstack.stages.quant_kvquant import check_sink
 from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group
 from kvstack.stages.quant_rotate import HadamardRows, check_width, clip_groups, rotate
-from kvstack.stages.quant_rows import AXES, QuantRows, check_settings
+from kvstack.stages.quant_rows import AXES, SUPPORTED_BITS, QuantRows, check_settings
 from kvstack.stages.quant_sink import keep_sink
 
 _SHORT = {
@@ -85,6 +85,8 @@ def _params(sym: bool, axis: str = "token", rot: bool | str = False) -> tuple[Pa
         Param("sink", int, 0, "first tokens kept in fp16 (attention sinks; 0 quantizes every token)"),
         Param("vaxis", parse_vaxis, SAME, "values' axis: same (as axis) | token | channel (KIVI: keys channel, "
               "values token)"),
+        Param("vbits", int, 0, "values' bit width: 8, 4, 3 or 2 (0: the stage's own; keys steer retrieval, "
+              "values only average)"),
     )
 
 
@@ -110,9 +112,11 @@ class UniformQuant(Stage):
         check_sink(self.name, self.sink)
         if self.vaxis != SAME and self.vaxis not in AXES:
             raise RecipeError(f"{self.name}: vaxis={self.vaxis!r} is not one of same, {', '.join(AXES)}")
+        if self.vbits not in (0, *SUPPORTED_BITS) or isinstance(self.vbits, bool):
+            raise RecipeError(f"{self.name}: vbits={self.vbits!r} must be 8, 4, 3 or 2 (0: the stage's own)")
         try:
-            for axis in {self.axis, self.value_axis}:
-                check_settings(self.bits, self.group, axis)
+            check_settings(self.bits, self.group, self.axis)
+            check_settings(self.value_bits, self.group, self.value_axis)
         except RecipeError as exc:
             raise RecipeError(f"{self.name}: {exc}") from None
 
@@ -120,43 +124,47 @@ class UniformQuant(Stage):
     def value_axis(self) -> str:
         return self.axis if self.vaxis == SAME else self.vaxis
 
-    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], coefficients: bool = False,
-                 axis: str | None = None) -> QuantRows | HadamardRows:
-        """Quantize one layer's keys or values (``lengths``: rows per head) along ``axis`` (default: keys'),
-        rotated first with ``rot`` (``auto``: when the width is a power of two and the rows are not low-rank
-        ``coefficients``)."""
-        axis = axis or self.axis
-        if not self.rot or (self.rot == AUTO and (coefficients or not _power_of_two(rows.shape[1]))):
-            return self._quantize(rows, lengths, axis)
-        check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
-        return HadamardRows(self._quantize(rotate(rows, self.seed), lengths, axis), self.seed, rows.dtype)
+    @property
+    def value_bits(self) -> int:
+        return self.vbits or self.bits
 
-    def _quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], axis: str) -> QuantRows:
+    def quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], coefficients: bool = False,
+                 axis: str | None = None, bits: int | None = None) -> QuantRows | HadamardRows:
+        """Quantize one layer's keys or values (``lengths``: rows per head) along ``axis`` to ``bits`` (default:
+        the keys' settings), rotated first with ``rot`` (``auto``: when the width is a power of two and the rows
+        are not low-rank ``coefficients``)."""
+        axis, bits = axis or self.axis, bits or self.bits
+        if not self.rot or (self.rot == AUTO and (coefficients or not _power_of_two(rows.shape[1]))):
+            return self._quantize(rows, lengths, axis, bits)
+        check_width(rows.shape[1], "row width (head_dim, or the rank after a low-rank stage)")
+        return HadamardRows(self._quantize(rotate(rows, self.seed), lengths, axis, bits), self.seed, rows.dtype)
+
+    def _quantize(self, rows: torch.Tensor, lengths: tuple[int, ...], axis: str, bits: int) -> QuantRows:
         if axis == "token":
             group = token_axis_group(self.name, self.group, rows.shape[1])
-            return QuantRows.quantize(clip_groups(rows, group, "token", None, self.clip), self.bits, group, "token",
+            return QuantRows.quantize(clip_groups(rows, group, "token", None, self.clip), bits, group, "token",
                                       self.sym)
         rows = clip_groups(rows, self.group, "channel", lengths, self.clip)
-        return QuantRows.quantize(rows, self.bits, self.group, "channel", self.sym, segments=lengths)
+        return QuantRows.quantize(rows, bits, self.group, "channel", self.sym, segments=lengths)
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         # after a low-rank stage, the coefficients (r per row) are quantized, not the reconstruction (d per row)
         if self.sink and not getattr(layer.keys, "has_inner_rows", False):
-            def encoder(axis: str):
-                return lambda rows, _pos, lengths: self.quantize(rows, lengths, axis=axis)
+            def encoder(axis: str, bits: int):
+                return lambda rows, _pos, lengths: self.quantize(rows, lengths, axis=axis, bits=bits)
 
-            keys = keep_sink(layer.keys.decode(), layer, self.sink, encoder(self.axis))
-            values = keep_sink(layer.values.decode(), layer, self.sink, encoder(self.value_axis))
+            keys = keep_sink(layer.keys.decode(), layer, self.sink, encoder(self.axis, self.bits))
+            values = keep_sink(layer.values.decode(), layer, self.sink, encoder(self.value_axis, self.value_bits))
             return replace(layer, keys=keys, values=values)
         if self.sink:
             raise RecipeError(f"{self.name}: sink={self.sink} applies to token rows, not to low-rank coefficients")
-        keys = self._encode(layer.keys, layer.lengths, self.axis)
-        values = self._encode(layer.values, layer.lengths, self.value_axis)
+        keys = self._encode(layer.keys, layer.lengths, self.axis, self.bits)
+        values = self._encode(layer.values, layer.lengths, self.value_axis, self.value_bits)
         return replace(layer, keys=keys, values=values)
 
-    def _encode(self, rows, lengths: tuple[int, ...], axis: str):
+    def _encode(self, rows, lengths: tuple[int, ...], axis: str, bits: int):
         coefficients = bool(getattr(rows, "has_inner_rows", False))
-        return quantize_encoded(rows, lengths, lambda r, n: self.quantize(r, n, coefficients, axis))
+        return quantize_encoded(rows, lengths, lambda r, n: self.quantize(r, n, coefficients, axis, bits))
 
 
 @register

@@ -75,6 +75,7 @@ def test_streaming_defaults_and_positional_order(llama):
         ("int2", 128 * 2 + 2 * 32),
         ("int3", 128 * 3 + 2 * 32),
         ("int8:asym", 128 * 8 + 2 * 32),
+        ("int4:token,vbits=2", 128 * 3 + 2 * 32),  # keys 4 bits, values 2: half the vectors each
         ("kivi:2", 128 * 2 + 4 * 32),  # fp16 scale + zero per 32 elements
         ("kivi", 128 * 2 + 4 * 32),  # kvstack's default: 2 bits
         ("kivi:4", 128 * 4 + 4 * 32),
@@ -184,6 +185,7 @@ def test_unknown_stage_lists_known_ones():
         "int4:axis=diagonal",
         "int4:64,token,true,9",
         "int4:vaxis=diagonal",
+        "int4:vbits=5",
         "kivi:2,bits=3",
     ],
 )

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import kvstack
 from kvstack.errors import RecipeError
+from kvstack.eval.attention_error import head_rows
 from kvstack.hf import CompressedCache, enable
 from kvstack.hf.compat import cache_kwargs
 from kvstack.kv import DenseRows
@@ -114,6 +115,28 @@ def test_values_can_take_their_own_axis(setup):
     assert kvstack.generate(model, cache, question, max_new_tokens=3).shape == (3,)
     with pytest.raises(RecipeError, match="vaxis"):
         kvstack.compress(model, ids, "int4:vaxis=diagonal")
+
+
+def test_values_can_take_their_own_bits(setup):
+    """``vbits=2``: 4-bit channel-group keys, 2-bit per-token values: bytes exact, error within each width's step."""
+    model, ids, question, _ = setup
+    full = kvstack.compress(model, ids, "identity")
+    cache = kvstack.compress(model, ids, "int4:vbits=2,vaxis=token,norot")
+    for lf, layer in zip(full.layers, cache.layers, strict=True):
+        assert (layer.keys.bits, layer.values.bits) == (4, 2)
+        keys = H * T * D // 2 + 4 * H * 2 * D  # 2 groups of 64 tokens per channel
+        values = H * T * D // 4 + 4 * H * T * (D // 16)  # four codes a byte; one group per token (head_dim 16)
+        assert layer.nbytes == keys + values
+        (kf, vf), (kq, vq) = head_rows(lf), head_rows(layer)
+        for x, y, bits, dim in [(a, b, 4, 0) for a, b in zip(kf, kq)] + [(a, b, 2, 1) for a, b in zip(vf, vq)]:
+            x, y = x.double(), y.double()
+            # a group's step is at most the range of its channel (keys) or token (values) over its levels
+            step = (x.amax(dim, keepdim=True) - x.amin(dim, keepdim=True)) / (2**bits - 1)
+            assert bool(((y - x).abs() <= 0.5 * step * 1.01 + 1e-3).all())
+    assert kvstack.generate(model, cache, question, max_new_tokens=3).shape == (3,)
+    for bad in ("int4:vbits=5", "int4:vbits=-2"):
+        with pytest.raises(RecipeError, match="vbits"):
+            kvstack.compress(model, ids, bad)
 
 
 def test_kivi_recipe_bytes_and_generate(setup):
