@@ -173,9 +173,6 @@ KNOWN_LAZY_CYCLES = {
     # stack.parse_stage loads every stage module on first use, and they import stack for Stage and
     # register. Inverting it needs the torch-free stage metadata of issue 21, deliverable 1.
     "stage registration": ("kvstack.stack", "kvstack.stages", "kvstack.stages.*"),
-    # The same plugin shape for the wire: encodings.py imports encodings_quant on first use, which
-    # imports encodings.py to register; the storage-layer step (deliverable 2) moves these containers.
-    "wire encodings": ("kvstack.wire.encodings", "kvstack.wire.encodings_quant"),
 }
 
 
