@@ -33,26 +33,27 @@ def _public_names(module: str) -> set[str]:
     return {n for n in names if not n.startswith("_") and n != "WIRE"}
 
 
+def _fresh_python(*lines: str) -> list[str]:
+    """What a fresh interpreter prints running ``lines`` (nothing of kvstack imported before)."""
+    out = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
 def test_rows_load_without_the_data_model_stages_or_wire() -> None:
-    code = (
-        "import sys, kvstack.rows\n"
-        "above = [m for m in sys.modules if m.startswith(('kvstack.kv', 'kvstack.stages', 'kvstack.wire', "
-        "'kvstack.kernels', 'kvstack.hf', 'kvstack.stack'))]\n"
-        "print(sorted(above))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    above = "('kvstack.kv', 'kvstack.stages', 'kvstack.wire', 'kvstack.kernels', 'kvstack.hf', 'kvstack.stack')"
+    loaded = f"print(sorted(m for m in sys.modules if m.startswith({above})))"
+    printed = _fresh_python("import sys, kvstack.rows", loaded)
+    assert printed == ["[]"]
 
 
 def test_the_wire_knows_every_declared_encoding_without_loading_stages() -> None:
-    code = (
-        "import sys\n"
-        "from kvstack.wire.encodings import encoding_of_kind\n"
-        "print(sorted(encoding_of_kind(k).cls.__name__ for k in ('dense', 'quant', 'split', 'hadamard')))\n"
-        "print(sorted(m for m in sys.modules if m.startswith('kvstack.stages')))\n"
+    printed = _fresh_python(
+        "import sys",
+        "from kvstack.wire.encodings import encoding_of_kind",
+        "print(sorted(encoding_of_kind(k).cls.__name__ for k in ('dense', 'quant', 'split', 'hadamard')))",
+        "print(sorted(m for m in sys.modules if m.startswith('kvstack.stages')))",
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[:2] == ["['DenseRows', 'HadamardRows', 'QuantRows', 'SplitRows']", "[]"]
+    assert printed == ["['DenseRows', 'HadamardRows', 'QuantRows', 'SplitRows']", "[]"]
 
 
 @pytest.mark.parametrize("declared", ENCODINGS, ids=lambda e: e.kind)
