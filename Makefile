@@ -39,7 +39,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -c $(VERSIONS)
-	$(BIN)/ruff check kvstack tests benchmarks
+	$(BIN)/ruff check kvstack training tests benchmarks
 	$(BIN)/python -m pytest -q
 
 # The whole suite again on the oldest supported transformers (lint needs no second run).
@@ -51,7 +51,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check kvstack tests benchmarks
+	$(BIN)/ruff check kvstack training tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache

@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from kvstack import kernels
 from kvstack.kernels import triton_decode, triton_quant
 from kvstack.kernels.layout import Segments
-from kvstack.stages.quant_rows import QuantRows
+from kvstack.rows.quant import QuantRows
 
 
 def bench(fn) -> float:

@@ -10,41 +10,24 @@ stored without the rest of the system knowing.
 ``positions`` records which original token each row came from, which is what lets
 attention after eviction stay correct: RoPE of new tokens continues from the
 original length, and the causal/sliding masks use true positions.
+
+The containers themselves (:class:`Encoded`, :class:`DenseRows`, packed codes, ...) are the
+storage layer beneath this module, :mod:`kvstack.rows`; ``Encoded``, ``DenseRows`` and
+``tensor_nbytes`` are named here too because every layer is built of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
 
 import torch
 
 from kvstack.errors import InputError
+from kvstack.rows.base import Encoded, tensor_nbytes
+from kvstack.rows.dense import DenseRows
 
 # Plain-cache dtypes a compression ratio can be quoted against (``KVCache.ratio_vs``).
 BASELINES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-@runtime_checkable
-class Encoded(Protocol):
-    """Rows of vectors ``[n_rows, dim]`` in some storage format.
-
-    ``nbytes`` counts the bytes of every tensor the container really holds;
-    ``decode`` returns the rows as floats of ``dtype``; ``select`` keeps a subset of rows.
-    """
-
-    @property
-    def shape(self) -> tuple[int, int]: ...
-
-    @property
-    def dtype(self) -> torch.dtype: ...
-
-    @property
-    def nbytes(self) -> int: ...
-
-    def decode(self) -> torch.Tensor: ...
-
-    def select(self, rows: torch.Tensor) -> Encoded: ...
 
 
 def baseline_dtype(baseline: str) -> torch.dtype:
@@ -53,36 +36,6 @@ def baseline_dtype(baseline: str) -> torch.dtype:
     if dtype is None:
         raise InputError(f"unknown ratio baseline {baseline!r}: use one of {', '.join([*BASELINES, 'model'])}")
     return dtype
-
-
-def tensor_nbytes(t: torch.Tensor | None) -> int:
-    """Bytes a tensor's elements occupy (what the allocator really holds for a contiguous tensor)."""
-    return 0 if t is None else t.numel() * t.element_size()
-
-
-@dataclass(frozen=True)
-class DenseRows:
-    """Rows stored as plain floating point, in the model's dtype."""
-
-    data: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.data.shape[0]), int(self.data.shape[1]))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.data.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return tensor_nbytes(self.data)
-
-    def decode(self) -> torch.Tensor:
-        return self.data
-
-    def select(self, rows: torch.Tensor) -> DenseRows:
-        return DenseRows(self.data.index_select(0, rows.to(self.data.device)))
 
 
 @dataclass(frozen=True)

@@ -173,9 +173,6 @@ KNOWN_LAZY_CYCLES = {
     # stack.parse_stage loads every stage module on first use, and they import stack for Stage and
     # register. Inverting it needs the torch-free stage metadata of issue 21, deliverable 1.
     "stage registration": ("kvstack.stack", "kvstack.stages", "kvstack.stages.*"),
-    # The same plugin shape for the wire: encodings.py imports encodings_quant on first use, which
-    # imports encodings.py to register; the storage-layer step (deliverable 2) moves these containers.
-    "wire encodings": ("kvstack.wire.encodings", "kvstack.wire.encodings_quant"),
 }
 
 
@@ -203,3 +200,35 @@ def test_lazy_imports_add_no_unknown_cycle() -> None:
     )
     gone = set(KNOWN_LAZY_CYCLES) - {_known(c) for c in found}
     assert not gone, f"known cycles no longer there, remove them from KNOWN_LAZY_CYCLES: {sorted(gone)}"
+
+
+# --- layers (issue 21, deliverable 2): the storage layer kvstack/rows sits beneath everything ----
+# Old paths of modules that moved to kvstack.rows; they only re-export, for code outside the repo.
+MOVED_TO_ROWS = {
+    f"kvstack.stages.{name}" for name in ("quant_rows", "quant_pack", "quant_split", "quant_rotate", "quant_groups")
+}
+
+
+def test_rows_import_nothing_of_kvstack_above_them() -> None:
+    graph = import_graph(lazy=True)
+    rows = [m for m in graph if m == "kvstack.rows" or m.startswith("kvstack.rows.")]
+    assert len(rows) >= 8
+    above = {
+        m: sorted(e for e in graph[m] if e != "kvstack.errors" and not e.startswith("kvstack.rows"))
+        for m in rows
+    }
+    assert not any(above.values()), f"kvstack/rows imports a layer above it: {above}"
+
+
+def test_wire_kernels_and_fast_decode_never_import_stages() -> None:
+    graph = import_graph(lazy=True)
+    users = [m for m in graph if m.startswith(("kvstack.wire", "kvstack.kernels")) or m == "kvstack.hf.fast_decode"]
+    found = {m: sorted(e for e in graph[m] if e.startswith("kvstack.stages")) for m in users}
+    assert not any(found.values()), f"storage users reach into kvstack/stages: {found}"
+
+
+def test_no_module_imports_the_old_paths_of_moved_modules() -> None:
+    graph = import_graph(lazy=True)
+    assert MOVED_TO_ROWS <= set(graph), "a re-export module at an old path is gone"
+    found = {m: sorted(graph[m] & MOVED_TO_ROWS) for m in graph if m not in MOVED_TO_ROWS}
+    assert not any(found.values()), f"import these from kvstack.rows instead: {found}"

@@ -31,7 +31,7 @@ MAX_QUERY_ROWS = 64
 
 def kernel_rows(enc, dtype: torch.dtype) -> PackedRows | torch.Tensor | None:
     """The rows of one encoding as kernel input, or None when the kernels cannot read it."""
-    from kvstack.stages.quant_rows import QuantRows
+    from kvstack.rows.quant import QuantRows
 
     if isinstance(enc, DenseRows):
         return enc.data if enc.data.dtype == dtype else None

@@ -21,7 +21,8 @@ KINDS = ("config", "weights")
 WEIGHTS_HEX = 32  # the length that tells a weights fingerprint from a config one (16)
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> None:
+    """InputError unless ``kind`` is a fingerprint kind (``KINDS``): checked before any file is read."""
     if kind not in KINDS:
         raise InputError(f"fingerprint={kind!r}: pick 'config' (shapes and RoPE) or 'weights' (also the parameters)")
 
@@ -52,7 +53,7 @@ def model_fingerprint(model, kind: str = "config") -> str:
     """The fingerprint a cache of ``model`` carries under ``kind``."""
     from kvstack.hf.model import model_info
 
-    _check_kind(kind)
+    check_kind(kind)
     config = model_info(model).fingerprint
     if kind == "config":
         return config
@@ -66,7 +67,7 @@ def is_weights(fingerprint: str) -> bool:
 def expected_for(model, cache_fingerprint: str, kind: str = "config") -> str:
     """What ``cache_fingerprint`` must equal for ``model``: a weights fingerprint is always checked
     against the weights; ``kind="weights"`` also refuses a cache that carries only the config's."""
-    _check_kind(kind)
+    check_kind(kind)
     if is_weights(cache_fingerprint):
         return model_fingerprint(model, "weights")
     if kind == "weights":

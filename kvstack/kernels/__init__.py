@@ -87,7 +87,7 @@ def quantize(
         from kvstack.kernels import triton_quant
 
         return triton_quant.quantize(x, bits, group, axis, sym, segments)
-    from kvstack.stages.quant_rows import QuantRows
+    from kvstack.rows.quant import QuantRows
 
     lengths = segments.lengths.tolist() if (segments is not None and axis == "channel") else None
     return PackedRows.from_quant_rows(QuantRows.quantize(x, bits, group, axis, sym, segments=lengths))

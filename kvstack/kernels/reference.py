@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from kvstack.kernels.layout import PackedRows, Segments
-from kvstack.stages.quant_rows import QuantRows
+from kvstack.rows.quant import QuantRows
 
 
 def dequantize(p: PackedRows, segments: Segments | None = None) -> torch.Tensor:

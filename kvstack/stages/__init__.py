@@ -4,9 +4,10 @@
 registration order. `kvstack.stack` loads it lazily (`load_builtin`) the first
 time a recipe is parsed: stage modules import `kvstack.stack` for `Stage` and
 `register`, so the registry must not import them at module level. This package
-itself imports nothing at load time, so importing a helper module such as
-`kvstack.stages.quant_rows` (as `wire/` and `kernels/` do) does not pull in
-every stage.
+itself imports nothing at load time, so importing one helper module does not
+pull in every stage. The row containers the stages fill live beneath them, in
+`kvstack.rows`; the old `quant_rows`, `quant_pack`, `quant_split`, `quant_rotate`
+and `quant_groups` modules here only re-export them for older imports.
 """
 
 from __future__ import annotations

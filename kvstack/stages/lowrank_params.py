@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from kvstack.errors import RecipeError
+from kvstack.rows.pack import SUPPORTED_BITS
 from kvstack.stack import Param
-from kvstack.stages.quant_pack import SUPPORTED_BITS
 
 RANK = Param("rank", int, 0, "directions kept (0: choose by energy=)")
 ENERGY = Param("energy", float, 0.0, "share of the energy kept, in (0, 1]; picks the smallest rank that keeps it")

@@ -30,9 +30,9 @@ import torch
 
 from kvstack.errors import InputError
 from kvstack.kv import DenseRows, Encoded, tensor_nbytes
+from kvstack.rows.groups import segment_ids
+from kvstack.rows.quant import QuantRows
 from kvstack.stages.lowrank_rope import Rotary
-from kvstack.stages.quant_groups import segment_ids
-from kvstack.stages.quant_rows import QuantRows
 
 
 def head_counts(segments: Sequence[int], rows: torch.Tensor) -> tuple[int, ...]:

@@ -24,14 +24,14 @@ import torch
 
 from kvstack.errors import InputError, RecipeError
 from kvstack.kv import KVLayer, tensor_nbytes
+from kvstack.rows.groups import segment_ids
+from kvstack.rows.pack import SUPPORTED_BITS, pack_codes, unpack_codes
 from kvstack.stack import Param, StageContext, register
 from kvstack.stages.lowrank_rows import head_counts
 from kvstack.stages.quant_calibration import CalibratedStage, cq_key
 from kvstack.stages.quant_codebook import fit_centroids, nearest_centroid
-from kvstack.stages.quant_groups import segment_ids
 from kvstack.stages.quant_kvquant import CALIBRATION, check_sink
 from kvstack.stages.quant_nuq import CodeRows
-from kvstack.stages.quant_pack import SUPPORTED_BITS, pack_codes, unpack_codes
 from kvstack.stages.quant_sink import keep_sink
 
 CQ_BITS = (1, 2)

@@ -28,12 +28,12 @@ import torch
 
 from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer, tensor_nbytes
+from kvstack.rows.groups import segment_ids
+from kvstack.rows.quant import QuantRows
 from kvstack.stack import Param, Stage, StageContext, register
 from kvstack.stages.lowrank_rows import head_counts
-from kvstack.stages.quant_groups import segment_ids
 from kvstack.stages.quant_kvquant import check_outliers
 from kvstack.stages.quant_params import group_shorthand, token_axis_group
-from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quant_sparse import SparseOutliers, outlier_scores
 
 GEAR_BITS = (2, 3, 4)

@@ -5,7 +5,7 @@ tokens of one channel within one head); values are quantized per token (a group 
 ``group`` channels, capped at head_dim). The ``residual`` most recent tokens of each head
 (by original position) stay dense in the model's dtype. Both use asymmetric codes
 (fp16 scale + fp16 zero per group) packed in ``uint8``; storage is
-:class:`~kvstack.stages.quant_split.SplitRows`.
+:class:`~kvstack.rows.split.SplitRows`.
 
 Differences from the reference implementation: exactly ``residual`` tokens stay dense
 (KIVI keeps ``T mod residual`` keys dense so key groups are always full; here the oldest
@@ -25,11 +25,11 @@ import torch
 
 from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer
+from kvstack.rows.groups import segment_ids
+from kvstack.rows.quant import QuantRows
+from kvstack.rows.split import SplitRows
 from kvstack.stack import Param, Stage, StageContext, register
-from kvstack.stages.quant_groups import segment_ids
 from kvstack.stages.quant_params import group_shorthand, token_axis_group
-from kvstack.stages.quant_rows import QuantRows
-from kvstack.stages.quant_split import SplitRows
 
 KIVI_BITS = (2, 4)
 

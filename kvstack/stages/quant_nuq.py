@@ -26,10 +26,10 @@ import torch
 
 from kvstack.errors import InputError
 from kvstack.kv import tensor_nbytes
+from kvstack.rows.groups import fp16_down, fp16_up, segment_ids
+from kvstack.rows.pack import pack_codes, unpack_codes
 from kvstack.stages.lowrank_rows import head_counts
 from kvstack.stages.quant_codebook import fit_levels, nearest_level
-from kvstack.stages.quant_groups import fp16_down, fp16_up, segment_ids
-from kvstack.stages.quant_pack import pack_codes, unpack_codes
 from kvstack.stages.quant_sparse import SparseOutliers, outlier_scores
 
 

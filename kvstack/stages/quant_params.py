@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from kvstack.errors import RecipeError
-from kvstack.stages.quant_rows import AXES
+from kvstack.rows.quant import AXES
 
 _GROUP = re.compile(r"^g(\d+)$")
 

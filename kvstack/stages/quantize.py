@@ -1,7 +1,7 @@
 """Quantization stages: fewer bits per kept element, with codes really packed in ``uint8``.
 
 ``int8`` / ``int4`` / ``int3`` / ``int2`` are uniform round-to-nearest quantizers stored as
-:class:`~kvstack.stages.quant_rows.QuantRows` (packed codes + fp16 scales, + fp16 zeros
+:class:`~kvstack.rows.quant.QuantRows` (packed codes + fp16 scales, + fp16 zeros
 when asymmetric). Parameters, in positional order:
 
 * ``group`` (``g64``; default 64): elements sharing one scale. ``axis=token``: channels
@@ -12,7 +12,7 @@ when asymmetric). Parameters, in positional order:
 * ``sym`` (``sym`` / ``asym``): symmetric scale only, or scale + zero. Default symmetric
   for int8 (same bytes as before: int8 codes + fp16 scales) and asymmetric below 8 bits.
 * ``rot`` / ``norot`` (off by default, on for int4) and ``seed``: rotate every row by a fixed Walsh-Hadamard
-  x random-sign matrix before quantizing (:mod:`kvstack.stages.quant_rotate`; same bytes).
+  x random-sign matrix before quantizing (:mod:`kvstack.rows.rotate`; same bytes).
 * ``sink`` (default 0): the first ``sink`` tokens stay in fp16 (attention sinks), as KVQuant keeps them.
 * ``clip`` (default 1: none): clamp each group to this fraction of its range first (``int2:rot,clip=0.75``).
 
@@ -33,12 +33,12 @@ import torch
 
 from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer
+from kvstack.rows.quant import AXES, SUPPORTED_BITS, QuantRows, check_settings
+from kvstack.rows.rotate import HadamardRows, check_width, clip_groups, rotate
 from kvstack.stack import Param, Stage, StageContext, as_bool, register
 from kvstack.stages.lowrank_rows import quantize_encoded
 from kvstack.stages.quant_kvquant import check_sink
 from kvstack.stages.quant_params import group_shorthand, parse_axis, token_axis_group
-from kvstack.stages.quant_rotate import HadamardRows, check_width, clip_groups, rotate
-from kvstack.stages.quant_rows import AXES, SUPPORTED_BITS, QuantRows, check_settings
 from kvstack.stages.quant_sink import keep_sink
 
 _SHORT = {

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from kvstack.errors import CacheFormatError
-from kvstack.stages.quant_pack import SUPPORTED_BITS, packed_width
+from kvstack.rows.encoding import DTYPES, dtype_name
+from kvstack.rows.pack import SUPPORTED_BITS, packed_width
 from kvstack.wire import bitpack, colzstd, entropy, zstdio
 from kvstack.wire import delta as deltas
 from kvstack.wire.deps import require
-from kvstack.wire.format import DTYPES, Limits, dtype_name
+from kvstack.wire.format import Limits
 
 TENSOR_CODECS = ("raw", "zstd")
 _ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}

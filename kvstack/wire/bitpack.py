@@ -1,16 +1,16 @@
-"""Numpy unpack/pack of ``kvstack.stages.quant_pack``'s layout, for the entropy coders.
+"""Numpy unpack/pack of ``kvstack.rows.pack``'s layout, for the entropy coders.
 
-Same bits as ``quant_pack`` (code ``i`` of a block at bits ``[b*i, b*i+b)`` of the block read
+Same bits as ``kvstack.rows.pack`` (code ``i`` of a block at bits ``[b*i, b*i+b)`` of the block read
 little-endian; rows padded with zero codes to whole blocks), but byte-wise numpy shifts
 instead of int32 tensor arithmetic: several times faster, which matters because the coders
-touch every code of the cache. Tests check both directions against ``quant_pack``.
+touch every code of the cache. Tests check both directions against ``kvstack.rows.pack``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kvstack.stages.quant_pack import block_codes, packed_width
+from kvstack.rows.pack import block_codes, packed_width
 
 
 def unpack(packed: np.ndarray, bits: int, dim: int) -> np.ndarray:

@@ -72,9 +72,9 @@ def save(cache: KVCache, path: str | os.PathLike, *, tokenizer=None, **options) 
 
 def expect_model(model, fingerprint: str = "config"):
     """The fingerprint check a decoder runs on a header, for ``model`` (see ``kvstack.hf.fingerprint``)."""
-    from kvstack.hf.fingerprint import _check_kind, expected_for
+    from kvstack.hf.fingerprint import check_kind, expected_for
 
-    _check_kind(fingerprint)
+    check_kind(fingerprint)
     return lambda found: expected_for(model, found, fingerprint)
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import torch
+# The element types a stream may carry are defined in the storage layer, whose containers name
+# their output dtypes with the same table; named here too for code that reads this layout.
+from kvstack.rows.encoding import DTYPE_NAMES, DTYPES, dtype_name  # noqa: F401
 
 MAGIC = b"KVSTACK\x1a"
 # 2 added the ``colzstd`` codec for packed codes; streams are written as 2, and 1 is still read.
@@ -29,25 +31,6 @@ PREAMBLE = struct.Struct("<8sHHI")
 FRAME = struct.Struct("<III")
 END_INDEX = 0xFFFFFFFF
 END_PAYLOAD = struct.Struct("<Q")
-
-# The only element types a stream may carry (name in the header -> torch dtype).
-DTYPES: dict[str, torch.dtype] = {
-    "uint8": torch.uint8,
-    "int8": torch.int8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """Header name of a torch dtype (KeyError for one the format cannot carry)."""
-    return DTYPE_NAMES[dtype]
 
 
 @dataclass(frozen=True)

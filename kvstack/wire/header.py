@@ -14,9 +14,10 @@ from typing import Any
 import torch
 
 from kvstack.errors import CacheFormatError
+from kvstack.rows.encoding import DTYPES
 from kvstack.wire import jsonvalues
 from kvstack.wire.arrays import ArraySpec
-from kvstack.wire.format import DTYPES, READABLE_VERSIONS, Limits
+from kvstack.wire.format import READABLE_VERSIONS, Limits
 
 FORMAT_NAME = "kvstack-wire"
 _MAX_NODE_DEPTH = 8

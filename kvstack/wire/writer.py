@@ -18,12 +18,13 @@ import torch
 from kvstack.errors import InputError
 from kvstack.kv import KVCache, KVLayer
 from kvstack.kv_batch import KVBatch
+from kvstack.rows.encoding import DTYPE_NAMES, dtype_name
 from kvstack.wire import colzstd, entropy, jsonvalues
 from kvstack.wire.arrays import CODE_CODECS, TENSOR_CODECS, ArraySpec, plan_codes
 from kvstack.wire.checksum import crc32c
 from kvstack.wire.delta import DELTAS
 from kvstack.wire.encodings import Symbols, encoding_for
-from kvstack.wire.format import DTYPE_NAMES, END_INDEX, END_PAYLOAD, FRAME, MAGIC, PREAMBLE, VERSION, dtype_name
+from kvstack.wire.format import END_INDEX, END_PAYLOAD, FRAME, MAGIC, PREAMBLE, VERSION
 from kvstack.wire.hashing import prefix_hash, tokenizer_hash
 from kvstack.wire.header import FORMAT_NAME
 

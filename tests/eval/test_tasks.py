@@ -120,7 +120,7 @@ def test_unknown_task_and_impossible_length_are_input_errors(bpe_tokenizer):
 
 
 def test_evaluation_templates_are_disjoint_from_training_templates():
-    templates = pytest.importorskip("kvstack.zoo.train.templates", reason="the retrieval model's templates are absent")
+    templates = pytest.importorskip("training.templates", reason="the retrieval model's templates are absent")
     train_words = {s.lower() for s in templates.training_strings()}
     ours = {w.lower() for group in V.VOCABULARIES.values() for entry in group for w in [entry, *entry.split()]}
     ours |= {w.lower() for w in V.CWE_WORDS}

@@ -8,7 +8,7 @@ import torch
 from kvstack import kernels
 from kvstack.errors import InputError
 from kvstack.kernels.layout import PackedRows, Segments
-from kvstack.stages.quant_rows import QuantRows
+from kvstack.rows.quant import QuantRows
 
 
 def _rows(lengths, dim, dtype, device, seed):

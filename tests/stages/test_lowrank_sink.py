@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kvstack.kv import KVCache, KVLayer
+from kvstack.rows.quant import QuantRows
 from kvstack.stack import StageContext
 from kvstack.stages.crosslayer import XKV, MiniCache
 from kvstack.stages.crosslayer_merge import unpack_bits
@@ -16,7 +17,6 @@ from kvstack.stages.lowrank import Latent, Svd
 from kvstack.stages.lowrank_keep import KeptRows
 from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
 from kvstack.stages.lowrank_rows import JointRows, LowRankRows, quantize_encoded
-from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quantize import Int8
 
 H, T, D, S = 2, 30, 8, 3

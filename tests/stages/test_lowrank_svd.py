@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from kvstack.kv import DenseRows, KVCache, KVLayer
+from kvstack.rows.quant import QuantRows
 from kvstack.stack import Recipe, StageContext
 from kvstack.stages.lowrank import Svd
 from kvstack.stages.lowrank_fit import rank_for_energy
 from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
 from kvstack.stages.lowrank_rows import LowRankRows, quantize_encoded
-from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quantize import Int4
 
 H, T, D = 3, 40, 16

@@ -10,9 +10,9 @@ import torch
 from quant_helpers import CTX, D, H, T, cache_of, layer_of
 
 from kvstack.errors import RecipeError
+from kvstack.rows.quant import QuantRows
 from kvstack.stack import Recipe
 from kvstack.stages.quant_gear import GearRows
-from kvstack.stages.quant_rows import QuantRows
 
 
 def rows(seed: int = 0) -> torch.Tensor:

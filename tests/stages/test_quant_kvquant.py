@@ -14,13 +14,13 @@ from quant_helpers import CTX, ROT, D, H, T, cache_of, calibration_file, layer_o
 
 from kvstack.errors import InputError, ModelError, RecipeError
 from kvstack.kv import DenseRows, KVLayer
+from kvstack.rows.pack import packed_width, unpack_codes
 from kvstack.stack import Recipe, StageContext
 from kvstack.stages.lowrank_calibration import save_basis
 from kvstack.stages.lowrank_keep import KeptRows
 from kvstack.stages.lowrank_rope import NEED_ROPE
 from kvstack.stages.quant_kvquant import KVQuant
 from kvstack.stages.quant_nuq import NuqRows
-from kvstack.stages.quant_pack import packed_width, unpack_codes
 from kvstack.stages.quant_rope import RotatedRows
 
 
@@ -91,7 +91,7 @@ def test_more_bits_and_outliers_lower_the_error():
     assert err(4, 0.01) < err(3, 0.01) < err(2, 0.01)
     assert err(3, 0.01) < 0.7 * err(3, 0.0)  # the outliers stretch the scales when kept in
     # non-uniform levels beat uniform int3 on the same per-channel groups (same bits, outliers kept in)
-    from kvstack.stages.quant_rows import QuantRows
+    from kvstack.rows.quant import QuantRows
 
     uni = QuantRows.quantize(x, 3, 100, "channel", False, (100, 100))
     assert err(3, 0.0) < float((uni.decode() - x).norm())

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstack.stages.quant_pack import SUPPORTED_BITS, block_codes, pack_codes, packed_width, unpack_codes
+from kvstack.rows.pack import SUPPORTED_BITS, block_codes, pack_codes, packed_width, unpack_codes
 
 
 @pytest.mark.parametrize("bits", SUPPORTED_BITS)

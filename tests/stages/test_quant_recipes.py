@@ -13,10 +13,10 @@ from kvstack.eval.attention_error import head_rows
 from kvstack.hf import CompressedCache, enable
 from kvstack.hf.compat import cache_kwargs
 from kvstack.kv import DenseRows
+from kvstack.rows.quant import QuantRows
+from kvstack.rows.rotate import HadamardRows
+from kvstack.rows.split import SplitRows
 from kvstack.stack import Recipe, describe_stages
-from kvstack.stages.quant_rotate import HadamardRows
-from kvstack.stages.quant_rows import QuantRows
-from kvstack.stages.quant_split import SplitRows
 
 T, Q, H, D = 96, 6, 2, 16  # context tokens, question tokens, KV heads, head_dim
 

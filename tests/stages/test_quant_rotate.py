@@ -13,9 +13,9 @@ from test_quant_rows import error_bound
 import kvstack
 from kvstack.errors import RecipeError
 from kvstack.hf import fast_decode
+from kvstack.rows.quant import QuantRows
+from kvstack.rows.rotate import HadamardRows, hadamard, rotation
 from kvstack.stack import parse_stage
-from kvstack.stages.quant_rotate import HadamardRows, hadamard, rotation
-from kvstack.stages.quant_rows import QuantRows
 
 
 def rows_with_outliers(n: int = 256, d: int = 64, seed: int = 0) -> torch.Tensor:

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstack.errors import InputError, RecipeError
-from kvstack.stages.quant_pack import packed_width
-from kvstack.stages.quant_rows import QuantRows
+from kvstack.rows.pack import packed_width
+from kvstack.rows.quant import QuantRows
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Decoding rounds to the output dtype: half an ulp relative, or half the smallest subnormal.

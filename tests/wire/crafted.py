@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from kvstack.kv import DenseRows
-from kvstack.stages.quant_rotate import HadamardRows
+from kvstack.rows.rotate import HadamardRows
 from kvstack.wire.checksum import crc32c
 from kvstack.wire.format import END_INDEX, END_PAYLOAD, FRAME, MAGIC, PREAMBLE, VERSION
 
@@ -106,7 +106,7 @@ def entropy_groups(blob: bytes, dim: int) -> bytes:
     i = s.chunk_of("ans") if any(a["codec"] == "ans" for a in s.header["arrays"]) else s.chunk_of("range")
     a = s.header["arrays"][s.header["chunks"][i][0]]
     bits = a["bits"]
-    from kvstack.stages.quant_pack import packed_width
+    from kvstack.rows.pack import packed_width
 
     a.update(dim=dim, shape=[a["shape"][0], packed_width(dim, bits)])
     a["model"] = {"width": 1, "freq": base64.b64encode(b"\1\0" * dim * (1 << bits)).decode()}

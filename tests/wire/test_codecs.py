@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstack.stages.quant_pack import pack_codes, unpack_codes
+from kvstack.rows.pack import pack_codes, unpack_codes
 from kvstack.wire import bitpack, delta, entropy
 
 

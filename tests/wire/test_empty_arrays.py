@@ -11,7 +11,7 @@ from wire_helpers import tiny_llama
 
 import kvstack
 from kvstack import wire
-from kvstack.wire.format import DTYPES
+from kvstack.rows.encoding import DTYPES
 
 CODECS = [dict(codes=c, tensors=t) for c in ("raw", "zstd", "colzstd", "ans", "range") for t in ("raw", "zstd")]
 

@@ -10,9 +10,9 @@ from wire_helpers import RECIPES
 import kvstack
 from kvstack import wire
 from kvstack.kv import DenseRows
-from kvstack.stages.quant_rotate import HadamardRows
-from kvstack.stages.quant_rows import QuantRows
-from kvstack.stages.quant_split import SplitRows
+from kvstack.rows.quant import QuantRows
+from kvstack.rows.rotate import HadamardRows
+from kvstack.rows.split import SplitRows
 
 CODECS = ("raw", "zstd", "colzstd", "ans", "range")
 

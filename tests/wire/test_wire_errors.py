@@ -200,10 +200,10 @@ def tiny_cache_for_zstd():
 )
 def test_rotated_rows_with_bad_header_are_cache_format_errors(meta, width, match):
     from kvstack.kv import DenseRows
-    from kvstack.wire.encodings_quant import _hadamard_build
+    from kvstack.rows import rotate
 
     with pytest.raises(CacheFormatError, match=match):
-        _hadamard_build(meta, {}, {"inner": DenseRows(torch.zeros(4, width))})
+        rotate.WIRE.build(meta, {}, {"inner": DenseRows(torch.zeros(4, width))})
 
 
 def test_rotated_cache_loads_with_its_seed_and_decodes_like_the_saved_one(wire_caches, tmp_path):

@@ -11,7 +11,7 @@ from kvstack.zoo import SHIPPED
 def vocab():
     from tokenizers import Tokenizer
 
-    from kvstack.zoo.train.retrieval import VocabTables
+    from training.retrieval import VocabTables
 
     return VocabTables(Tokenizer.from_file(str(SHIPPED / "kvstack-retrieval" / "tokenizer.json")))
 
@@ -20,8 +20,8 @@ def vocab():
 def essay_stream(vocab):
     """The held-out Paul Graham essays (never trained on), tokenized end to end."""
     from kvstack.errors import ModelNotInstalledError
-    from kvstack.zoo.train.corpus import heldout_essays
-    from kvstack.zoo.train.retrieval import TokenStream
+    from training.corpus import heldout_essays
+    from training.retrieval import TokenStream
 
     try:
         from kvstack.eval.texts import essay, essay_names

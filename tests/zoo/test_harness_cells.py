@@ -9,7 +9,7 @@ import torch
 
 from kvstack.errors import InputError
 from kvstack.zoo import SHIPPED
-from kvstack.zoo.train.harness_cells import TokenizerAdapter, greedy, harness_cell, run_cells
+from training.harness_cells import TokenizerAdapter, greedy, harness_cell, run_cells
 
 TOKENIZER = SHIPPED / "kvstack-retrieval" / "tokenizer.json"
 
@@ -25,8 +25,8 @@ def hf():
 def train_model():
     from safetensors.torch import load_file
 
-    from kvstack.zoo.train.model import TrainLlama
-    from kvstack.zoo.train.train import SHAPES
+    from training.model import TrainLlama
+    from training.train import SHAPES
 
     model = TrainLlama(SHAPES["shipped"])
     state = load_file(str(SHIPPED / "kvstack-retrieval" / "model.safetensors"))

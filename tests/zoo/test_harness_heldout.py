@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kvstack.eval.tasks import vocab as V
-from kvstack.zoo.train.retrieval import TASKS, SampleMaker
+from training.retrieval import TASKS, SampleMaker
 
 # Plain English the harness shares with any question ("What is the ...", "... in the text?"): not phrasing.
 GENERIC = {"what is", "is the", "in the", "the text", "what is the", "in the text"}
@@ -48,7 +48,7 @@ def _harness_grams(n: int) -> set[str]:
 def generated(vocab, essay_stream) -> dict[str, list[str]]:
     """Per training task, the text its generator wrote into 200 samples (facts, questions, answer prefixes)."""
     from kvstack.eval.texts import essay, essay_names
-    from kvstack.zoo.train.value_words import harvest
+    from training.value_words import harvest
 
     words = harvest((essay(n) for n in essay_names()), min_count=1)
     assert len(words) > 3000  # a real open vocabulary, as training's (12,478 words from the training prose)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from kvstack.errors import InputError
-from kvstack.zoo.train import templates as T
-from kvstack.zoo.train.data import StepBatches, parse_mix
-from kvstack.zoo.train.lookalike import FAMILIES, SHARE_P, lookalike_keys
-from kvstack.zoo.train.retrieval import HELDOUT, TRAIN, Facts, SampleMaker
+from training import templates as T
+from training.data import StepBatches, parse_mix
+from training.lookalike import FAMILIES, SHARE_P, lookalike_keys
+from training.retrieval import HELDOUT, TRAIN, Facts, SampleMaker
 
 OPEN_WORDS = ["harbour", "pebbles", "tortoise", "quarrel", "monsoon", "thicket", "gravel", "orbit"]
 
@@ -103,7 +103,7 @@ def test_parse_mix_reads_weights_and_rejects_bad_ones():
 
 
 def test_training_cli_rejects_a_bad_mix_before_loading_data(tmp_path):
-    from kvstack.zoo.train.train import main
+    from training.train import main
 
     with pytest.raises(InputError, match="unknown task"):
         main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "out"), "--mix", "lookup:1"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from kvstack.errors import InputError
-from kvstack.zoo.train import templates as T
-from kvstack.zoo.train.retrieval import TASKS, TRAIN, Facts, SampleMaker, make_batch
+from training import templates as T
+from training.retrieval import TASKS, TRAIN, Facts, SampleMaker, make_batch
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_training_strings_include_every_template_group():
 
 def test_generated_frames_are_many_distinct_and_avoid_every_heldout_and_evaluation_phrase():
     from kvstack.eval.tasks import vocab as V
-    from kvstack.zoo.train import frame_grammar as G
+    from training import frame_grammar as G
 
     needles, questions = T.GENERATED_NEEDLE_FRAMES, T.GENERATED_QUESTION_FRAMES
     assert len(set(needles)) == len(needles) >= 2000 and len(set(questions)) == len(questions) >= 1000
@@ -140,7 +140,7 @@ def test_training_samples_draw_generated_frames_and_invented_attributes(maker):
 
 def test_open_value_words_feed_training_values_and_leave_heldout_samples_unchanged(vocab, essay_stream):
     from kvstack.eval.texts import essay, essay_names
-    from kvstack.zoo.train.value_words import excluded_words, harvest
+    from training.value_words import excluded_words, harvest
 
     words = harvest([essay(n) for n in essay_names()[:10]], limit=500, min_count=2)
     assert 100 <= len(words) <= 500 and words == sorted(words)

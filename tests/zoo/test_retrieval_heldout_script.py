@@ -1,24 +1,18 @@
-"""benchmarks/retrieval_heldout.py: cells parse or fail with a typed error, and a run loads exactly."""
+"""training/retrieval_heldout.py: cells parse or fail with a typed error, and a run loads exactly."""
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from kvstack.errors import InputError
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "retrieval_heldout.py"
-
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("retrieval_heldout", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from training import retrieval_heldout
+
+    return retrieval_heldout
 
 
 def test_cells_parse(script):

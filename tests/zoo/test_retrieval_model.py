@@ -51,7 +51,7 @@ def test_answers_unseen_needle_questions_with_a_full_cache(retrieval, vocab, ess
     7 held-out words (a blind guess among those is right 1 time in 7, and only for word answers).
     """
     from kvstack.prompting import split_prompt
-    from kvstack.zoo.train.retrieval import SampleMaker
+    from training.retrieval import SampleMaker
 
     model, tok = retrieval
     maker = SampleMaker(vocab, essay_stream)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvstack.zoo.train.model import LlamaShape, TrainLlama, parameter_count
+from training.model import LlamaShape, TrainLlama, parameter_count
 
 SMALL = LlamaShape(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
                    num_key_value_heads=2, max_position_embeddings=256, rope_theta=10_000.0)

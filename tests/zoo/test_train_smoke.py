@@ -15,7 +15,7 @@ from kvstack.zoo import SHIPPED
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from kvstack.errors import ModelNotInstalledError
-    from kvstack.zoo.train.train import main
+    from training.train import main
 
     try:
         from kvstack.eval.texts import essay, essay_names
@@ -46,8 +46,8 @@ def test_loss_falls_over_a_few_steps(run):
 def test_export_loads_in_transformers_with_the_trained_logits(run, tmp_path):
     from transformers import LlamaForCausalLM
 
-    from kvstack.zoo.train.export import export, merged_state
-    from kvstack.zoo.train.model import LlamaShape, TrainLlama
+    from training.export import export, merged_state
+    from training.model import LlamaShape, TrainLlama
 
     out = tmp_path / "hf"
     out.mkdir()
@@ -69,7 +69,7 @@ def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_run
     """Long trainings span several device calls: the resumed run must see the same batches and optimizer."""
     from safetensors.torch import load_file
 
-    from kvstack.zoo.train.train import main
+    from training.train import main
 
     data = run.parent
     common = ["--data", str(data), "--shape", "tiny", "--phases", "128:14", "--device", "cpu", "--tokens-per-step",

@@ -1,7 +1,7 @@
 """The evaluation's own words and sentence templates, in one place.
 
 Kept apart so a test can prove they are disjoint from the templates kvstack's retrieval model
-is trained on (``kvstack/zoo/train/templates.py``): a model must not be scored on phrasings
+is trained on (``training/templates.py``): a model must not be scored on phrasings
 it was drilled on.
 """
 

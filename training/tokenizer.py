@@ -14,6 +14,8 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from training import SHIPPED_DIR
+
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -58,7 +60,7 @@ def save_hf(tok, out: Path, model_max_length: int) -> None:
 
 
 def sample_texts(corpus: Path, max_chars: int, seed: int) -> Iterator[str]:
-    from kvstack.zoo.train.corpus import read_docs
+    from training.corpus import read_docs
 
     docs = read_docs(corpus)
     random.Random(seed).shuffle(docs)
@@ -73,7 +75,7 @@ def sample_texts(corpus: Path, max_chars: int, seed: int) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--corpus", type=Path, default=Path(".kvstack/train/train.jsonl.xz"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "kvstack-retrieval")
+    ap.add_argument("--out", type=Path, default=SHIPPED_DIR)
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--mb", type=float, default=40, help="MB of corpus text to learn merges from")
     ap.add_argument("--max-length", type=int, default=8192)

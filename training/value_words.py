@@ -18,7 +18,7 @@ _WORD = re.compile(r"\b[a-z]{5,12}\b")
 def excluded_words() -> set[str]:
     """Words that must never be a training value: held-out values and every word of the evaluation's vocabulary."""
     from kvstack.eval.tasks import vocab as V
-    from kvstack.zoo.train import templates as T
+    from training import templates as T
 
     out = {w.lower() for w in T.HELDOUT_VALUE_WORDS}
     for phrase in (*T.HELDOUT_NEEDLE_FRAMES, *T.HELDOUT_QUESTION_FRAMES, *T.HELDOUT_ATTRIBUTE_SET):

@@ -1,7 +1,7 @@
 """Training speed of the kvstack-retrieval model per sequence length.
 
-    python benchmarks/train_throughput.py --summary path/to/train_summary.json   # a run's own timings
-    python benchmarks/train_throughput.py --measure [--device cuda]              # time steps here
+    python -m training.train_throughput --summary path/to/train_summary.json   # a run's own timings
+    python -m training.train_throughput --measure [--device cuda]              # time steps here
 
 ``--measure`` times full optimizer steps (forward, backward, AdamW) of the shipped shape on random
 tokens, 65,536 tokens per step, bf16 autocast on CUDA; the summary mode prints what the training
@@ -40,8 +40,8 @@ def from_summary(path: Path) -> str:
 def measure(device: str, lengths: list[int]) -> str:
     import torch
 
-    from kvstack.zoo.train.model import LlamaShape, TrainLlama
-    from kvstack.zoo.train.train import measure_step_seconds
+    from training.model import LlamaShape, TrainLlama
+    from training.train import measure_step_seconds
 
     model = TrainLlama(LlamaShape()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0, fused=device.startswith("cuda"))

@@ -6,7 +6,7 @@ documentation (/usr/share/doc), English man pages (roff markup stripped), and Pa
 name (held-out text measures perplexity and serves as unseen haystack), and written as
 xz-compressed JSON lines, small enough to carry to the GPU machine.
 
-Run: ``python -m kvstack.zoo.train.corpus --out .kvstack/train``
+Run: ``python -m training.corpus --out .kvstack/train``
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def build(out: Path, python_roots: list[Path], max_chars: dict[str, int]) -> dic
 def read_docs(path: Path) -> list[dict]:
     """The records of a ``*.jsonl.xz`` corpus file."""
     if not path.is_file():
-        raise InputError(f"no corpus file {path}: build it with python -m kvstack.zoo.train.corpus --out {path.parent}")
+        raise InputError(f"no corpus file {path}: build it with python -m training.corpus --out {path.parent}")
     with lzma.open(path, "rt") as f:
         return [json.loads(line) for line in f]
 

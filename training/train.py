@@ -7,7 +7,7 @@ handful of answer tokens in an 8k-token row still carry weight. The run saves fp
 transformers' names in shards under 16 MiB, a log, and held-out measurements.
 
 GPU run (see the model card for the exact command):
-    python -m kvstack.zoo.train.train --data .kvstack/train --out $OUT --phases 256:300,...
+    python -m training.train --data .kvstack/train --out $OUT --phases 256:300,...
 CPU smoke run (tests): ``--shape tiny --phases 128:6 --device cpu``.
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kvstack.zoo.train import SHIPPED_DIR
-from kvstack.zoo.train.data import StepBatches, build_streams, make_loader, parse_mix, parse_phases, step_lengths
-from kvstack.zoo.train.model import LlamaShape, TrainLlama, parameter_count
-from kvstack.zoo.train.retrieval import SampleMaker, VocabTables
+from training import SHIPPED_DIR
+from training.data import StepBatches, build_streams, make_loader, parse_mix, parse_phases, step_lengths
+from training.model import LlamaShape, TrainLlama, parameter_count
+from training.retrieval import SampleMaker, VocabTables
 
 SHAPES = {
     "shipped": LlamaShape(),
@@ -131,8 +131,8 @@ def save_state(path: Path | None, model: TrainLlama, opt, step: int, phases, see
 
 
 def evaluate_all(model: TrainLlama, vocab: VocabTables, heldout, args, device: str) -> dict:
-    from kvstack.zoo.train.evaluate import perplexity, retrieval_accuracy
-    from kvstack.zoo.train.retrieval import TASKS
+    from training.evaluate import perplexity, retrieval_accuracy
+    from training.retrieval import TASKS
 
     model.eval()
     maker = SampleMaker(vocab, heldout.text, heldout.code)
@@ -148,7 +148,7 @@ def evaluate_all(model: TrainLlama, vocab: VocabTables, heldout, args, device: s
         res["training_templates_heldout_text"][f"{task}@4096"] = retrieval_accuracy(
             model, maker, task, 4096, max(10, n // 2), "train", args.seed, device)
     if args.harness_cells:
-        from kvstack.zoo.train.harness_cells import run_cells
+        from training.harness_cells import run_cells
 
         res["harness"] = run_cells(model, args.tokenizer, args.harness_cells, args.harness_n, device)
     bytes_per_token = heldout.chars / max(1, len(heldout.lm))

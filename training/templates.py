@@ -13,7 +13,7 @@ its grass/sky/sun filler, and NIAH's San Francisco sandwich needle.
 
 from __future__ import annotations
 
-from kvstack.zoo.train import frame_grammar
+from training import frame_grammar
 
 FIRST_NAMES = [
     "Abel", "Adriana", "Agnes", "Alder", "Alma", "Ambrose", "Anika", "Arlo", "Astrid", "Beatrix", "Bertram",

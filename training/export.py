@@ -5,7 +5,7 @@ loads it also wrote it), ``generation_config.json`` and one fp16 ``model.safeten
 tokenizer files. ``config.json`` asks for float32 on load: the weights are stored in fp16 to fit the
 size cap, but CPU inference in fp16 is slow and loses precision.
 
-Run: ``python -m kvstack.zoo.train.export --run .kvstack/train/run1``
+Run: ``python -m training.export --run .kvstack/train/run1``
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from kvstack.errors import InputError
-from kvstack.zoo.train import SHIPPED_DIR
-from kvstack.zoo.train.model import LlamaShape
+from training import SHIPPED_DIR
+from training.model import LlamaShape
 
 
 def merged_state(run: Path) -> dict[str, torch.Tensor]:

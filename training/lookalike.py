@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from kvstack.errors import InputError
-from kvstack.zoo.train import templates as T
+from training import templates as T
 
 FAMILIES = ("compound", "person", "code", "pseudo", "phrase")
 SHARE_P = 0.35  # chance that a distractor keeps the target's first part, and the same for its second part

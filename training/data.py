@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from kvstack.errors import InputError
-from kvstack.zoo.train.corpus import read_docs
-from kvstack.zoo.train.retrieval import TASKS, SampleMaker, TokenStream, VocabTables, make_batch
-from kvstack.zoo.train.value_words import harvest
+from training.corpus import read_docs
+from training.retrieval import TASKS, SampleMaker, TokenStream, VocabTables, make_batch
+from training.value_words import harvest
 
 
 @dataclass
@@ -67,13 +67,13 @@ def build_streams(vocab: VocabTables, corpus: Path, max_docs: int | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kvstack.zoo.train.data --data .kvstack/train``: write train.npz and heldout.npz there."""
+    """``python -m training.data --data .kvstack/train``: write train.npz and heldout.npz there."""
     import argparse
     import json
 
     from tokenizers import Tokenizer
 
-    from kvstack.zoo.train import SHIPPED_DIR
+    from training import SHIPPED_DIR
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--data", type=Path, default=Path(".kvstack/train"))

@@ -5,7 +5,7 @@ few dozen hand-written frames the model learns *those sentences*; with thousands
 from interchangeable parts (lead-ins, relations, copulas, verbs, separators, word orders) it has to
 learn the thing that transfers - find the key and the attribute in the context, copy the value
 beside them. The lists are drawn once, deterministically (``seed``), so training stays reproducible
-and :func:`kvstack.zoo.train.templates.training_templates` can still enumerate every frame.
+and :func:`training.templates.training_templates` can still enumerate every frame.
 
 Nothing here may come near the held-out phrasings (``templates.HELDOUT_*``) or the evaluation
 harness (``kvstack/eval/tasks/vocab.py``): :data:`BANNED` lists their distinctive words, and a test

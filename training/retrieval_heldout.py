@@ -3,10 +3,10 @@
 Why: the training script scores each run with its own seed, so its samples and perplexity windows differ
 between runs (run 6's perplexity at 8k read 7.46 against run 4's 5.52 only because its windows differ). This
 script measures every run on the same ones (CPU, float32, greedy exact match of the first answer in one
-teacher-forced pass, ``kvstack.zoo.train.evaluate``). Needs the held-out corpus file (``--data``), which
-``python -m kvstack.zoo.train.corpus`` builds.
+teacher-forced pass, ``training.evaluate``). Needs the held-out corpus file (``--data``), which
+``python -m training.corpus`` builds.
 
-    nice python benchmarks/retrieval_heldout.py --run r4=.kvstack/runs/r4 --run r6=kvstack/zoo/kvstack-retrieval \\
+    nice python -m training.retrieval_heldout --run r4=.kvstack/runs/r4 --run r6=kvstack/zoo/kvstack-retrieval \\
         --cells single@4096x40 multikey@4096x40 lookalike@4096x40 --ppl 1024x48 8192x8 --seed 999
 """
 
@@ -35,8 +35,8 @@ def load_run(folder: Path):
     """A training run's shards (weights-*.safetensors) or an exported model.safetensors, as the training model."""
     from safetensors.torch import load_file
 
-    from kvstack.zoo.train.model import TrainLlama
-    from kvstack.zoo.train.train import SHAPES
+    from training.model import TrainLlama
+    from training.train import SHAPES
 
     files = sorted(folder.glob("weights-*.safetensors")) or sorted(folder.glob("model.safetensors"))
     if not files:
@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--run takes NAME=FOLDER, e.g. --run r6=kvstack/zoo/kvstack-retrieval")
     cells = [parse_cell(c) for c in args.cells] + [("ppl", *parse_cell(c)[1:]) for c in args.ppl]
     if not args.data.exists():
-        raise InputError(f"{args.data} is missing: build it with `python -m kvstack.zoo.train.corpus`")
+        raise InputError(f"{args.data} is missing: build it with `python -m training.corpus`")
 
     from tokenizers import Tokenizer
 
     from kvstack.zoo import SHIPPED
-    from kvstack.zoo.train.data import build_streams
-    from kvstack.zoo.train.evaluate import perplexity, retrieval_accuracy
-    from kvstack.zoo.train.retrieval import SampleMaker, VocabTables
+    from training.data import build_streams
+    from training.evaluate import perplexity, retrieval_accuracy
+    from training.retrieval import SampleMaker, VocabTables
 
     torch.set_num_threads(1)
     vocab = VocabTables(Tokenizer.from_file(str(SHIPPED / "kvstack-retrieval" / "tokenizer.json")))

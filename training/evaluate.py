@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kvstack.zoo.train.retrieval import TASKS, Sample, SampleMaker, TokenStream
+from training.retrieval import TASKS, Sample, SampleMaker, TokenStream
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from kvstack.errors import InputError
-from kvstack.zoo.train import templates as T
-from kvstack.zoo.train.lookalike import lookalike_keys
+from training import templates as T
+from training.lookalike import lookalike_keys
 
 TASKS = ("single", "multikey", "multiquery", "multivalue", "reverse", "passkey", "vartrack", "multihop", "lookalike")
 # Run 3 moved weight to multi-key and multi-hop (the held-out weak spots) from lists of values.
