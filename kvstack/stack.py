@@ -26,6 +26,7 @@ from kvstack.kv import KVCache
 NEED_QUESTION_QUERIES = "question_queries"  # post-RoPE queries of the question tokens, per layer
 NEED_WINDOW_QUERIES = "window_queries"  # post-RoPE queries of the last `window` context tokens
 NEED_ATTENTION = "attention"  # attention each key received, summed over all context queries
+NEED_TOKEN_NLL = "token_nll"  # [T] -log p(token | earlier context) of every context token, from the prefill's logits
 ATTN_PARAMS = "attn_params"  # always captured with the above: layer -> (scaling, softcap) the model uses
 
 # Families where at most one stage may act on a layer (a scoped one overrides an unscoped one).

@@ -16,8 +16,9 @@ from transformers.cache_utils import DynamicCache
 from kvstack.hf.attention import CaptureSession, capturing, enable
 from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import ModelInfo
+from kvstack.hf.token_nll import TokenNLL
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import ATTN_PARAMS, NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
+from kvstack.stack import ATTN_PARAMS, NEED_QUESTION_QUERIES, NEED_TOKEN_NLL, NEED_WINDOW_QUERIES
 from kvstack.stages.lowrank_rope import NEED_ROPE
 from kvstack.stages.select_h2o import attention_need, attention_strides
 
@@ -57,7 +58,8 @@ def prefill(
       * ``window_queries``: ``[Hq, n, D]`` post-RoPE queries of the last ``n`` context tokens;
       * ``question_queries``: ``[Hq, q, D]`` post-RoPE queries of the question, at the
         positions it will really have (right after the context); the question's keys are
-        not kept in the cache.
+        not kept in the cache;
+      * ``token_nll``: ``[T]`` each context token's surprisal (not per layer; position 0: inf).
     """
     device = next(model.parameters()).device
     ids = context_ids.to(device).view(1, -1)
@@ -72,11 +74,15 @@ def prefill(
     bar = _progress(total, progress)
     start = time.perf_counter()
     logits = None
+    surprisal = TokenNLL(total) if NEED_TOKEN_NLL in needs else None
     with enable(model), capturing(session):
         for a in range(0, total, chunk_size):
             b = min(a + chunk_size, total)
             session.q_start = a
-            out = model(input_ids=ids[:, a:b], **cache_kwargs(dc), use_cache=True, logits_to_keep=1)
+            keep = 0 if surprisal is not None else 1  # 0: every position's logits
+            out = model(input_ids=ids[:, a:b], **cache_kwargs(dc), use_cache=True, logits_to_keep=keep)
+            if surprisal is not None:
+                surprisal.update(out.logits[0], ids[0, a:b], a)
             logits = out.logits[0, -1].float()
             if bar is not None:
                 bar.update(b - a)
@@ -118,6 +124,8 @@ def prefill(
         captures[NEED_QUESTION_QUERIES] = session.question
     if captures:
         captures[ATTN_PARAMS] = session.params  # the model's own score scaling and softcap per layer
+    if surprisal is not None:
+        captures[NEED_TOKEN_NLL] = surprisal.nll
     if NEED_ROPE in needs:  # pre-RoPE stages (svd:rope=pre, kvquant) un-rotate keys with the model's tables
         from kvstack.inspect.rope import rope_tables
 

@@ -35,6 +35,7 @@ SELECTION = (
     "expected",
     "keydiff",
     "kvzip",
+    "surprisal",
     "critical",
     "merge",
 )

@@ -28,6 +28,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "select_h2o",  # h2o
     "select_keys",  # knorm, keydiff, random
     "select_kvzip",  # kvzip
+    "select_surprisal",  # surprisal
     "select_merge",  # merge
     "lowrank",  # svd, latent
     "crosslayer",  # minicache, xkv
