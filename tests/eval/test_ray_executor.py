@@ -1,0 +1,119 @@
+"""`kvstack eval --executor ray` on a local Ray cluster (2 CPUs) with the tiny fixture model: the
+same rows as in-process, a failing cell recorded while the sweep goes on, resume, and typed errors
+for what cannot run. Ray starts once per module (its start-up takes seconds)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvstack.errors import MissingDependencyError
+from kvstack.eval.executors import make_executor
+from kvstack.eval.results import read_rows
+from kvstack.stack import REGISTRY
+
+from .cli_helper import run_cli
+from .test_eval_cli import RECIPES, eval_argv, stable
+
+CELLS = 2 * 2 * len(RECIPES)  # niah_single and ppl, 2 samples each
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    from . import failing_stage
+
+    # the workers import the failing stage by the name this test process gave its module
+    root = Path(failing_stage.__file__).parents[failing_stage.__name__.count(".")]
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
+    yield ray
+    ray.shutdown()
+    REGISTRY.pop("explode", None)
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inproc") / "a.jsonl"
+    assert run_cli(eval_argv(tiny_model_dir, out)) == 0
+    return out
+
+
+def ray_argv(model_dir, out, recipes):
+    argv = eval_argv(model_dir, out)
+    i = argv.index("--recipes")
+    return [*argv[: i + 1], *recipes, *argv[i + 1 + len(RECIPES):], "--executor", "ray"]
+
+
+def test_ray_rows_equal_in_process_and_a_failing_cell_is_recorded(ray_cluster, in_process, tiny_model_dir,
+                                                                  tmp_path, capsys):
+    out = tmp_path / "ray.jsonl"
+    code = run_cli(ray_argv(tiny_model_dir, out, [*RECIPES, "explode"]))
+    captured = capsys.readouterr()
+    assert code == 1  # errors were recorded: the command says so by its exit status
+    assert "ray: 2 workers" in captured.err and "4 errors" in captured.out
+    rows, truncated = read_rows(out)
+    assert not truncated and len(rows) == CELLS + 4
+    failed = [r for r in rows if r["recipe"] == "explode"]
+    assert len(failed) == 4 and all(r["status"] == "error" for r in failed)
+    assert all(r["reason"] == "RuntimeError: explode: this stage fails on every cell" for r in failed)
+    assert all("failing_stage.py" in r["traceback"] for r in failed)
+    assert "error: niah_single length 256 sample 0 'explode': RuntimeError" in captured.err
+    # every other cell shared its prefill with the failing one and still equals the in-process run
+    assert stable([r for r in rows if r["recipe"] != "explode"]) == stable(read_rows(in_process)[0])
+
+
+def test_resume_on_ray_runs_only_the_missing_cells(ray_cluster, in_process, tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "resume.jsonl"
+    lines = in_process.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(lines[:-3]), encoding="utf-8")  # an in-process run that stopped 3 cells short
+    dropped = [json.loads(line)["status"] for line in lines[-3:]]
+    capsys.readouterr()
+    assert run_cli(ray_argv(tiny_model_dir, path, RECIPES)) == 0
+    out = capsys.readouterr().out
+    ran, skipped = dropped.count("ok"), dropped.count("skipped")
+    assert f"{ran} cells run, {skipped} skipped, 0 errors, {CELLS - 3} already done" in out
+    assert stable(read_rows(path)[0]) == stable(read_rows(in_process)[0])
+    assert run_cli(ray_argv(tiny_model_dir, path, RECIPES)) == 0
+    assert f"0 cells run, 0 skipped, 0 errors, {CELLS} already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "cuda"], "no node of the Ray cluster offers a GPU"),
+    (["--device", "cuda:1"], "pass --device cuda"),
+    (["--workers", "3"], "holds at most 2 workers"),
+    (["--workers", "0"], "give at least 1"),
+    (["--recipes", "identity", "kvpress:none"], "kvpress recipes run in this machine's peers venv"),
+])
+def test_what_ray_cannot_run_is_a_typed_error_that_writes_nothing(ray_cluster, tiny_model_dir, tmp_path, capsys,
+                                                                    extra, message):
+    out = tmp_path / "r.jsonl"
+    argv = ray_argv(tiny_model_dir, out, RECIPES)
+    if extra[0] == "--recipes":
+        i = argv.index("--recipes")
+        argv = [*argv[:i], *extra, *argv[i + 1 + len(RECIPES):]]
+    else:
+        argv += extra
+    assert run_cli(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_without_ray_installed_the_error_names_the_install_command(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as on a machine without it
+    with pytest.raises(MissingDependencyError, match=r"pip install 'kvstack\[ray\]'"):
+        make_executor("ray")
+    out = tmp_path / "r.jsonl"
+    assert run_cli(ray_argv(tiny_model_dir, out, RECIPES)) == 2
+    assert "pip install 'kvstack[ray]'" in capsys.readouterr().err and not out.exists()
+
+
+def test_address_and_workers_without_ray_are_refused(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert run_cli([*eval_argv(tiny_model_dir, out), "--address", "auto"]) == 2
+    assert "--address is for --executor ray" in capsys.readouterr().err and not out.exists()
