@@ -34,7 +34,8 @@ def ray_cluster():
              runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
     yield ray
     ray.shutdown()
-    REGISTRY.pop("explode", None)
+    for name in ("explode", "crash"):
+        REGISTRY.pop(name, None)
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +69,32 @@ def test_ray_rows_equal_in_process_and_a_failing_cell_is_recorded(ray_cluster, i
     assert stable([r for r in rows if r["recipe"] != "explode"]) == stable(read_rows(in_process)[0])
 
 
-def test_resume_on_ray_runs_only_the_missing_cells(ray_cluster, in_process, tiny_model_dir, tmp_path, capsys):
+def test_a_worker_that_dies_costs_its_cells_only_and_resume_redoes_them(ray_cluster, in_process, tiny_model_dir,
+                                                                        tmp_path, capsys):
     path = tmp_path / "resume.jsonl"
     lines = in_process.read_text(encoding="utf-8").splitlines(keepends=True)
     path.write_text("".join(lines[:-3]), encoding="utf-8")  # an in-process run that stopped 3 cells short
-    dropped = [json.loads(line)["status"] for line in lines[-3:]]
+    dropped = [json.loads(line) for line in lines[-3:]]
+    last = dropped[-1]  # the last sample's job holds the 3 missing cells; its context kills the worker
+    crash = f"crash:tokens={last['context_tokens']}"
+    assert sum(json.loads(line)["context_tokens"] == last["context_tokens"] for line in lines) == len(RECIPES)
     capsys.readouterr()
-    assert run_cli(ray_argv(tiny_model_dir, path, RECIPES)) == 0
-    out = capsys.readouterr().out
-    ran, skipped = dropped.count("ok"), dropped.count("skipped")
-    assert f"{ran} cells run, {skipped} skipped, 0 errors, {CELLS - 3} already done" in out
-    assert stable(read_rows(path)[0]) == stable(read_rows(in_process)[0])
+    # one worker: jobs run in order, so the dying job is the last and no other job is queued behind it
+    assert run_cli([*ray_argv(tiny_model_dir, path, [*RECIPES, crash]), "--workers", "1"]) == 1
+    captured = capsys.readouterr()
+    assert f"3 cells run, 0 skipped, 4 errors, {CELLS - 3} already done" in captured.out
+    rows = read_rows(path)[0][len(lines) - 3:]
+    died = [r for r in rows if r["status"] == "error"]
+    assert {r["recipe"] for r in died} == {crash} | {r["recipe"] for r in dropped}
+    assert all(r["index"] == last["index"] and r["task"] == last["task"] for r in died)
+    assert all("ActorDiedError" in r["reason"] for r in died)
+    assert all(r["status"] == "ok" for r in rows if r not in died)  # the crash stage passed the others through
+    # resume: error rows are redone, finished cells are not
+    assert run_cli([*ray_argv(tiny_model_dir, path, RECIPES), "--workers", "1"]) == 0
+    ran, skipped = sum(r["status"] == "ok" for r in dropped), sum(r["status"] == "skipped" for r in dropped)
+    assert f"{ran} cells run, {skipped} skipped, 0 errors, {CELLS - 3} already done" in capsys.readouterr().out
+    final = [r for r in read_rows(path)[0] if r["status"] != "error" and r["recipe"] in RECIPES]
+    assert stable(final) == stable(read_rows(in_process)[0])
     assert run_cli(ray_argv(tiny_model_dir, path, RECIPES)) == 0
     assert f"0 cells run, 0 skipped, 0 errors, {CELLS} already done" in capsys.readouterr().out
 
