@@ -30,8 +30,24 @@ kvpress:<PressClass>[:compression_ratio][,key=value] (compression_ratio = share 
 keep=0.25 means compression_ratio=0.75), or kvpress:none."""
 
 
+def make_executor(name: str = "in-process", address: str | None = None, workers: int | None = None):
+    """The executor ``--executor`` names; ``--address`` and ``--workers`` are for ``ray`` only (typed errors
+    otherwise). Ray is imported here, so a missing Ray fails before anything loads."""
+    from kvstack.errors import InputError
+
+    if name == "ray":
+        from kvstack.eval.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, workers=workers)
+    for flag, value in (("--address", address), ("--workers", workers)):
+        if value is not None:
+            raise InputError(f"{flag} is for --executor ray; the in-process executor runs on this machine")
+    from kvstack.eval.executors import InProcessExecutor
+
+    return InProcessExecutor()
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kvstack.eval.executors import make_executor
     from kvstack.eval.runner import EvalSpec, Runner, parse_length
     from kvstack.eval.tasks import suite_tasks
 

@@ -1,8 +1,9 @@
 """Where the cells of a grid run: the runner hands its :class:`~kvstack.eval.jobs.SampleJob` s to an
 executor and writes the rows it yields, in whatever order they finish.
 
-The runner knows this interface only, never a cluster library: ``in-process`` (the default, as
-the grid has always run) or ``ray`` (:mod:`kvstack.eval.ray_executor`, an optional extra).
+The runner knows this interface only, never a cluster library: :class:`InProcessExecutor` (the
+default, as the grid has always run) or :class:`~kvstack.eval.ray_executor.RayExecutor` (an
+optional extra; ``kvstack eval --executor`` picks one).
 """
 
 from __future__ import annotations
@@ -10,14 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from kvstack.errors import InputError
 from kvstack.eval.jobs import SampleJob, run_job
 
 if TYPE_CHECKING:
     from kvstack.eval.runner import EvalSpec
-
-EXECUTORS = ("in-process", "ray")
-
 
 class Executor:
     """Runs sample jobs and yields their rows.
@@ -33,8 +30,9 @@ class Executor:
     def prepare(self, spec: EvalSpec) -> None:
         """Check the spec fits this executor, before anything loads; raise a typed error if not."""
 
-    def start(self, spec: EvalSpec, log=print) -> None:
-        """Get the workers ready (called only when there are cells to run, so a finished grid starts nothing)."""
+    def start(self, spec: EvalSpec, log=print, jobs: int | None = None) -> None:
+        """Get the workers ready for ``jobs`` jobs (called only when there are cells to run, so a finished grid
+        starts nothing)."""
 
     def run(self, jobs: Iterable[SampleJob], model=None, tokenizer=None) -> Iterator[dict]:
         """Yield the rows of every job, each row once, as cells finish."""
@@ -54,17 +52,3 @@ class InProcessExecutor(Executor):
     def run(self, jobs: Iterable[SampleJob], model=None, tokenizer=None) -> Iterator[dict]:
         for job in jobs:
             yield from run_job(model, tokenizer, job)
-
-
-def make_executor(name: str = "in-process", address: str | None = None, workers: int | None = None) -> Executor:
-    """The executor called ``name``; ``address`` and ``workers`` are for ``ray`` only (typed errors otherwise)."""
-    if name == "in-process":
-        for flag, value in (("--address", address), ("--workers", workers)):
-            if value is not None:
-                raise InputError(f"{flag} is for --executor ray; the in-process executor runs on this machine")
-        return InProcessExecutor()
-    if name == "ray":
-        from kvstack.eval.ray_executor import RayExecutor
-
-        return RayExecutor(address=address, workers=workers)
-    raise InputError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")

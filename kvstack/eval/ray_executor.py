@@ -48,20 +48,30 @@ class JobWorker:
         from kvstack.device import check_device
         from kvstack.eval.runner import load_model
 
-        check_device(spec.device)
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        model, self.tokenizer = load_model(spec.model, spec.dtype)
-        self.model = model.to(spec.device)
+        # A failure is kept and raised by every call: Ray passes a method's exception on whole (a typed
+        # kvstack error stays one), while an actor that dies in __init__ reaches the driver as text only.
+        self.failed: Exception | None = None
+        try:
+            check_device(spec.device)
+            if spec.threads:
+                torch.set_num_threads(spec.threads)
+            model, self.tokenizer = load_model(spec.model, spec.dtype)
+            self.model = model.to(spec.device)
+        except Exception as exc:
+            self.failed = exc
 
     def ready(self) -> str:
         """Where this worker runs: answered once its model is loaded."""
+        if self.failed is not None:
+            raise self.failed
         device = next(self.model.parameters()).device
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
         return f"{socket.gethostname()} pid {os.getpid()} {device} ({name})"
 
     def run(self, job: SampleJob) -> list[dict]:
         """The job's rows; whatever fails becomes error rows for the cells it left undone."""
+        if self.failed is not None:
+            raise self.failed
         torch.manual_seed(job.spec.seed)
         rows: list[dict] = []
         try:
@@ -140,11 +150,15 @@ class RayExecutor(Executor):
             )
         return fits, need
 
-    def start(self, spec, log=print) -> None:
-        """Connect (or start a local Ray), then start the workers and wait until each has loaded the model."""
+    def start(self, spec, log=print, jobs: int | None = None) -> None:
+        """Connect (or start a local Ray), then start the workers and wait until each has loaded the model.
+
+        By default one worker per GPU (or per ``--threads`` CPUs) the cluster has, but never more than
+        there are jobs: each worker holds a whole model.
+        """
         self._connect()
         fits, need = self._capacity(spec)
-        count = self.workers or fits
+        count = self.workers or min(fits, jobs or fits)
         if count > fits:
             raise InputError(f"--workers {count}: the Ray cluster holds at most {fits} workers of {need} each")
         self._spec, self._need = spec, need

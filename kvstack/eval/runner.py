@@ -196,7 +196,8 @@ class Runner:
         torch.manual_seed(spec.seed)
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        self.executor.start(spec, self.log)
+        jobs = len({(t.name, length, i) for t, length, i, r in todo if not is_peer(r)})
+        self.executor.start(spec, self.log, jobs=jobs)
         from tqdm.auto import tqdm
 
         pending = {cell_key(spec.model, spec.seed, c[0].name, c[1], c[2], c[3]) for c in todo}

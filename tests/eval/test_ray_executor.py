@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from kvstack.errors import MissingDependencyError
-from kvstack.eval.executors import make_executor
+from kvstack.eval.cli import make_executor
 from kvstack.eval.results import read_rows
 from kvstack.stack import REGISTRY
 
@@ -133,3 +134,14 @@ def test_address_and_workers_without_ray_are_refused(tiny_model_dir, tmp_path, c
     out = tmp_path / "r.jsonl"
     assert run_cli([*eval_argv(tiny_model_dir, out), "--address", "auto"]) == 2
     assert "--address is for --executor ray" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_worker_that_cannot_load_the_model_stops_the_run_with_its_typed_error(ray_cluster, tiny_model_dir,
+                                                                                tmp_path, capsys):
+    # the driver reads only the tokenizer and config; the weights are missing where the workers look
+    model = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns("*.safetensors"))
+    out = tmp_path / "r.jsonl"
+    assert run_cli([*ray_argv(model, out, RECIPES), "--workers", "1"]) == 2
+    assert f"could not load model or tokenizer from '{model}'" in capsys.readouterr().err
+    assert not out.exists()
