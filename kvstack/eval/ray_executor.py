@@ -82,6 +82,21 @@ class JobWorker:
         return rows
 
 
+START = "Start one with `ray start --head` (then --address auto), or leave --address out for a local one"
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens: Ray itself keeps
+    retrying such an address for many minutes. ``auto`` (and addresses without a port) are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"nothing answers at {address} ({exc}), so no Ray cluster is there. {START}") from None
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The exception a Ray error wraps (raised in a worker), if it carries one."""
     seen = {id(exc)}
@@ -108,6 +123,9 @@ class RayExecutor(Executor):
         self._dead: list = []
 
     def prepare(self, spec) -> None:
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address is not None:
+            _probe(address)
         device = torch.device(spec.device)
         if device.type == "cuda" and device.index is not None:
             raise InputError(
@@ -119,16 +137,14 @@ class RayExecutor(Executor):
         ray = self.ray
         if ray.is_initialized():  # a program (or test) that set Ray up itself: use its connection
             return
+        address = self.address or os.environ.get("RAY_ADDRESS")
         kwargs = {"address": self.address, "logging_level": logging.WARNING}
-        if self.address is None and not os.environ.get("RAY_ADDRESS"):
+        if address is None:
             kwargs["include_dashboard"] = False  # a private local instance
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ExecutorError(
-                f"could not reach a Ray cluster at {self.address or os.environ.get('RAY_ADDRESS')}: {exc}. Start "
-                "one with `ray start --head` (then --address auto), or leave --address out for a local one"
-            ) from exc
+            raise ExecutorError(f"could not join the Ray cluster at {address}: {exc}. {START}") from exc
         self._started = True
 
     def _capacity(self, spec) -> tuple[int, dict]:
@@ -190,7 +206,8 @@ class RayExecutor(Executor):
                     more = False
                     break
                 actor = free.pop(0)
-                actor = replaced.get(id(actor), actor)  # a slot of a worker that died since
+                while id(actor) in replaced:  # a slot of a worker that died since (and maybe its replacement too)
+                    actor = replaced[id(actor)]
                 busy[actor.run.remote(job)] = (actor, job)
             if not busy:
                 return

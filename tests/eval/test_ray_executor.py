@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -31,6 +33,7 @@ def ray_cluster():
 
     # the workers import the failing stage by the name this test process gave its module
     root = Path(failing_stage.__file__).parents[failing_stage.__name__.count(".")]
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # CI reaches no usage-statistics server
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
     yield ray
@@ -145,3 +148,12 @@ def test_a_worker_that_cannot_load_the_model_stops_the_run_with_its_typed_error(
     assert run_cli([*ray_argv(model, out, RECIPES), "--workers", "1"]) == 2
     assert f"could not load model or tokenizer from '{model}'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_address_where_no_cluster_listens_fails_at_once(tiny_model_dir, tmp_path, capsys):
+    with socket.socket() as sock:  # a port nothing listens on (Ray itself would retry it for minutes)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "r.jsonl"
+    assert run_cli([*ray_argv(tiny_model_dir, out, RECIPES), "--address", f"127.0.0.1:{port}"]) == 2
+    assert f"nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err and not out.exists()
