@@ -26,20 +26,26 @@ CELLS = 2 * 2 * len(RECIPES)  # niah_single and ppl, 2 samples each
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
+def failing_stages():
+    """The ``explode`` and ``crash`` stages, registered for this module only."""
     from . import failing_stage
 
-    # the workers import the failing stage by the name this test process gave its module
-    root = Path(failing_stage.__file__).parents[failing_stage.__name__.count(".")]
+    yield failing_stage
+    for name in ("explode", "crash"):
+        REGISTRY.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(failing_stages):
+    import ray
+
+    # the workers import the failing stages by the name this test process gave their module
+    root = Path(failing_stages.__file__).parents[failing_stages.__name__.count(".")]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # CI reaches no usage-statistics server
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
     yield ray
     ray.shutdown()
-    for name in ("explode", "crash"):
-        REGISTRY.pop(name, None)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +163,12 @@ def test_an_address_where_no_cluster_listens_fails_at_once(tiny_model_dir, tmp_p
     out = tmp_path / "r.jsonl"
     assert run_cli([*ray_argv(tiny_model_dir, out, RECIPES), "--address", f"127.0.0.1:{port}"]) == 2
     assert f"nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err and not out.exists()
+
+
+def test_in_process_an_unexpected_failure_still_stops_the_run(failing_stages, tiny_model_dir, tmp_path):
+    # the default executor is unchanged: it fails fast, keeping the rows written before the failure
+    out = tmp_path / "r.jsonl"
+    argv = ray_argv(tiny_model_dir, out, ["identity", "explode"])[:-2]  # without --executor ray
+    with pytest.raises(RuntimeError, match="explode"):
+        run_cli(argv)
+    assert [(r["recipe"], r["status"]) for r in read_rows(out)[0]] == [("identity", "ok")]
