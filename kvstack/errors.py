@@ -57,3 +57,7 @@ class MissingDependencyError(KvstackError, ModuleNotFoundError):
 
 class PeerError(KvstackError, RuntimeError):
     """A peer system run for comparison (kvpress in its own venv) failed; finished cells are kept."""
+
+
+class ExecutorError(KvstackError, RuntimeError):
+    """The workers of an evaluation executor (a Ray cluster) could not be reached or started."""

@@ -12,9 +12,11 @@ EVAL_EXAMPLES = """examples:
       --samples 20 --out results.jsonl
   kvstack eval --model ./my-hf-model --recipes identity kvpress:SnapKVPress:0.5 --tasks niah_single \\
       --lengths 4k --samples 10 --out peers.jsonl        # kvpress recipes need `make peers`
-  kvstack eval --model ./Llama-3.1-8B --device cuda --recipes identity "snapkv:0.25 > int4" \
+  kvstack eval --model ./Llama-3.1-8B --device cuda --recipes identity "snapkv:0.25 > int4" \\
       --tasks niah_single --lengths 32k --samples 20 --out gpu.jsonl
   kvstack report results.jsonl --out report/
+  kvstack eval --model /shared/Llama-3.1-8B --executor ray --address auto --device cuda --dtype bfloat16 \\
+      --recipes identity int4 --suite ruler --lengths 32k --samples 40 --out ray.jsonl   # one GPU per worker
 
   kvstack eval --model smollm2-135m --suite ruler --lengths 4k 8k --recipes identity int4 --samples 40 \\
       --device cuda --dtype bfloat16 --out ruler.jsonl      # RULER's synthetic tasks (docs/eval.md)
@@ -26,6 +28,23 @@ ruler_niah_multikey_1..3 ruler_niah_multivalue ruler_niah_multiquery ruler_vt ru
 ruler_qa_1 (--suite ruler). Recipes: any kvstack recipe (`kvstack recipes`), or
 kvpress:<PressClass>[:compression_ratio][,key=value] (compression_ratio = share removed;
 keep=0.25 means compression_ratio=0.75), or kvpress:none."""
+
+
+def make_executor(name: str = "in-process", address: str | None = None, workers: int | None = None):
+    """The executor ``--executor`` names; ``--address`` and ``--workers`` are for ``ray`` only (typed errors
+    otherwise). Ray is imported here, so a missing Ray fails before anything loads."""
+    from kvstack.errors import InputError
+
+    if name == "ray":
+        from kvstack.eval.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, workers=workers)
+    for flag, value in (("--address", address), ("--workers", workers)):
+        if value is not None:
+            raise InputError(f"{flag} is for --executor ray; the in-process executor runs on this machine")
+    from kvstack.eval.executors import InProcessExecutor
+
+    return InProcessExecutor()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -41,7 +60,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size, threads=args.threads,
         device=args.device, dtype=args.dtype,
     )
-    runner = Runner(spec, args.out, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    executor = make_executor(args.executor, args.address, args.workers)  # a missing Ray fails here, before any load
+    runner = Runner(spec, args.out, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
+                    executor=executor)
     counts = runner.run()
     print(f"{counts['ran']} cells run, {counts['skipped']} skipped, {counts['errors']} errors, "
           f"{counts['done']} already done\n")
@@ -110,6 +131,14 @@ def register(subparsers) -> None:
     ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="load the model's weights in this dtype (default: as stored; bfloat16 halves memory and "
                     "is what ratios 'below bf16' assume)")
+    ev.add_argument("--executor", choices=["in-process", "ray"], default="in-process",
+                    help="where cells run: in-process (default) or ray (Ray workers, one per GPU with --device cuda; "
+                    "pip install 'kvstack[ray]'; docs/eval.md)")
+    ev.add_argument("--address", default=None,
+                    help="Ray cluster to join (auto, HOST:6379 or ray://HOST:10001; default: $RAY_ADDRESS, else a "
+                    "local Ray started for this run)")
+    ev.add_argument("--workers", type=int, default=None,
+                    help="Ray workers, each with its own model (default: one per GPU, or per --threads CPUs)")
     ev.add_argument("--report", metavar="DIR", help="also write the report (Markdown + plots) to DIR")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)

@@ -39,8 +39,20 @@ def _per_token(rows: list[dict], total: str, count: str) -> float:
     return sum(r[total] for r in rows) / max(sum(r[count] for r in rows), 1)
 
 
+def current(rows: list[dict]) -> list[dict]:
+    """``rows`` without errors that a later run redid: a resumed run retries a cell's ``error`` row and
+    appends its new row, so a cell counts once (its final row, or its last error if it never finished)."""
+    def key(r: dict) -> tuple:
+        return r.get("model"), r.get("seed"), r.get("task"), r.get("length"), r.get("index"), r.get("recipe")
+
+    final = {key(r) for r in rows if r.get("status") != "error"}
+    last_error = {key(r): id(r) for r in rows if r.get("status") == "error"}
+    return [r for r in rows if r.get("status") != "error" or (key(r) not in final and last_error[key(r)] == id(r))]
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """One dict per (model, task, length, recipe), in first-seen order."""
+    """One dict per (model, task, length, recipe), in first-seen order; errors later redone are left out."""
+    rows = current(rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     skipped: dict[tuple, list[str]] = defaultdict(list)
     for r in rows:

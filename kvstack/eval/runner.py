@@ -10,7 +10,7 @@ are seeded, decoding greedy: the same command gives the same rows, timings aside
 from __future__ import annotations
 
 import re
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,10 @@ import torch
 
 from kvstack.device import check_device
 from kvstack.errors import InputError, KvstackError
-from kvstack.eval.metrics import f1, score
+from kvstack.eval.executors import Executor, InProcessExecutor
+from kvstack.eval.jobs import SampleJob
+from kvstack.eval.jobs import answer_fields as _answer_fields
+from kvstack.eval.jobs import base_row as _base_row
 from kvstack.eval.peers.kvpress_bridge import is_peer, parse_peer, peers_python, run_jobs
 from kvstack.eval.prompt import Prompt, format_sample
 from kvstack.eval.results import ResultsWriter, cell_key, read_rows
@@ -46,11 +49,12 @@ class EvalSpec:
     dtype: str | None = None  # weights' dtype (float32 | bfloat16 | float16); None keeps the stored one
     parsed: dict[str, Recipe] = field(default_factory=dict, repr=False)
 
-    def check(self) -> list[Task]:
-        """Validate everything cheap before a model loads; returns the task objects."""
+    def check(self, local: bool = True) -> list[Task]:
+        """Validate everything cheap before a model loads; returns the task objects. ``local=False``: the
+        cells run on other machines (an executor's workers), so the device is not looked for here."""
         if not self.recipes:
             raise InputError("no recipes given: pass --recipes identity int8 ...")
-        check_device(self.device)
+        check_device(self.device, here=local)
         if self.samples < 1:
             raise InputError(f"--samples {self.samples}: ask for at least 1 sample per cell")
         if not self.lengths or min(self.lengths) < 16:
@@ -95,7 +99,32 @@ def info_elem(info) -> int:
 
 def load_model(name: str, dtype: str | None = None, progress: bool = False):
     """``(model, tokenizer)`` through the zoo, with a clear error for a directory missing its tokenizer."""
-    from kvstack.zoo import ZOO, load
+    from kvstack.zoo import load
+
+    _check_tokenizer_files(name)
+    try:
+        return load(name, dtype=getattr(torch, dtype) if dtype else None, progress=progress)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, KvstackError):
+            raise
+        raise InputError(f"could not load model or tokenizer from {name!r}: {exc}") from exc
+
+
+def load_tokenizer(name: str):
+    """The tokenizer alone (no weights), for a runner whose executor's workers load the model."""
+    from kvstack.zoo import load_tokenizer as zoo_tokenizer
+
+    _check_tokenizer_files(name)
+    try:
+        return zoo_tokenizer(name)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, KvstackError):
+            raise
+        raise InputError(f"could not load the tokenizer from {name!r}: {exc}") from exc
+
+
+def _check_tokenizer_files(name: str) -> None:
+    from kvstack.zoo import ZOO
 
     path = Path(name)
     if name not in ZOO and path.is_dir():
@@ -105,36 +134,27 @@ def load_model(name: str, dtype: str | None = None, progress: bool = False):
                 f"{path} has no tokenizer (no tokenizer.json / tokenizer.model / tokenizer_config.json): save it "
                 "there with tokenizer.save_pretrained(dir); evaluation formats prompts with the model's tokenizer"
             )
-    try:
-        return load(name, dtype=getattr(torch, dtype) if dtype else None, progress=progress)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, KvstackError):
-            raise
-        raise InputError(f"could not load model or tokenizer from {name!r}: {exc}") from exc
-
-
-def _base_row(spec: EvalSpec, sample: Sample, length: int, recipe: str, prompt: Prompt) -> dict:
-    return {
-        "model": spec.model, "seed": spec.seed, "task": sample.task, "length": length, "index": sample.index,
-        "recipe": recipe, "context_tokens": int(prompt.context_ids.numel()),
-        "question_tokens": int(prompt.question_ids.numel()), "answers": list(sample.answers), "mode": sample.mode,
-        "device": spec.device, "dtype": spec.dtype or "stored",
-    }
-
-
-def _answer_fields(tokenizer, sample: Sample, ids: torch.Tensor | list[int]) -> dict:
-    prediction = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    exact, contains = score(prediction, sample.answers, sample.mode)
-    return {"prediction": prediction, "exact": exact, "contains": contains, "f1": f1(prediction, sample.answers)}
 
 
 class Runner:
-    """Runs an :class:`EvalSpec` into a results file; see the module doc."""
+    """Runs an :class:`EvalSpec` into a results file; see the module doc.
+
+    ``executor`` says where the kvstack cells run (:mod:`kvstack.eval.executors`; default: in this
+    process). The runner builds one job per sample and writes the rows the executor yields, in the
+    order they finish; it closes the executor when :meth:`run` ends.
+    """
 
     def __init__(self, spec: EvalSpec, out: str | Path, model=None, tokenizer=None, progress: bool = True,
-                 log=print) -> None:
+                 log=print, executor: Executor | None = None) -> None:
         self.spec, self.out, self.progress, self.log = spec, Path(out), progress, log
-        self.tasks = spec.check()
+        self.executor = executor or InProcessExecutor()
+        if not self.executor.local and any(is_peer(r) for r in spec.recipes):
+            raise InputError(
+                f"kvpress recipes run in this machine's peers venv, not on --executor {self.executor.name}: run them "
+                "with the default executor into the same --out (the file is shared and resumable)"
+            )
+        self.tasks = spec.check(local=self.executor.local)
+        self.executor.prepare(spec)
         self.model, self.tokenizer = model, tokenizer
         self.done_devices: set[str] = set()  # devices of the finished rows found on resume
 
@@ -154,6 +174,7 @@ class Runner:
             return self._run()
         finally:
             torch.set_num_threads(threads)  # --threads is for this grid only
+            self.executor.close()
 
     def _run(self) -> dict:
         spec = self.spec
@@ -171,14 +192,12 @@ class Runner:
         if counts["done"] and other:  # resuming keeps finished cells; say where they ran
             self.log(f"note: finished cells in {self.out} ran on {', '.join(other)}; the {len(todo)} new ones run on "
                      f"{spec.device} (every row records its device; use another --out to keep devices apart)")
-        if self.model is None:
-            self.model, self.tokenizer = load_model(spec.model, spec.dtype, progress=self.progress)
-        self._check_lengths()
-        if next(self.model.parameters()).device != torch.device(spec.device):
-            self.model = self.model.to(spec.device)  # kvpress peers still run on the CPU, in their own venv
+        self._load()
         torch.manual_seed(spec.seed)
         if spec.threads:
             torch.set_num_threads(spec.threads)
+        jobs = len({(t.name, length, i) for t, length, i, r in todo if not is_peer(r)})
+        self.executor.start(spec, self.log, jobs=jobs)
         from tqdm.auto import tqdm
 
         pending = {cell_key(spec.model, spec.seed, c[0].name, c[1], c[2], c[3]) for c in todo}
@@ -192,93 +211,69 @@ class Runner:
                 writer.write(row)
                 status = row.get("status")
                 counts["ran" if status == "ok" else "skipped" if status == "skipped" else "errors"] += 1
+                if status == "error":
+                    self.log(f"error: {row['task']} length {row['length']} sample {row['index']} "
+                             f"{row['recipe']!r}: {row.get('reason', '')[:300]}")
                 bar.update(1)
 
-            for task in self.tasks:
-                for length in spec.lengths:
-                    wanted = [
-                        i for i in range(spec.samples)
-                        if any(cell_key(spec.model, spec.seed, task.name, length, i, r) in pending
-                               for r in spec.recipes)
-                    ]
-                    if not wanted:
-                        continue
-                    samples = task.samples(self.tokenizer, length, max(wanted) + 1, spec.seed)
-                    for sample in (samples[i] for i in wanted):
-                        prompt = format_sample(self.tokenizer, sample)
-                        mine = [r for r in spec.recipes
-                                if cell_key(spec.model, spec.seed, task.name, length, sample.index, r) in pending]
-                        ours = [r for r in mine if not is_peer(r)]
-                        if ours:
-                            for row in self._run_kvstack(task, length, sample, prompt, ours):
-                                emit(row)
-                        for r in mine:
-                            if is_peer(r):
-                                peer_jobs.append(self._peer_job(task, length, sample, prompt, r))
+            for row in self.executor.run(self._jobs(pending, peer_jobs), self.model, self.tokenizer):
+                emit(row)
             if peer_jobs:
                 for row in self._run_peers(peer_jobs):
                     emit(row)
         bar.close()
         return counts
 
-    def _check_lengths(self) -> None:
-        """Every length must fit the model's context window: a typed error before any prefill."""
-        from kvstack.hf.model import context_limit
+    def _load(self) -> None:
+        """The model here (in-process), or only the tokenizer when the executor's workers load the model."""
+        spec = self.spec
+        if self.executor.local:
+            from kvstack.hf.model import context_limit
 
-        limit = context_limit(self.model)
+            if self.model is None:
+                self.model, self.tokenizer = load_model(spec.model, spec.dtype, progress=self.progress)
+            self._check_lengths(context_limit(self.model))
+            if next(self.model.parameters()).device != torch.device(spec.device):
+                self.model = self.model.to(spec.device)  # kvpress peers still run on the CPU, in their own venv
+            return
+        from kvstack.zoo import max_context
+
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(spec.model)
+        self._check_lengths(max_context(spec.model))
+
+    def _jobs(self, pending: set[str], peer_jobs: list) -> Iterator[SampleJob]:
+        """One job per sample with kvstack cells to run, built as the executor asks for them; kvpress cells
+        are collected into ``peer_jobs`` on the way (they run afterwards, in one worker)."""
+        spec = self.spec
+        for task in self.tasks:
+            for length in spec.lengths:
+                wanted = [
+                    i for i in range(spec.samples)
+                    if any(cell_key(spec.model, spec.seed, task.name, length, i, r) in pending for r in spec.recipes)
+                ]
+                if not wanted:
+                    continue
+                samples = task.samples(self.tokenizer, length, max(wanted) + 1, spec.seed)
+                for sample in (samples[i] for i in wanted):
+                    prompt = format_sample(self.tokenizer, sample)
+                    mine = [r for r in spec.recipes
+                            if cell_key(spec.model, spec.seed, task.name, length, sample.index, r) in pending]
+                    for r in mine:
+                        if is_peer(r):
+                            peer_jobs.append(self._peer_job(task, length, sample, prompt, r))
+                    ours = [r for r in mine if not is_peer(r)]
+                    if ours:
+                        yield SampleJob(spec, task.kind, task.max_new_tokens, length, sample, prompt, ours)
+
+    def _check_lengths(self, limit: int | None) -> None:
+        """Every length must fit the model's context window: a typed error before any prefill."""
         too_long = [n for n in self.spec.lengths if limit is not None and n > limit]
         if too_long:
             raise InputError(
                 f"--lengths {' '.join(map(str, too_long))} exceed {self.spec.model}'s context window of {limit} "
                 f"tokens (max_position_embeddings); use lengths up to {limit}"
             )
-
-    # --- kvstack recipes ------------------------------------------------------------------
-    def _run_kvstack(self, task: Task, length: int, sample: Sample, prompt: Prompt, recipes: list[str]):
-        from kvstack.api import generate
-        from kvstack.eval.nll import continuation_nll
-        from kvstack.eval.shared_prefill import compress_many
-        from kvstack.hf.model import check_context_window
-
-        model, spec = self.model, self.spec
-        q = prompt.question_ids if prompt.question_ids.numel() else None
-        new_tokens = 0 if task.kind == "nll" else spec.max_new_tokens or task.max_new_tokens
-        extra = prompt.continuation_ids.numel() if prompt.continuation_ids is not None else new_tokens
-        try:  # this sample (context + question + answer) must fit the window: checked before prefill
-            check_context_window(model, prompt.context_ids.numel() + prompt.question_ids.numel() + extra,
-                                 f"sample {sample.index} of {task.name} at {length}")
-        except InputError as exc:
-            for recipe in recipes:
-                row = {**_base_row(spec, sample, length, recipe, prompt), "system": "kvstack"}
-                yield {**row, "status": "skipped", "reason": f"InputError: {exc}"}
-            return
-        objs = [spec.parsed[r] for r in recipes]
-        for recipe, cache in compress_many(model, prompt.context_ids, objs, q, chunk_size=spec.chunk_size):
-            row = {**_base_row(spec, sample, length, recipe.text, prompt), "system": "kvstack"}
-            if isinstance(cache, KvstackError):
-                yield {**row, "status": "skipped", "reason": f"{type(cache).__name__}: {cache}"}
-                continue
-            row.update(
-                cache_bytes=cache.nbytes, dense_bytes=cache.dense_nbytes, ratio=cache.ratio,
-                ratio_fp16=cache.ratio_vs("fp16"), dense_dtype=cache.dense_dtype_name,
-                bytes_per_token=cache.nbytes / max(cache.context_length, 1), tokens_kept=cache.tokens_kept,
-                prefill_s=cache.stats.get("prefill_seconds"), compress_s=cache.stats.get("compress_seconds"),
-            )
-            start = time.perf_counter()
-            try:
-                if task.kind == "nll":
-                    nll, n = continuation_nll(model, cache, prompt.continuation_ids, q)
-                    row.update(nll_sum=nll, nll_tokens=n)
-                else:
-                    new = spec.max_new_tokens or task.max_new_tokens
-                    row.update(_answer_fields(self.tokenizer, sample, generate(model, cache, prompt.question_ids, new)))
-                    if prompt.answer_ids is not None:  # how likely the gold answer stays: signal even when greedy fails
-                        nll, n = continuation_nll(model, cache, prompt.answer_ids, prompt.question_ids)
-                        row.update(answer_nll_sum=nll, answer_tokens=n)
-            except KvstackError as exc:
-                yield {**row, "status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
-                continue
-            yield {**row, "status": "ok", "generate_s": time.perf_counter() - start}
 
     # --- kvpress recipes ------------------------------------------------------------------
     def _peer_job(self, task: Task, length: int, sample: Sample, prompt: Prompt, recipe: str):

@@ -27,9 +27,14 @@ def compress_many(
     question_ids: torch.Tensor | None = None,
     *,
     chunk_size: int = 1024,
-) -> Iterator[tuple[Recipe, KVCache | KvstackError]]:
+    keep: tuple[type[Exception], ...] = (KvstackError,),
+) -> Iterator[tuple[Recipe, KVCache | Exception]]:
     """Yield ``(recipe, cache)`` for each recipe, one at a time (so only one compressed cache is
-    alive at once); a recipe that cannot run on this context yields its typed error instead."""
+    alive at once); a recipe that cannot run on this context yields its typed error instead.
+
+    ``keep`` names the exceptions of one recipe that are yielded in place of its cache rather than
+    raised, so the recipes after it still run on the shared prefill (a sweep on a cluster records
+    any failure of one cell and goes on; the default keeps only kvstack's typed errors)."""
     from kvstack.api import stage_context, window_queries_needed
     from kvstack.api_inputs import as_ids as _as_ids
     from kvstack.hf.model import model_info
@@ -54,7 +59,7 @@ def compress_many(
         start = time.perf_counter()
         try:
             cache = recipe.apply(replace(pre.cache, stats={}), ctx)
-        except KvstackError as exc:  # e.g. a budget larger than this context
+        except keep as exc:  # e.g. a budget larger than this context
             yield recipe, exc
             continue
         cache.stats.update(prefill_seconds=pre.seconds, compress_seconds=time.perf_counter() - start,

@@ -51,3 +51,14 @@ def test_perplexity_is_pooled_over_tokens_and_compared_on_shared_samples():
     assert s["int2"]["ppl"] == pytest.approx(20) and s["int2"]["ppl_full"] == pytest.approx(10)
     assert s["int2"]["ppl_delta"] == pytest.approx(10)
     assert s["int2"]["frontier"] and s["identity"]["frontier"]
+
+
+def test_an_error_redone_by_a_resumed_run_counts_once():
+    error = {**qa("int4", 1, 0, "", 1024), "status": "error", "reason": "RuntimeError: CUDA out of memory"}
+    for k in ("contains", "prediction", "bytes_per_token"):
+        error.pop(k)
+    rows = [qa("int4", 0, 1, "a", 1024), error, {**error, "reason": "ActorDiedError: node lost"},
+            qa("int4", 1, 1, "b", 1024), {**error, "index": 2}, {**error, "index": 2, "reason": "again"}]
+    s = summarize(rows)[0]
+    assert s["n"] == 2 and s["contains"] == 1.0  # index 1 failed twice, then ran: its error rows are gone
+    assert s["skipped"] == 1 and s["skip_reason"] == "again"  # index 2 never finished: its last error, once
