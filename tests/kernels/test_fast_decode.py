@@ -62,7 +62,8 @@ def _step_logits(model, cache, q_ids, steps):
 
 
 @pytest.mark.parametrize("recipe", ["int4:g32,token,norot", "snapkv:0.5,alloc=adakv > int4:g16,token,norot",
-                                    "int8:g16,axis=channel", "int2:g16,axis=channel", "snapkv:0.6"])
+                                    "int8:g16,axis=channel", "int2:g16,axis=channel", "snapkv:0.6",
+                                    "int4:g16", "snapkv:0.5 > int4:g32,token,rot,seed=5"])
 def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe):
     model = _model(device)
     ctx, q = make_ids(96).to(device), make_ids(2, seed=3).to(device)
@@ -86,14 +87,16 @@ def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypa
     hf = kvstack.hf.CompressedCache(cache, model.dtype)
     layer = hf.layers[0]
     long_q = torch.randn(1, 4, 40, 64, device=device)  # 2 heads x 40 tokens = 80 rows > MAX_QUERY_ROWS
-    layer.update(torch.randn(1, 2, 40, 64, device=device), torch.randn(1, 2, 40, 64, device=device))
-    step = fast_decode.plan_step(layer, torch.arange(64, 104, device=device))
-    assert step is not None and step.attend(model.model.layers[0].self_attn, long_q, {}) is None
+    marker, _ = layer.update(torch.randn(1, 2, 40, 64, device=device), torch.randn(1, 2, 40, 64, device=device))
+    step = marker._kvstack_fast
+    assert step.attend(model.model.layers[0].self_attn, long_q, {}) is None
+    keys, values, _ = step.materialize()  # the generic path still sees every row
+    assert keys.shape[1] == 64 + 40
     kivi = kvstack.compress(model, make_ids(64).to(device), "kivi:2,group=32,residual=16")
     kivi_layer = kvstack.hf.CompressedCache(kivi, model.dtype).layers[0]
-    kivi_layer.update(torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device))
+    keys, _ = kivi_layer.update(torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device))
     assert kivi_layer.tail_k is not None  # a step was taken, yet KIVI's decode blocks keep the generic path
-    assert fast_decode.plan_step(kivi_layer, torch.arange(64, 65, device=device)) is None
+    assert not hasattr(keys, "_kvstack_fast") and not fast_decode.fast_ready(kivi_layer)
 
 
 def test_plan_is_kept_across_steps_and_rebuilt_when_the_rows_change(device, make_ids):
@@ -103,11 +106,11 @@ def test_plan_is_kept_across_steps_and_rebuilt_when_the_rows_change(device, make
     new = lambda: torch.randn(1, 2, 1, 64, device=device)
     first, _ = layer.update(new(), new())
     second, _ = layer.update(new(), new())
-    assert second._kvstack_fast.plan is first._kvstack_fast.plan
+    assert second._kvstack_fast.kplan is first._kvstack_fast.kplan
     layer.segments[0] = dataclasses.replace(layer.base)  # the compressed rows replaced, as trimming does
     third, _ = layer.update(new(), new())
-    assert third._kvstack_fast.plan is not first._kvstack_fast.plan
-    assert third._kvstack_fast.layer.tail_k.shape[1] == 3  # the tail kept growing through it
+    assert third._kvstack_fast.kplan is not first._kvstack_fast.kplan
+    assert layer.tail_k.shape[1] == 3 and third._kvstack_fast.tail is first._kvstack_fast.tail  # the tail kept growing
 
 
 _READS = ("_local_scalar_dense", "item", "nonzero", "masked_select", "equal", "is_nonzero", "_unique2", "tolist")
@@ -152,3 +155,4 @@ def test_decode_steps_read_nothing_back_from_the_device(device, make_ids, monkey
             assert out is not None and out.shape == (1, n, 4, 64)
     assert reads == []
     assert launches == {"_split_kernel": 4 * len(hf.layers), "_combine_kernel": 4 * len(hf.layers)}
+
