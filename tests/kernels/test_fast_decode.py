@@ -156,3 +156,19 @@ def test_decode_steps_read_nothing_back_from_the_device(device, make_ids, monkey
     assert reads == []
     assert launches == {"_split_kernel": 4 * len(hf.layers), "_combine_kernel": 4 * len(hf.layers)}
 
+
+
+@pytest.mark.parametrize("recipe", ["int4:g16", "snapkv:0.5 > int4:g32,token,norot"])
+def test_a_batch_decodes_through_one_launch_and_equals_each_sequence(device, make_ids, monkeypatch, recipe):
+    """Ragged contexts and questions of different lengths: one kernel plan over every sequence's rows."""
+    model = _model(device)
+    contexts = [make_ids(n, seed=n).to(device) for n in (70, 96, 80)]
+    questions = [make_ids(n, seed=10 + n).to(device) for n in (2, 4, 1)]
+    batch = kvstack.compress(model, contexts, recipe)
+    launches = _count_launches(monkeypatch)
+    got = kvstack.generate(model, batch, questions, max_new_tokens=5)
+    steps = 5 * model.config.num_hidden_layers  # the question block and 4 steps, each one launch for all three
+    assert launches == {"_split_kernel": steps, "_combine_kernel": steps}
+    monkeypatch.setenv("KVSTACK_KERNELS", "0")
+    for i, (cache, q) in enumerate(zip(batch, questions, strict=True)):
+        assert torch.equal(got[i], kvstack.generate(model, cache, q, max_new_tokens=5)), i
