@@ -35,6 +35,7 @@ from kvstack.hf.cache import CompressedLayer, KvstackLayerOps, fast_marker
 from kvstack.hf.compat import mask_query_length
 from kvstack.hf.decode_tail import DecodeTail
 from kvstack.hf.fast_decode import FastStep, PlanHolder, fast_ready
+from kvstack.hf.graphs import GraphableCache
 from kvstack.kv import KVCache, KVLayer
 
 
@@ -79,6 +80,7 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
         self.rows = [CompressedLayer(b, s, dtype, fast=False) for b, s in zip(bases, seen, strict=True)]
         self.plans = PlanHolder()
         self.decode_tail: DecodeTail | None = None  # the rows' shared tail on the fast path
+        self.last_fast = False
         self.pending_pads = list(question_pads)  # padding columns still to skip, per sequence
         self.seen = start  # what transformers sees: the aligned context width + tokens processed
         self.window = self.rows[0].window
@@ -93,6 +95,7 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
             raise ModelError(f"this batched kvstack cache holds {len(self.rows)} sequences; the model ran {b}")
         skips = [min(pad, q) for pad in self.pending_pads]
         step = self._fast_step(key_states, value_states, skips)
+        self.last_fast = step is not None
         self.seen += q
         self.pending_pads = [pad - skip for pad, skip in zip(self.pending_pads, skips, strict=True)]
         if step is not None:  # the attention hook reads every sequence's packed rows in one launch
@@ -100,6 +103,18 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
         rows = [row.update(key_states[i : i + 1, :, skip:], value_states[i : i + 1, :, skip:])
                 for i, (row, skip) in enumerate(zip(self.rows, skips, strict=True))]
         return self._stack(rows, skips)
+
+    def graph_tail(self) -> DecodeTail | None:
+        """The shared tail a captured step would write, when the last step ran entirely through the kernels."""
+        tail = self.decode_tail
+        return tail if self.last_fast and tail is not None and tail.kernel_step else None
+
+    def advance(self, tokens: int) -> None:
+        """The host side of a replayed decode step (every sequence one token; no padding left)."""
+        self.seen += tokens
+        for row in self.rows:
+            row.seen += tokens
+        self.decode_tail.advance(tokens)
 
     def _stack(self, rows: list[tuple[torch.Tensor, torch.Tensor]], skips: list[int]):
         """The sequences' ``[1, H, S_i, D]`` generic rows padded into one ``[B, H, S, D]`` call, with its mask."""
@@ -183,7 +198,7 @@ def batch_layout(contexts: list[torch.Tensor], questions: list[torch.Tensor], pa
     return BatchLayout(ids, mask, width, [qwidth - q.numel() for q in questions])
 
 
-class BatchedCompressedCache(Cache):
+class BatchedCompressedCache(GraphableCache, Cache):
     """Pass as the cache of ``model.generate`` with :func:`batch_layout`'s inputs; built per generation."""
 
     def __init__(self, caches: list[KVCache], layout: BatchLayout, dtype: torch.dtype) -> None:

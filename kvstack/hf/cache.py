@@ -20,6 +20,7 @@ from kvstack.hf.attention import RowMeta
 from kvstack.hf.compat import LayerProtocol, mask_query_length
 from kvstack.hf.decode_tail import DecodeTail
 from kvstack.hf.fast_decode import FastStep, PlanHolder, fast_ready
+from kvstack.hf.graphs import GraphableCache
 from kvstack.kv import KVCache, KVLayer, tensor_nbytes
 from kvstack.stack import parse_stage
 from kvstack.stages.select import streaming_keep
@@ -97,6 +98,7 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
         self.tail_index = 0
         self.tail_start = seen  # position of the first generated token
         self.plans = PlanHolder()
+        self.last_fast = False
         self.is_initialized = True
 
     # --- the tail of new tokens: a DecodeTail on the fast path, grown tensors otherwise ------
@@ -172,6 +174,7 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
                 "list of contexts for a batched cache"
             )
         step = self.fast_step(key_states, value_states) if self.fast else None
+        self.last_fast = step is not None
         if step is not None:  # the attention hook reads the packed rows through the GPU kernels
             return fast_marker(key_states, step)
         q = key_states.shape[-2]
@@ -192,6 +195,17 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
     def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
         stored = sum(seg.max_length for seg in self.segments) + self.tail_length
         return stored + mask_query_length(query), max(self.seen - stored, 0)
+
+    # --- CUDA graphs (kvstack.hf.graphs) ---------------------------------------------------
+    def graph_tail(self) -> DecodeTail | None:
+        """The tail a captured step would write, when the last step ran entirely through the kernels."""
+        tail = self.decode_tail
+        return tail if self.last_fast and tail is not None and tail.kernel_step else None
+
+    def advance(self, tokens: int) -> None:
+        """The host side of a replayed step: what ``update`` counts, the device work being in the graph."""
+        self.seen += tokens
+        self.decode_tail.advance(tokens)
 
     def generic_rows(self, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[1, H, S, D]`` keys (carrying their row metadata for the hook) and values: the generic path's view."""
@@ -296,7 +310,7 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
         return segs + tensor_nbytes(self._tail_k) + tensor_nbytes(self._tail_v)
 
 
-class CompressedCache(Cache):
+class CompressedCache(GraphableCache, Cache):
     """Pass as ``past_key_values`` to ``model.generate`` / ``model(...)``; built per generation."""
 
     def __init__(self, kv: KVCache, dtype: torch.dtype) -> None:

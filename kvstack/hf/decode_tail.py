@@ -39,15 +39,16 @@ class DecodeTail:
 
     def __init__(self, sequences: int, heads: int, dim: int, dtype: torch.dtype, device: torch.device,
                  key_rot: torch.Tensor | None = None, value_rot: torch.Tensor | None = None,
-                 capacity: int = TAIL_BLOCK, seeds: tuple = (None, None)) -> None:
+                 capacity: int | None = None, seeds: tuple = (None, None)) -> None:
         self.seeds = seeds  # the rotations' (keys, values) seeds, to compare bases without reading R back
         self.sequences, self.heads, self.dim = sequences, heads, dim
         self.dtype, self.device = dtype, device
         self.key_rot, self.value_rot = key_rot, value_rot
+        self.kernel_step = False  # the last step attended through the kernels (kvstack.hf.fast_decode.FastStep)
         self.counts = [0] * sequences  # host copy of each sequence's length (from shapes, never read back)
         s = sequences * heads
         self.lengths = torch.zeros(s, dtype=torch.int32, device=device)
-        self._alloc(_round_up(capacity, TAIL_BLOCK))
+        self._alloc(_round_up(capacity or TAIL_BLOCK, TAIL_BLOCK))
 
     def _alloc(self, capacity: int) -> None:
         s = self.sequences * self.heads

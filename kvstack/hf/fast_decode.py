@@ -140,7 +140,15 @@ class FastStep:
     tail: DecodeTail
     key_rot: torch.Tensor | None
     value_rot: torch.Tensor | None
-    materialize: Any  # () -> the generic path's (keys, values) for this step, keys carrying ``_kvstack``
+    generic: Any  # () -> the generic path's (keys, values) for this step, keys carrying ``_kvstack``
+
+    def __post_init__(self) -> None:
+        self.tail.kernel_step = False  # set once the kernels answered this step (what a graph may capture)
+
+    def materialize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generic path's dense keys (carrying their row metadata) and values, for a call ``attend`` refused."""
+        self.tail.kernel_step = False
+        return self.generic()
 
     def attend(self, module, query: torch.Tensor, kwargs: dict) -> torch.Tensor | None:
         """``[B, q, Hq, D]`` attention output (transformers' layout), or None if this call can't use it.
@@ -162,6 +170,7 @@ class FastStep:
                               scale=kwargs.get("scaling"), query_tokens=qn)
         if self.value_rot is not None:
             out = (out.float() @ self.value_rot).to(query.dtype)
+        self.tail.kernel_step = True
         if qn == 1:  # [S, M, D] is already [B, 1, Hq, D]
             return out.view(b, 1, hq, d)
         return out.view(b, hq, qn, d).transpose(1, 2).contiguous()
