@@ -27,6 +27,11 @@ from kvstack.kernels.layout import Segments
 TAIL_BLOCK = 64
 
 
+def _capturing(device: torch.device) -> bool:
+    """Inside a CUDA graph capture, where offsets known on the host would be frozen into the graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _round_up(n: int, block: int) -> int:
     return max(block, -(-n // block) * block)
 
@@ -74,26 +79,30 @@ class DecodeTail:
 
     def _basis(self, x: torch.Tensor, rot: torch.Tensor | None) -> torch.Tensor:
         """Rows into the packed rows' basis: ``x R^T`` (rows stored rotated), else as they are."""
-        return x if rot is None else (x.float() @ rot.T).to(self.dtype)
+        return x.to(self.dtype) if rot is None else (x.float() @ rot.T).to(self.dtype)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, skips: list[int] | None = None) -> None:
         """Add ``[B, H, q, D]`` new rows; sequence ``i`` skips its first ``skips[i]`` (padding) columns.
 
-        Without skips the rows land at the device-side lengths (a scatter: no host value is
-        involved, so the call can be captured in a CUDA graph); with skips, per sequence by slices.
+        Without skips the rows land at the device-side lengths: under CUDA-graph capture by a
+        scatter that reads them on the device (a replay then writes where the lengths say), eagerly
+        by a slice at the host's count when every sequence has the same; with skips, per sequence.
         """
         b, h, q, d = keys.shape
         self.reserve(q)
-        keys = self._basis(keys, self.key_rot).to(self.dtype)
-        values = self._basis(values, self.value_rot).to(self.dtype)
+        keys, values = self._basis(keys, self.key_rot), self._basis(values, self.value_rot)
         if not skips or not any(skips):
-            s = b * h
-            index = (self.lengths.long().view(s, 1) + torch.arange(q, device=self.device)).view(s, q, 1)
-            index = index.expand(s, q, d)
-            self.k.scatter_(1, index, keys.reshape(s, q, d))
-            self.v.scatter_(1, index, values.reshape(s, q, d))
+            s, n = b * h, self.counts[0]
+            if _capturing(self.device) or any(c != n for c in self.counts):
+                index = (self.lengths.long().view(s, 1) + torch.arange(q, device=self.device)).view(s, q, 1)
+                index = index.expand(s, q, d)
+                self.k.scatter_(1, index, keys.reshape(s, q, d))
+                self.v.scatter_(1, index, values.reshape(s, q, d))
+            else:  # eagerly, equal counts: the host knows where the rows go (fewer ops than the scatter)
+                self.k[:, n : n + q] = keys.reshape(s, q, d)
+                self.v[:, n : n + q] = values.reshape(s, q, d)
             self.lengths += q
-            self.counts = [n + q for n in self.counts]
+            self.counts = [c + q for c in self.counts]
             return
         for i, skip in enumerate(skips):
             n, add = self.counts[i], q - skip

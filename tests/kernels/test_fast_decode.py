@@ -90,13 +90,32 @@ def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypa
     marker, _ = layer.update(torch.randn(1, 2, 40, 64, device=device), torch.randn(1, 2, 40, 64, device=device))
     step = marker._kvstack_fast
     assert step.attend(model.model.layers[0].self_attn, long_q, {}) is None
-    keys, values, _ = step.materialize()  # the generic path still sees every row
-    assert keys.shape[1] == 64 + 40
+    keys, values = step.materialize()  # the generic path still sees every row, masked by true positions
+    assert keys.shape[2] == values.shape[2] == 64 + 40
+    assert keys._kvstack.query_positions.tolist() == list(range(64, 104))
+    assert not step.tail.kernel_step  # a step that fell back is not one a CUDA graph may capture
     kivi = kvstack.compress(model, make_ids(64).to(device), "kivi:2,group=32,residual=16")
     kivi_layer = kvstack.hf.CompressedCache(kivi, model.dtype).layers[0]
     keys, _ = kivi_layer.update(torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device))
     assert kivi_layer.tail_k is not None  # a step was taken, yet KIVI's decode blocks keep the generic path
     assert not hasattr(keys, "_kvstack_fast") and not fast_decode.fast_ready(kivi_layer)
+
+
+def test_rotated_rows_are_read_in_their_basis(device, make_ids):
+    """The default int4 stores R x: the step rotates the query and the tail by R, the generic view undoes it."""
+    from kvstack.stages.quant_rotate import HadamardRows
+
+    model = _model(device)
+    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g16")
+    assert isinstance(cache.layers[0].keys, HadamardRows) and isinstance(cache.layers[0].values, HadamardRows)
+    layer = kvstack.hf.CompressedCache(cache, model.dtype).layers[0]
+    k, v = torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device)
+    step = layer.update(k, v)[0]._kvstack_fast
+    assert step.key_rot is not None and step.value_rot is not None
+    stored_k, stored_v = layer.decode_tail.rows(0, basis=True)
+    assert torch.allclose(stored_k, k[0] @ step.key_rot.T, atol=1e-5)
+    assert torch.allclose(stored_v, v[0] @ step.value_rot.T, atol=1e-5)
+    assert torch.allclose(layer.tail_k, k[0], atol=1e-5) and torch.allclose(layer.tail_v, v[0], atol=1e-5)
 
 
 def test_plan_is_kept_across_steps_and_rebuilt_when_the_rows_change(device, make_ids):
