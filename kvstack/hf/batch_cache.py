@@ -100,6 +100,8 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
         self.pending_pads = [pad - skip for pad, skip in zip(self.pending_pads, skips, strict=True)]
         if step is not None:  # the attention hook reads every sequence's packed rows in one launch
             return fast_marker(key_states, step)
+        if self.decode_tail is not None:  # began on the kernels (turned off since): the shared tail keeps the rows
+            return self._append_shared(key_states, value_states, skips)()
         rows = [row.update(key_states[i : i + 1, :, skip:], value_states[i : i + 1, :, skip:])
                 for i, (row, skip) in enumerate(zip(self.rows, skips, strict=True))]
         return self._stack(rows, skips)
@@ -141,27 +143,26 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
             return None
         if self.decode_tail is None and any(row.tail_length for row in self.rows):
             return None  # began on the generic path: stays there
-        device, q = key_states.device, key_states.shape[-2]
-        kplan = self.plans.get([row.base for row in self.rows], self.dtype, device)
+        kplan = self.plans.get([row.base for row in self.rows], self.dtype, key_states.device)
         if kplan is None:
             return None
         if self.decode_tail is None:
-            self.decode_tail = kplan.new_tail(self.dtype, device)
+            self.decode_tail = kplan.new_tail(self.dtype, key_states.device)
             for i, row in enumerate(self.rows):
                 row.decode_tail, row.tail_index = self.decode_tail, i
-        firsts = [row.seen for row in self.rows]
-
-        def materialize():
-            return self._stack([row.generic_rows(torch.arange(first, first + q - skip, device=device))
-                                for row, first, skip in zip(self.rows, firsts, skips, strict=True)], skips)
-
-        step = self.plans.step(self.decode_tail, materialize)
-        if step is None:
+        if not self.plans.matches(self.decode_tail):
             return None
+        return self.plans.step(self.decode_tail, self._append_shared(key_states, value_states, skips))
+
+    def _append_shared(self, key_states: torch.Tensor, value_states: torch.Tensor, skips: list[int]):
+        """Append the step's rows to the shared tail; returns the generic path's view of the step (a callable)."""
+        device, q = key_states.device, key_states.shape[-2]
+        firsts = [row.seen for row in self.rows]
         self.decode_tail.append(key_states, value_states, skips)
         for row, skip in zip(self.rows, skips, strict=True):
             row.seen += q - skip
-        return step
+        return lambda: self._stack([row.generic_rows(torch.arange(first, first + q - skip, device=device))
+                                    for row, first, skip in zip(self.rows, firsts, skips, strict=True)], skips)
 
     def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
         # transformers' own mask is replaced by the hook's; these sizes only keep its indexing in range

@@ -193,8 +193,10 @@ class PlanHolder:
             self.rots = self.kplan.rotations(device) if self.kplan is not None else (None, None)
         return self.kplan
 
+    def matches(self, tail: DecodeTail) -> bool:
+        """Whether the plan can attend over ``tail``: not when it is in another basis (the rows were replaced)."""
+        return self.kplan is not None and tail.seeds == (self.kplan.key_seed, self.kplan.value_seed)
+
     def step(self, tail: DecodeTail, materialize) -> FastStep | None:
-        """A step over ``tail``, or None when the tail is in another basis than the plan (rows replaced)."""
-        if self.kplan is None or tail.seeds != (self.kplan.key_seed, self.kplan.value_seed):
-            return None
-        return FastStep(self.kplan, tail, *self.rots, materialize)
+        """A step over ``tail`` (``materialize``: its generic view), or None when the plan cannot read it."""
+        return FastStep(self.kplan, tail, *self.rots, materialize) if self.matches(tail) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -191,3 +192,26 @@ def test_a_batch_decodes_through_one_launch_and_equals_each_sequence(device, mak
     monkeypatch.setenv("KVSTACK_KERNELS", "0")
     for i, (cache, q) in enumerate(zip(batch, questions, strict=True)):
         assert torch.equal(got[i], kvstack.generate(model, cache, q, max_new_tokens=5)), i
+
+
+def test_a_batch_that_leaves_the_kernels_keeps_its_tail(device, make_ids, monkeypatch):
+    """Kernels on for the question block, off for the next step: the generic path reads the shared tail."""
+    from kvstack import kernels
+
+    model = _model(device)
+    batch = kvstack.compress(model, [make_ids(n, seed=n).to(device) for n in (40, 56)], "int4:g16")
+    qs = [make_ids(n, seed=30 + n).to(device) for n in (3, 1)]
+    want = kvstack.generate(model, batch, qs, max_new_tokens=3)  # through the kernels throughout
+    calls = []
+    inner = model.forward
+
+    @functools.wraps(inner)  # generate reads the signature to know which inputs the model takes
+    def forward(*args, **kwargs):  # the kernels leave after the first forward (the question block)
+        calls.append(1)
+        if len(calls) > 1 and device.type == "cpu":
+            monkeypatch.setattr(kernels, "ALLOW_CPU", False)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    got = kvstack.generate(model, batch, qs, max_new_tokens=3)
+    assert len(calls) == 3 and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
