@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from kvstack.errors import ModelError
 from kvstack.hf.compat import cache_kwargs, position_kwargs
 
 
@@ -107,8 +108,12 @@ class GraphedStep:
             self.counts["eager"] += 1
             return self._forward()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # runs the step's Python once (its host bookkeeping included)
-            logits = self._forward()
+        try:
+            with torch.cuda.graph(graph):  # runs the step's Python once (its host bookkeeping included)
+                logits = self._forward()
+        except Exception as exc:  # the step's host state moved without its GPU work: this generation is lost
+            raise ModelError(f"capturing a decode step in a CUDA graph failed ({type(exc).__name__}: {exc}); "
+                             "decode with graphs=False") from exc
         graph.replay()  # ... and its GPU work now
         self.graph, self.key, self.logits = graph, key, logits
         self.counts["captured"] += 1
