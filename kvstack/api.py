@@ -102,7 +102,7 @@ def _one_of_batch(index: int, model, context_ids, recipe, question_ids, options:
 
 @torch.no_grad()
 def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int = 32, *, fingerprint: str = "config",
-             **generate_kwargs) -> torch.Tensor | list[torch.Tensor]:
+             graphs: bool = False, **generate_kwargs) -> torch.Tensor | list[torch.Tensor]:
     """Answer ``question_ids`` from a compressed ``cache`` with ``model.generate``; greedy by default.
 
     Returns only the new token ids (1-D). ``cache`` is not modified, so it can be reused.
@@ -113,6 +113,11 @@ def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int 
     With a :class:`~kvstack.kv_batch.KVBatch` and a list of B questions, the B sequences run in
     one batched ``model.generate`` and a list of B tensors comes back, row ``i`` equal to the
     one-sequence call on ``cache[i]`` (greedy).
+
+    ``graphs=True`` decodes greedily in kvstack's own step loop instead of ``model.generate``
+    (:mod:`kvstack.hf.step_loop`): on CUDA, decode steps through the kernels are captured in a CUDA
+    graph per shape bucket and replayed, which takes the per-step Python and launch overhead away.
+    The same tokens come back; sampling and other ``generate`` options are refused (InputError).
     """
     from kvstack.hf.attention import enable
     from kvstack.hf.cache import CompressedCache
@@ -120,10 +125,14 @@ def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int 
     from kvstack.hf.generation import generation_kwargs
     from kvstack.hf.model import check_context_window, model_info
 
+    if graphs:
+        from kvstack.hf.step_loop import check_loop_kwargs
+
+        check_loop_kwargs(generate_kwargs)
     if isinstance(cache, KVBatch):
         from kvstack.api_batch import generate_batch
 
-        return generate_batch(model, cache, question_ids, max_new_tokens, fingerprint, generate_kwargs)
+        return generate_batch(model, cache, question_ids, max_new_tokens, fingerprint, generate_kwargs, graphs)
     if not isinstance(cache, KVCache):
         raise InputError(
             f"cache must be a kvstack.KVCache (or KVBatch) from kvstack.compress, not {type(cache).__name__}"
@@ -145,6 +154,17 @@ def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int 
     input_ids = torch.cat([cache.context_ids.long().cpu(), q_ids.cpu()]).view(1, -1).to(device)
     hf_cache = CompressedCache(cache, info.dtype)
     kwargs, pad = generation_kwargs(model, generate_kwargs)
+    if graphs:
+        from kvstack.hf.generation import cut_after_eos, eos_ids
+        from kvstack.hf.step_loop import greedy_loop
+
+        ids = q_ids.view(1, -1).to(device)
+        positions = torch.arange(cache.context_length, cache.context_length + ids.shape[1], device=device).view(1, -1)
+        eos = eos_ids(model, kwargs)
+        with enable(model):
+            out = greedy_loop(model, hf_cache, ids, positions, max_new_tokens, eos,
+                              min_new_tokens=kwargs.get("min_new_tokens") or 0)
+        return cut_after_eos(out[0].cpu(), eos)
     with enable(model):
         out = model.generate(
             input_ids=input_ids,

@@ -26,8 +26,9 @@ def check_batch_model(model, batch: KVBatch, fingerprint: str) -> None:
 
 @torch.no_grad()
 def generate_batch(model, batch: KVBatch, question_ids, max_new_tokens: int, fingerprint: str,
-                   generate_kwargs: dict) -> list[torch.Tensor]:
-    """One batched ``model.generate`` over ``batch``; row ``i`` answers ``question_ids[i]`` (new ids, 1-D)."""
+                   generate_kwargs: dict, graphs: bool = False) -> list[torch.Tensor]:
+    """One batched ``model.generate`` over ``batch`` (``graphs``: kvstack's greedy step loop); row ``i`` answers
+    ``question_ids[i]`` (new ids, 1-D)."""
     from kvstack.hf.attention import enable
     from kvstack.hf.batch_cache import BatchedCompressedCache, batch_layout
     from kvstack.hf.compat import cache_kwargs
@@ -47,6 +48,18 @@ def generate_batch(model, batch: KVBatch, question_ids, max_new_tokens: int, fin
     kwargs, pad = generation_kwargs(model, generate_kwargs)
     layout = batch_layout([c.context_ids for c in batch], questions, pad)
     hf_cache = BatchedCompressedCache(list(batch), layout, info.dtype)
+    eos = eos_ids(model, kwargs)
+    if graphs:
+        from kvstack.hf.step_loop import greedy_loop
+
+        mask = layout.attention_mask.to(device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate derives them from the mask
+        width = layout.context_width
+        with enable(model):
+            new = greedy_loop(model, hf_cache, layout.input_ids[:, width:].to(device), positions[:, width:],
+                              max_new_tokens, eos, attention_mask=mask,
+                              min_new_tokens=kwargs.get("min_new_tokens") or 0).cpu()
+        return [cut_after_eos(row, eos) for row in new]
     with enable(model):
         out = model.generate(
             input_ids=layout.input_ids.to(device),
@@ -57,5 +70,4 @@ def generate_batch(model, batch: KVBatch, question_ids, max_new_tokens: int, fin
             **kwargs,
         )
     new = out[:, layout.input_ids.shape[1] :].cpu()
-    eos = eos_ids(model, kwargs)
     return [cut_after_eos(row, eos) for row in new]

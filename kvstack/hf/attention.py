@@ -138,9 +138,7 @@ def _wrap(base_name: str):
             out = fast.attend(module, query, kwargs) if base_name == "sdpa" else None
             if out is not None:
                 return out, None
-            keys, values, row_meta = fast.materialize()
-            key, value = keys.unsqueeze(0), values.unsqueeze(0)
-            key._kvstack = row_meta
+            key, value = fast.materialize()  # dense rows, carrying their metadata (``_kvstack``)
         meta = getattr(key, "_kvstack", None)
         if meta is not None:
             attention_mask = meta.mask(query.shape[1], query.dtype)

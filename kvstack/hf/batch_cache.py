@@ -7,6 +7,13 @@ would have. Padding exists only for the duration of an attention call: the layer
 sequences' keys to the longest and hands the attention hook a mask built per sequence from
 true positions (:class:`BatchRowMeta`).
 
+On CUDA, when every sequence's layer is in a shape the kernels read, nothing is padded at all:
+one kernel plan covers the B x KV-heads segments (ragged lengths, a length table on the device;
+the sequences' packed rows are concatenated once per generation, a copy of the compressed cache
+for as long as the generation runs) and one shared
+:class:`~kvstack.hf.decode_tail.DecodeTail` holds every sequence's new tokens, so a step costs
+two launches per layer whatever the batch size.
+
 The inputs transformers sees are laid out by :func:`batch_layout`: row ``i`` is
 ``[pad][context_i][pad][question_i]``, the contexts right-aligned at column ``S`` (the longest
 context) and the questions right-aligned at the end. ``get_seq_length`` reports ``S``, so the
@@ -24,8 +31,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvstack.errors import ModelError
 from kvstack.hf.attention import additive_mask
-from kvstack.hf.cache import CompressedLayer, KvstackLayerOps
+from kvstack.hf.cache import CompressedLayer, KvstackLayerOps, fast_marker
 from kvstack.hf.compat import mask_query_length
+from kvstack.hf.decode_tail import DecodeTail
+from kvstack.hf.fast_decode import FastStep, PlanHolder, fast_ready
+from kvstack.hf.graphs import GraphableCache
 from kvstack.kv import KVCache, KVLayer
 
 
@@ -66,8 +76,11 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
     def __init__(self, bases: list[KVLayer], seen: list[int], question_pads: list[int], start: int,
                  dtype: torch.dtype) -> None:
         super().__init__()
-        # the GPU kernels read one sequence's packed rows: a batch takes the generic path (fast=False)
+        # the rows never take the kernels on their own: the batch does, over all of them at once (one plan)
         self.rows = [CompressedLayer(b, s, dtype, fast=False) for b, s in zip(bases, seen, strict=True)]
+        self.plans = PlanHolder()
+        self.decode_tail: DecodeTail | None = None  # the rows' shared tail on the fast path
+        self.last_fast = False
         self.pending_pads = list(question_pads)  # padding columns still to skip, per sequence
         self.seen = start  # what transformers sees: the aligned context width + tokens processed
         self.window = self.rows[0].window
@@ -80,12 +93,35 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
         b, _, q, _ = key_states.shape
         if b != len(self.rows):
             raise ModelError(f"this batched kvstack cache holds {len(self.rows)} sequences; the model ran {b}")
+        skips = [min(pad, q) for pad in self.pending_pads]
+        step = self._fast_step(key_states, value_states, skips)
+        self.last_fast = step is not None
         self.seen += q
+        self.pending_pads = [pad - skip for pad, skip in zip(self.pending_pads, skips, strict=True)]
+        if step is not None:  # the attention hook reads every sequence's packed rows in one launch
+            return fast_marker(key_states, step)
+        if self.decode_tail is not None:  # began on the kernels (turned off since): the shared tail keeps the rows
+            return self._append_shared(key_states, value_states, skips)()
+        rows = [row.update(key_states[i : i + 1, :, skip:], value_states[i : i + 1, :, skip:])
+                for i, (row, skip) in enumerate(zip(self.rows, skips, strict=True))]
+        return self._stack(rows, skips)
+
+    def graph_tail(self) -> DecodeTail | None:
+        """The shared tail a captured step would write, when the last step ran entirely through the kernels."""
+        tail = self.decode_tail
+        return tail if self.last_fast and tail is not None and tail.kernel_step else None
+
+    def advance(self, tokens: int) -> None:
+        """The host side of a replayed decode step (every sequence one token; no padding left)."""
+        self.seen += tokens
+        for row in self.rows:
+            row.seen += tokens
+        self.decode_tail.advance(tokens)
+
+    def _stack(self, rows: list[tuple[torch.Tensor, torch.Tensor]], skips: list[int]):
+        """The sequences' ``[1, H, S_i, D]`` generic rows padded into one ``[B, H, S, D]`` call, with its mask."""
         keys, values, metas = [], [], []
-        for i, row in enumerate(self.rows):
-            skip = min(self.pending_pads[i], q)
-            self.pending_pads[i] -= skip
-            k, v = row.update(key_states[i : i + 1, :, skip:], value_states[i : i + 1, :, skip:])
+        for (k, v), skip in zip(rows, skips, strict=True):
             meta = k._kvstack
             qpos = meta.query_positions
             if skip:  # padded queries: give them a real position so no row of the mask is empty
@@ -100,6 +136,33 @@ class BatchedCompressedLayer(KvstackLayerOps, CacheLayerMixin):
             [m[0] for m in metas], [m[1] for m in metas], [m[2] for m in metas], self.window, width
         )
         return batched_k, batched_v
+
+    def _fast_step(self, key_states: torch.Tensor, value_states: torch.Tensor, skips: list[int]) -> FastStep | None:
+        """Append every sequence's new rows to the shared tail and return the batch's kernel step, or None."""
+        if not all(fast_ready(row) for row in self.rows):
+            return None
+        if self.decode_tail is None and any(row.tail_length for row in self.rows):
+            return None  # began on the generic path: stays there
+        kplan = self.plans.get([row.base for row in self.rows], self.dtype, key_states.device)
+        if kplan is None:
+            return None
+        if self.decode_tail is None:
+            self.decode_tail = kplan.new_tail(self.dtype, key_states.device)
+            for i, row in enumerate(self.rows):
+                row.decode_tail, row.tail_index = self.decode_tail, i
+        if not self.plans.matches(self.decode_tail):
+            return None
+        return self.plans.step(self.decode_tail, self._append_shared(key_states, value_states, skips))
+
+    def _append_shared(self, key_states: torch.Tensor, value_states: torch.Tensor, skips: list[int]):
+        """Append the step's rows to the shared tail; returns the generic path's view of the step (a callable)."""
+        device, q = key_states.device, key_states.shape[-2]
+        firsts = [row.seen for row in self.rows]
+        self.decode_tail.append(key_states, value_states, skips)
+        for row, skip in zip(self.rows, skips, strict=True):
+            row.seen += q - skip
+        return lambda: self._stack([row.generic_rows(torch.arange(first, first + q - skip, device=device))
+                                    for row, first, skip in zip(self.rows, firsts, skips, strict=True)], skips)
 
     def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
         # transformers' own mask is replaced by the hook's; these sizes only keep its indexing in range
@@ -136,7 +199,7 @@ def batch_layout(contexts: list[torch.Tensor], questions: list[torch.Tensor], pa
     return BatchLayout(ids, mask, width, [qwidth - q.numel() for q in questions])
 
 
-class BatchedCompressedCache(Cache):
+class BatchedCompressedCache(GraphableCache, Cache):
     """Pass as the cache of ``model.generate`` with :func:`batch_layout`'s inputs; built per generation."""
 
     def __init__(self, caches: list[KVCache], layout: BatchLayout, dtype: torch.dtype) -> None:

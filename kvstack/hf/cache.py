@@ -18,7 +18,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kvstack.errors import ModelError
 from kvstack.hf.attention import RowMeta
 from kvstack.hf.compat import LayerProtocol, mask_query_length
-from kvstack.hf.fast_decode import plan_step
+from kvstack.hf.decode_tail import DecodeTail
+from kvstack.hf.fast_decode import FastStep, PlanHolder, fast_ready
+from kvstack.hf.graphs import GraphableCache
 from kvstack.kv import KVCache, KVLayer, tensor_nbytes
 from kvstack.stack import parse_stage
 from kvstack.stages.select import streaming_keep
@@ -31,6 +33,13 @@ def _block_stage(spec: str):
 
 def _select_requantizes(layer: KVLayer) -> bool:
     return any(getattr(enc, "select_requantizes", False) for enc in (layer.keys, layer.values))
+
+
+def fast_marker(key_states: torch.Tensor, step: FastStep) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``update`` returns on the fast path: an empty key tensor carrying the step for the attention hook."""
+    marker = key_states.new_empty((key_states.shape[0], key_states.shape[1], 0, key_states.shape[-1]))
+    marker._kvstack_fast = step
+    return marker, marker
 
 
 class KvstackLayerOps(LayerProtocol):
@@ -82,10 +91,79 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
         self.window = base.sliding_window
         self.is_sliding = self.window is not None
         self.dtype = dtype
-        self.tail_k: torch.Tensor | None = None  # [H, t, D]
-        self.tail_v: torch.Tensor | None = None
-        self.tail_pos = torch.empty(0, dtype=torch.long)
+        self._tail_k: torch.Tensor | None = None  # [H, t, D] (generic path; the fast path keeps a DecodeTail)
+        self._tail_v: torch.Tensor | None = None
+        self._tail_pos = torch.empty(0, dtype=torch.long)
+        self.decode_tail: DecodeTail | None = None  # set on the fast path (shared by a batch: row tail_index)
+        self.tail_index = 0
+        self.tail_start = seen  # position of the first generated token
+        self.plans = PlanHolder()
+        self.last_fast = False
         self.is_initialized = True
+
+    # --- the tail of new tokens: a DecodeTail on the fast path, grown tensors otherwise ------
+    @property
+    def tail_k(self) -> torch.Tensor | None:
+        return self._tail_k if self.decode_tail is None else self.decode_tail.rows(self.tail_index)[0]
+
+    @tail_k.setter
+    def tail_k(self, value) -> None:
+        self._tail_k = value
+
+    @property
+    def tail_v(self) -> torch.Tensor | None:
+        return self._tail_v if self.decode_tail is None else self.decode_tail.rows(self.tail_index)[1]
+
+    @tail_v.setter
+    def tail_v(self, value) -> None:
+        self._tail_v = value
+
+    @property
+    def tail_pos(self) -> torch.Tensor:
+        if self.decode_tail is None:
+            return self._tail_pos
+        n = self.decode_tail.counts[self.tail_index]
+        return torch.arange(self.tail_start, self.tail_start + n, device=self.decode_tail.device)
+
+    @tail_pos.setter
+    def tail_pos(self, value) -> None:
+        self._tail_pos = value
+
+    @property
+    def tail_length(self) -> int:
+        if self.decode_tail is not None:
+            return self.decode_tail.counts[self.tail_index]
+        return 0 if self._tail_k is None else int(self._tail_k.shape[1])
+
+    def _append(self, k_new: torch.Tensor, v_new: torch.Tensor, new_pos: torch.Tensor) -> None:
+        """Add ``[H, q, D]`` new rows (at positions ``new_pos``) to the tail."""
+        if self.decode_tail is not None:
+            self.decode_tail.append(k_new[None], v_new[None])
+        elif self._tail_k is None:
+            self._tail_k, self._tail_v, self._tail_pos = k_new, v_new, new_pos
+        else:
+            self._tail_k = torch.cat([self._tail_k, k_new], dim=1)
+            self._tail_v = torch.cat([self._tail_v, v_new], dim=1)
+            self._tail_pos = torch.cat([self._tail_pos.to(new_pos.device), new_pos])
+
+    def fast_step(self, key_states: torch.Tensor, value_states: torch.Tensor) -> FastStep | None:
+        """Append the step's rows and return a :class:`FastStep`, or None (nothing done) for the generic path."""
+        if not fast_ready(self) or (self.decode_tail is None and self._tail_k is not None):
+            return None  # a layer that began on the generic path stays there
+        device = key_states.device
+        kplan = self.plans.get([self.base], self.dtype, device)
+        if kplan is None:
+            return None
+        if self.decode_tail is None:
+            self.decode_tail = kplan.new_tail(self.dtype, device)
+        first, q = self.seen, key_states.shape[-2]
+        step = self.plans.step(self.decode_tail, lambda: self.generic_rows(torch.arange(first, first + q,
+                                                                                        device=device)))
+        if step is None:
+            return None
+        self.decode_tail.append(key_states, value_states)
+        self.seen += q
+        return step
 
     # --- transformers protocol ---------------------------------------------------------
     def update(self, key_states, value_states, *args, **kwargs):
@@ -95,21 +173,14 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
                 "this kvstack compressed cache holds one sequence; generate with batch size 1, or compress a "
                 "list of contexts for a batched cache"
             )
+        step = self.fast_step(key_states, value_states) if self.fast else None
+        self.last_fast = step is not None
+        if step is not None:  # the attention hook reads the packed rows through the GPU kernels
+            return fast_marker(key_states, step)
         q = key_states.shape[-2]
         new_pos = torch.arange(self.seen, self.seen + q, device=key_states.device)
         self.seen += q
-        k_new, v_new = key_states[0], value_states[0]
-        if self.tail_k is None:
-            self.tail_k, self.tail_v, self.tail_pos = k_new, v_new, new_pos
-        else:
-            self.tail_k = torch.cat([self.tail_k, k_new], dim=1)
-            self.tail_v = torch.cat([self.tail_v, v_new], dim=1)
-            self.tail_pos = torch.cat([self.tail_pos.to(new_pos.device), new_pos])
-        step = plan_step(self, new_pos) if self.fast else None
-        if step is not None:  # the attention hook reads the packed rows through the GPU kernels
-            marker = key_states.new_empty((1, key_states.shape[1], 0, key_states.shape[-1]))
-            marker._kvstack_fast = step
-            return marker, marker
+        self._append(key_states[0], value_states[0], new_pos)
         keys, values, meta = self._materialize(new_pos)
         self._trim()
         self._quantize_tail()
@@ -122,16 +193,35 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
         return self.segments[0]
 
     def get_mask_sizes(self, query: torch.Tensor | int) -> tuple[int, int]:
-        stored = sum(seg.max_length for seg in self.segments) + (0 if self.tail_k is None else self.tail_k.shape[1])
+        stored = sum(seg.max_length for seg in self.segments) + self.tail_length
         return stored + mask_query_length(query), max(self.seen - stored, 0)
+
+    # --- CUDA graphs (kvstack.hf.graphs) ---------------------------------------------------
+    def graph_tail(self) -> DecodeTail | None:
+        """The tail a captured step would write, when the last step ran entirely through the kernels."""
+        tail = self.decode_tail
+        return tail if self.last_fast and tail is not None and tail.kernel_step else None
+
+    def advance(self, tokens: int) -> None:
+        """The host side of a replayed step: what ``update`` counts, the device work being in the graph."""
+        self.seen += tokens
+        self.decode_tail.advance(tokens)
+
+    def generic_rows(self, query_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[1, H, S, D]`` keys (carrying their row metadata for the hook) and values: the generic path's view."""
+        keys, values, meta = self._materialize(query_pos)
+        keys = keys.unsqueeze(0)
+        keys._kvstack = meta
+        return keys, values.unsqueeze(0)
 
     # --- internals ---------------------------------------------------------------------
     def _materialize(self, query_pos: torch.Tensor):
         parts = [seg.padded() for seg in self.segments]
-        dev = self.tail_k.device
-        h, t = self.tail_k.shape[0], self.tail_k.shape[1]
-        keys = torch.cat([k.to(dev, self.dtype) for k, _, _, _ in parts] + [self.tail_k], dim=1)
-        values = torch.cat([v.to(dev, self.dtype) for _, v, _, _ in parts] + [self.tail_v], dim=1)
+        tail_k, tail_v = self.tail_k, self.tail_v
+        dev = tail_k.device
+        h, t = tail_k.shape[0], tail_k.shape[1]
+        keys = torch.cat([k.to(dev, self.dtype) for k, _, _, _ in parts] + [tail_k], dim=1)
+        values = torch.cat([v.to(dev, self.dtype) for _, v, _, _ in parts] + [tail_v], dim=1)
         pos = torch.cat([p.to(dev) for _, _, p, _ in parts] + [self.tail_pos.expand(h, t)], dim=1)
         tail_valid = torch.ones(h, t, dtype=torch.bool, device=dev)
         valid = torch.cat([m.to(dev) for _, _, _, m in parts] + [tail_valid], dim=1)
@@ -215,10 +305,12 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
     @property
     def nbytes(self) -> int:
         segs = sum(seg.nbytes for seg in self.segments)
-        return segs + tensor_nbytes(self.tail_k) + tensor_nbytes(self.tail_v)
+        if self.decode_tail is not None:
+            return segs + self.decode_tail.nbytes(self.tail_index)
+        return segs + tensor_nbytes(self._tail_k) + tensor_nbytes(self._tail_v)
 
 
-class CompressedCache(Cache):
+class CompressedCache(GraphableCache, Cache):
     """Pass as ``past_key_values`` to ``model.generate`` / ``model(...)``; built per generation."""
 
     def __init__(self, kv: KVCache, dtype: torch.dtype) -> None:

@@ -11,6 +11,8 @@ deleting its branch here and nothing else. Two differences need no code here: la
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -27,6 +29,21 @@ CACHE_ARG = "cache" if TRANSFORMERS >= (5, 24) else "past_key_values"
 def cache_kwargs(cache) -> dict[str, Any]:
     """``{name: cache}`` for ``model(**...)`` or ``model.generate(**...)``, named as this transformers expects."""
     return {CACHE_ARG: cache}
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_cache_position(cls: type) -> bool:
+    return "cache_position" in inspect.signature(cls.forward).parameters
+
+
+def position_kwargs(model, position_ids: torch.Tensor) -> dict[str, Any]:
+    """``cache_position`` for a step whose ``position_ids`` are given, where the model still takes it.
+
+    Releases whose models take ``cache_position`` (before 5.2x dropped it for positions derived from
+    the cache) compute it from the cache length on the host when it is missing; a captured CUDA graph
+    would freeze that value, so a step loop passes it as a tensor. Later releases need only ``position_ids``.
+    """
+    return {"cache_position": position_ids[0]} if _takes_cache_position(type(model)) else {}
 
 
 def mask_query_length(arg: torch.Tensor | int) -> int:

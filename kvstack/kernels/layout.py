@@ -57,7 +57,7 @@ class Segments:
 
 @dataclass(frozen=True)
 class PackedRows:
-    """Packed integer codes with fp16 scales (+ zeros), as :class:`~kvstack.stages.quant_rows.QuantRows` stores them.
+    """Packed integer codes with fp16 scales (+ zeros), as :class:`~kvstack.rows.quant.QuantRows` stores them.
 
     ``axis="token"``: scales ``[rows, dim // group]``; ``axis="channel"``: scales
     ``[groups, dim]`` with groups of ``group`` tokens inside each segment.

@@ -1,6 +1,6 @@
 """Plain PyTorch versions of what the kernels compute: the ground truth and the CPU fallback.
 
-Dequantization follows :class:`~kvstack.stages.quant_rows.QuantRows` exactly (same code
+Dequantization follows :class:`~kvstack.rows.quant.QuantRows` exactly (same code
 layout, same scale/zero convention), so a cache quantized by the stages and one
 quantized by the kernels read back the same.
 """

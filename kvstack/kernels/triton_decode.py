@@ -341,7 +341,7 @@ def _split_kernel(
     O_PART = WORK
     L_PART = WORK + l_off  # one workspace: partial outputs, then their log-sum-exps
     if split < n_main:
-        start = tl.load(STARTS + seg)
+        start = tl.load(STARTS + seg).to(tl.int64)  # rows x row width passes 2**31 at large batches
         n = tl.load(LENS + seg)
         lo = split * chunk
         _attend_rows(Q, K, KS, KZ, V, VS, VZ, O_PART, L_PART, seg, slot, start, start * D, start * D, D, D,
@@ -350,7 +350,7 @@ def _split_kernel(
                      False, IEEE, SWAR)
     elif HAS_TAIL:
         if TAIL_TABLE:
-            ts = tl.load(TSTARTS + seg)
+            ts = tl.load(TSTARTS + seg).to(tl.int64)
             tn = tl.load(TLENS + seg)
             k_off = ts * D
             v_off = ts * D

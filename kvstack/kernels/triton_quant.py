@@ -1,7 +1,7 @@
 """Fused quantize-and-pack and unpack-and-dequantize kernels (INT8/INT4/INT2).
 
 One pass over the input: group min/max, fp16 scales rounded outward (as
-:class:`~kvstack.stages.quant_rows.QuantRows` does, so codes and scales equal the
+:class:`~kvstack.rows.quant.QuantRows` does, so codes and scales equal the
 PyTorch reference bit for bit), round-half-even codes, and packing into bytes in
 registers. Per-token groups take a tile of rows per program; per-channel groups
 (KIVI keys) take a block of channels of a few groups of tokens of one segment per

@@ -1,6 +1,6 @@
 """Triton building blocks shared by the kernels: read a tile of rows, packed or dense, as float32.
 
-The packed layout is :mod:`kvstack.stages.quant_pack`'s: code ``i`` of a byte sits at bits
+The packed layout is :mod:`kvstack.rows.pack`'s: code ``i`` of a byte sits at bits
 ``[b*i, b*i+b)`` and belongs to channel ``(8/b)*j + i`` of byte ``j``. Unpacking is a few
 shifts and interleaves in registers, so a tile of keys costs its packed bytes in memory
 traffic, plus its scales - the point of reading the cache without dequantizing it first.

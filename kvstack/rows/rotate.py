@@ -24,9 +24,9 @@ model, ``int2:rot,clip=0.75`` cut the KL to the full cache 3-4x vs ``int2`` and 
 Elements inside the clipped range are still within half a step; clipped ones are off by their
 distance to the range plus that.
 
-GPU fast decode reads only plain ``QuantRows`` (``type(enc) is QuantRows`` in
-:func:`kvstack.hf.fast_decode.kernel_rows`), so rotated rows always take the generic path,
-which decodes through :meth:`HadamardRows.decode`.
+GPU fast decode reads the rotated codes as they are (:func:`kvstack.hf.fast_decode.kernel_rows`):
+it rotates the query by the keys' ``R`` (``q . k = (R q) . (R k)``) and un-rotates the attention
+output by the values' ``R``; the generic path decodes through :meth:`HadamardRows.decode`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -62,7 +63,8 @@ def _step_logits(model, cache, q_ids, steps):
 
 
 @pytest.mark.parametrize("recipe", ["int4:g32,token,norot", "snapkv:0.5,alloc=adakv > int4:g16,token,norot",
-                                    "int8:g16,axis=channel", "int2:g16,axis=channel", "snapkv:0.6"])
+                                    "int8:g16,axis=channel", "int2:g16,axis=channel", "snapkv:0.6",
+                                    "int4:g16", "snapkv:0.5 > int4:g32,token,rot,seed=5"])
 def test_kernel_steps_equal_generic_steps(device, make_ids, monkeypatch, recipe):
     model = _model(device)
     ctx, q = make_ids(96).to(device), make_ids(2, seed=3).to(device)
@@ -86,14 +88,35 @@ def test_long_query_chunks_and_other_layers_fall_back(device, make_ids, monkeypa
     hf = kvstack.hf.CompressedCache(cache, model.dtype)
     layer = hf.layers[0]
     long_q = torch.randn(1, 4, 40, 64, device=device)  # 2 heads x 40 tokens = 80 rows > MAX_QUERY_ROWS
-    layer.update(torch.randn(1, 2, 40, 64, device=device), torch.randn(1, 2, 40, 64, device=device))
-    step = fast_decode.plan_step(layer, torch.arange(64, 104, device=device))
-    assert step is not None and step.attend(model.model.layers[0].self_attn, long_q, {}) is None
+    marker, _ = layer.update(torch.randn(1, 2, 40, 64, device=device), torch.randn(1, 2, 40, 64, device=device))
+    step = marker._kvstack_fast
+    assert step.attend(model.model.layers[0].self_attn, long_q, {}) is None
+    keys, values = step.materialize()  # the generic path still sees every row, masked by true positions
+    assert keys.shape[2] == values.shape[2] == 64 + 40
+    assert keys._kvstack.query_positions.tolist() == list(range(64, 104))
+    assert not step.tail.kernel_step  # a step that fell back is not one a CUDA graph may capture
     kivi = kvstack.compress(model, make_ids(64).to(device), "kivi:2,group=32,residual=16")
     kivi_layer = kvstack.hf.CompressedCache(kivi, model.dtype).layers[0]
-    kivi_layer.update(torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device))
+    keys, _ = kivi_layer.update(torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device))
     assert kivi_layer.tail_k is not None  # a step was taken, yet KIVI's decode blocks keep the generic path
-    assert fast_decode.plan_step(kivi_layer, torch.arange(64, 65, device=device)) is None
+    assert not hasattr(keys, "_kvstack_fast") and not fast_decode.fast_ready(kivi_layer)
+
+
+def test_rotated_rows_are_read_in_their_basis(device, make_ids):
+    """The default int4 stores R x: the step rotates the query and the tail by R, the generic view undoes it."""
+    from kvstack.rows.rotate import HadamardRows
+
+    model = _model(device)
+    cache = kvstack.compress(model, make_ids(64).to(device), "int4:g16")
+    assert isinstance(cache.layers[0].keys, HadamardRows) and isinstance(cache.layers[0].values, HadamardRows)
+    layer = kvstack.hf.CompressedCache(cache, model.dtype).layers[0]
+    k, v = torch.randn(1, 2, 1, 64, device=device), torch.randn(1, 2, 1, 64, device=device)
+    step = layer.update(k, v)[0]._kvstack_fast
+    assert step.key_rot is not None and step.value_rot is not None
+    stored_k, stored_v = layer.decode_tail.rows(0, basis=True)
+    assert torch.allclose(stored_k, k[0] @ step.key_rot.T, atol=1e-5)
+    assert torch.allclose(stored_v, v[0] @ step.value_rot.T, atol=1e-5)
+    assert torch.allclose(layer.tail_k, k[0], atol=1e-5) and torch.allclose(layer.tail_v, v[0], atol=1e-5)
 
 
 def test_plan_is_kept_across_steps_and_rebuilt_when_the_rows_change(device, make_ids):
@@ -103,11 +126,11 @@ def test_plan_is_kept_across_steps_and_rebuilt_when_the_rows_change(device, make
     new = lambda: torch.randn(1, 2, 1, 64, device=device)
     first, _ = layer.update(new(), new())
     second, _ = layer.update(new(), new())
-    assert second._kvstack_fast.plan is first._kvstack_fast.plan
+    assert second._kvstack_fast.kplan is first._kvstack_fast.kplan
     layer.segments[0] = dataclasses.replace(layer.base)  # the compressed rows replaced, as trimming does
     third, _ = layer.update(new(), new())
-    assert third._kvstack_fast.plan is not first._kvstack_fast.plan
-    assert third._kvstack_fast.layer.tail_k.shape[1] == 3  # the tail kept growing through it
+    assert third._kvstack_fast.kplan is not first._kvstack_fast.kplan
+    assert layer.tail_k.shape[1] == 3 and third._kvstack_fast.tail is first._kvstack_fast.tail  # the tail kept growing
 
 
 _READS = ("_local_scalar_dense", "item", "nonzero", "masked_select", "equal", "is_nonzero", "_unique2", "tolist")
@@ -152,3 +175,43 @@ def test_decode_steps_read_nothing_back_from_the_device(device, make_ids, monkey
             assert out is not None and out.shape == (1, n, 4, 64)
     assert reads == []
     assert launches == {"_split_kernel": 4 * len(hf.layers), "_combine_kernel": 4 * len(hf.layers)}
+
+
+
+@pytest.mark.parametrize("recipe", ["int4:g16", "snapkv:0.5 > int4:g32,token,norot"])
+def test_a_batch_decodes_through_one_launch_and_equals_each_sequence(device, make_ids, monkeypatch, recipe):
+    """Ragged contexts and questions of different lengths: one kernel plan over every sequence's rows."""
+    model = _model(device)
+    contexts = [make_ids(n, seed=n).to(device) for n in (70, 96, 80)]
+    questions = [make_ids(n, seed=10 + n).to(device) for n in (2, 4, 1)]
+    batch = kvstack.compress(model, contexts, recipe)
+    launches = _count_launches(monkeypatch)
+    got = kvstack.generate(model, batch, questions, max_new_tokens=5)
+    steps = 5 * model.config.num_hidden_layers  # the question block and 4 steps, each one launch for all three
+    assert launches == {"_split_kernel": steps, "_combine_kernel": steps}
+    monkeypatch.setenv("KVSTACK_KERNELS", "0")
+    for i, (cache, q) in enumerate(zip(batch, questions, strict=True)):
+        assert torch.equal(got[i], kvstack.generate(model, cache, q, max_new_tokens=5)), i
+
+
+def test_a_batch_that_leaves_the_kernels_keeps_its_tail(device, make_ids, monkeypatch):
+    """Kernels on for the question block, off for the next step: the generic path reads the shared tail."""
+    from kvstack import kernels
+
+    model = _model(device)
+    batch = kvstack.compress(model, [make_ids(n, seed=n).to(device) for n in (40, 56)], "int4:g16")
+    qs = [make_ids(n, seed=30 + n).to(device) for n in (3, 1)]
+    want = kvstack.generate(model, batch, qs, max_new_tokens=3)  # through the kernels throughout
+    calls = []
+    inner = model.forward
+
+    @functools.wraps(inner)  # generate reads the signature to know which inputs the model takes
+    def forward(*args, **kwargs):  # the kernels leave after the first forward (the question block)
+        calls.append(1)
+        if len(calls) > 1 and device.type == "cpu":
+            monkeypatch.setattr(kernels, "ALLOW_CPU", False)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    got = kvstack.generate(model, batch, qs, max_new_tokens=3)
+    assert len(calls) == 3 and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

@@ -130,10 +130,11 @@ def test_generation_is_over_the_unrotated_rows(recipe, tiny_model, make_ids):
     assert torch.equal(got, kvstack.generate(model, dense_copy(cache), question, max_new_tokens=6))
 
 
-def test_gpu_fast_decode_never_reads_rotated_codes():
-    enc = parse_stage("int4:rot").quantize(rows_with_outliers(n=16), (16,))
-    assert fast_decode.kernel_rows(enc, torch.float32) is None  # the generic path decodes (un-rotates) it
-    assert fast_decode.kernel_rows(enc.inner, torch.float32) is not None  # the same codes, unwrapped, would be read
+def test_gpu_fast_decode_reads_rotated_codes_in_the_rotated_basis():
+    enc = parse_stage("int4:rot,seed=7").quantize(rows_with_outliers(n=16), (16,))
+    rows, seed = fast_decode.kernel_rows(enc, torch.float32)
+    assert seed == 7 and rows.codes is enc.inner.codes  # the codes as stored; the query is rotated instead
+    assert fast_decode.kernel_rows(enc.inner, torch.float32)[1] is None  # plain codes: no rotation
 
 
 @pytest.mark.parametrize("spec", ["int2:clip=0.7", "int2:rot,clip=0.7", "int3:g16,axis=channel,rot,clip=0.8"])
