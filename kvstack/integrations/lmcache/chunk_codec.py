@@ -185,7 +185,7 @@ class ChunkCodec:
         gen = torch.Generator().manual_seed(0)
         a = torch.randn(layout.shape, generator=gen).to(layout.dtype)
         b = (torch.randn(layout.shape, generator=gen) * 3 + 1).to(layout.dtype)
-        first, second = self._quantize(a), self._quantize(b)
+        first, second = self.quantize(a), self.quantize(b)
         if [_signature(e) for pair in first for e in pair] != [_signature(e) for pair in second for e in pair]:
             raise RecipeError(
                 f"recipe '{self.recipe.text}' stores a data-dependent number of bytes; LMCache 0.5.6 needs a "
@@ -208,7 +208,7 @@ class ChunkCodec:
         return zlib.crc32(f"{self.spec};{list(layout.shape)};{layout.dtype}".encode())
 
     # --- encode / decode ------------------------------------------------------------------
-    def _quantize(self, chunk: torch.Tensor) -> list[tuple]:
+    def quantize(self, chunk: torch.Tensor) -> list[tuple]:
         """``[2, L, T, H*D]`` -> per layer (keys, values) containers, by the recipe's own stages."""
         _, n_layers, tokens, hidden = chunk.shape
         heads = hidden // self.head_dim
@@ -228,7 +228,7 @@ class ChunkCodec:
         layout = layout_of([chunk.shape], [chunk.dtype])
         tpl = self._template(layout)
         arrays = []
-        for pair in self._quantize(chunk):
+        for pair in self.quantize(chunk):
             for enc in pair:
                 for arr in _walk(enc):
                     if arr is not None:
