@@ -72,7 +72,7 @@ $(PEERS)/.installed:
 # redis-server, the kvstack plugin adapter) and `lmcache server` through kvstack's launcher.
 LMCACHE := .venv-lmcache
 LMCACHE_STAMP := $(LMCACHE)/.installed
-LMCACHE_TESTS := tests/lmcache tests/integrations
+LMCACHE_TESTS := tests/integrations
 
 setup-lmcache: $(LMCACHE_STAMP)
 

@@ -133,6 +133,14 @@ def measure(name, fns, chunks) -> dict:
             "enc": mb / enc, "dec": mb / dec, "err": max(rel_error(b, c) for b, c in zip(back, chunks, strict=True))}
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=4, help="chunks of 256 tokens (default 4)")
@@ -146,7 +154,7 @@ def main() -> None:
     model_dir = os.path.expanduser("~/.cache/kvstack/smollm2-135m/hf")
     rows = [measure(name, fns, chunks) for name, fns in codecs(head_dim, chunks[0].shape[1], model_dir).items()]
     print(f"SmolLM2-135M, essay '{args.essay}', {args.chunks} chunks of {CHUNK} tokens "
-          f"{list(chunks[0].shape)} bf16 ({chunks[0].numel() * 2} bytes); CPU: {platform.processor() or 'unknown'}, "
+          f"{list(chunks[0].shape)} bf16 ({chunks[0].numel() * 2} bytes); CPU: {cpu_name()}, "
           f"1 thread; lmcache {lmcache.__version__}, torch {torch.__version__}, numpy {np.__version__}\n")
     print("| codec | bytes / chunk | x smaller than bf16 | encode MB/s/core | decode MB/s/core | rel. error |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

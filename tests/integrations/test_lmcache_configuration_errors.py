@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("lmcache", reason="LMCache is not installed here; `make test-lmcache` runs these in .venv-lmcache")
+pytest.importorskip("lmcache.v1.distributed", reason="LMCache is not installed: `make test-lmcache` runs these")
 
 from lmcache_helpers import PLUGIN, storage_manager  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lmcache", reason="LMCache is not installed here; `make test-lmcache` runs these in .venv-lmcache")
+pytest.importorskip("lmcache.v1.distributed", reason="LMCache is not installed: `make test-lmcache` runs these")
 
 from lmcache_helpers import storage_manager  # noqa: E402
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("lmcache", reason="LMCache is not installed here; `make test-lmcache` runs these in .venv-lmcache")
+pytest.importorskip("lmcache.v1.distributed", reason="LMCache is not installed: `make test-lmcache` runs these")
 
 import torch  # noqa: E402
 from lmcache_helpers import PLUGIN, drop_and_reload, keys_for, real_kv, storage_manager, store, with_kv  # noqa: E402
