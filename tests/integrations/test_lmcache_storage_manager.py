@@ -96,3 +96,19 @@ def test_chunks_reload_from_l2_and_answer_like_kvstacks_own_cache(kind, kv, own_
         assert torch.equal(reloaded, expected)
         assert bool((row_errors(reloaded, chunk, kv.head_dim) <= int4_row_bounds(codec, chunk) * 1.001 + 1e-5).all())
     assert torch.equal(kvstack.generate(model, with_kv(kv.full, back), kv.question, max_new_tokens=12), answer)
+
+
+def test_plugin_without_a_serializer_stores_raw_kv_losslessly(tmp_path):
+    """No ``serde``: the plugin gets LMCache's raw KV chunks, zstd-codes them and gives them back bit for bit."""
+    chunks = [torch.randn(2, 2, 64, 128, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
+              for i in range(2)]
+    keys = keys_for(torch.arange(1024), 2, model_name="raw-test")
+    sm = storage_manager({**PLUGIN, "adapter_params": {"store": str(tmp_path)}})
+    try:
+        stored = store(sm, keys, chunks)
+        result, back = drop_and_reload(sm, keys, chunks[0])
+    finally:
+        sm.close()
+    assert [c.popcount() for c in result.l2_hit_cells] == [2]
+    assert 0 < stored < sum(c.numel() * 2 for c in chunks)  # random bf16 still loses its zero bits to zstd
+    assert all(torch.equal(a, b) for a, b in zip(back, chunks, strict=True))

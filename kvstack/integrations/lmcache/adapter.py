@@ -130,7 +130,8 @@ class KvstackL2Adapter(_base.L2AdapterInterface):
 
     # --- store ----------------------------------------------------------------------------
     def submit_store_task(self, keys: list, objects: list) -> int:
-        blobs = [pack(_flat_bytes(obj)) for obj in objects]  # coded now: the buffers are lent until we return
+        # coded here, in LMCache's store thread: the event loop's thread stays free for the store's I/O
+        blobs = [pack(_flat_bytes(obj)) for obj in objects]
         return self._submit(self._store_all(keys, blobs), self._done_store, "store",
                             lambda: _internal.L2StoreResult(False, 0))
 
