@@ -129,3 +129,20 @@ def test_packed_blobs_that_do_not_fit_or_are_corrupt_are_refused():
         unpack(blob[:-3], np.zeros(len(frame), dtype=np.uint8))
     with pytest.raises(CacheFormatError, match="not a kvstack"):
         unpack(b"ABCD" + blob[4:], np.zeros(len(frame), dtype=np.uint8))
+
+
+def test_without_lmcache_the_integration_says_how_to_install():
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("lmcache") is not None:
+        pytest.skip("LMCache is installed here: the missing-dependency message cannot show")
+    from kvstack.errors import MissingDependencyError
+
+    for module in ("serde", "adapter"):
+        with pytest.raises(MissingDependencyError, match=r"pip install kvstack\[lmcache\]"):
+            importlib.import_module(f"kvstack.integrations.lmcache.{module}")
+    from kvstack.integrations.lmcache.server import main
+
+    with pytest.raises(MissingDependencyError, match=r"pip install kvstack\[lmcache\]"):
+        main(["--help"])
