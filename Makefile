@@ -86,4 +86,4 @@ $(LMCACHE_STAMP): requirements-lmcache.txt requirements-data.txt pyproject.toml
 
 test-lmcache: $(LMCACHE_STAMP)
 	$(LMCACHE)/bin/python -c "import lmcache, numpy, torch; print('lmcache', lmcache.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
-	$(LMCACHE)/bin/python -m pytest -q $(LMCACHE_TESTS)
+	$(LMCACHE)/bin/python -m pytest -q -W ignore::FutureWarning -W ignore::DeprecationWarning $(LMCACHE_TESTS)
