@@ -238,7 +238,11 @@ class ChunkCodec:
         table = b"".join(ENTRY.pack(kind, bits, 0, width, n) for kind, bits, width, n in tpl.entries)
         prefix = torch.frombuffer(bytearray(head + table), dtype=torch.uint8)
         frame = torch.cat([prefix, *arrays])
-        assert frame.numel() == tpl.nbytes, "frame size differs from the layout's template"
+        if frame.numel() != tpl.nbytes:  # a recipe whose size the two configuration samples did not vary
+            raise RecipeError(
+                f"recipe '{self.recipe.text}' encoded a chunk in {frame.numel()} bytes, not the {tpl.nbytes} "
+                "announced for its layout; LMCache 0.5.6 needs a fixed size: use a uniform quantizer"
+            )
         if out is None:
             return frame.numpy().tobytes()
         if out.numel() < frame.numel():
