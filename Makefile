@@ -11,7 +11,7 @@ COMMON_REQS := pyproject.toml requirements-base.txt requirements-data.txt requir
 
 VERSIONS := "import sys, torch, transformers; print(sys.prefix, 'transformers', transformers.__version__, 'torch', torch.__version__)"
 
-.PHONY: demo test test-oldest test-slow lint setup setup-oldest clean
+.PHONY: demo test test-oldest test-slow test-lmcache lint setup setup-oldest setup-lmcache clean
 
 # $(1): the venv's folder, $(2): the requirements file that pins torch and the Hugging Face stack
 define install_venv
@@ -54,7 +54,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check kvstack training tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(OLDEST) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) $(LMCACHE) .pytest_cache .ruff_cache
 
 # NVIDIA kvpress, the peer `kvstack eval` compares against (kvpress:<Press> recipes), in its own
 # venv: importing kvpress rewraps transformers' attention process-wide, so it never shares kvstack's.
@@ -66,3 +66,24 @@ $(PEERS)/.installed:
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install --quiet torch==2.13.0 transformers==5.2.0 kvpress==0.5.5 gguf==0.19.0 accelerate==1.15.0
 	touch $@
+
+# kvstack inside LMCache 0.5.6 (kvstack.integrations.lmcache): its own venv, since LMCache pins
+# numpy<=2.2.6. The tests drive LMCache's storage manager (fs, resp against a private
+# redis-server, the kvstack plugin adapter) and `lmcache server` through kvstack's launcher.
+LMCACHE := .venv-lmcache
+LMCACHE_STAMP := $(LMCACHE)/.installed
+LMCACHE_TESTS := tests/integrations
+
+setup-lmcache: $(LMCACHE_STAMP)
+
+$(LMCACHE_STAMP): requirements-lmcache.txt requirements-data.txt pyproject.toml
+	test -x $(LMCACHE)/bin/python || $(PYTHON) -m venv $(LMCACHE)
+	$(LMCACHE)/bin/pip install --quiet --upgrade pip
+	$(LMCACHE)/bin/pip install --quiet -r requirements-lmcache.txt
+	$(LMCACHE)/bin/pip install --quiet --no-deps -r requirements-data.txt
+	$(LMCACHE)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+test-lmcache: $(LMCACHE_STAMP)
+	$(LMCACHE)/bin/python -c "import lmcache, numpy, torch; print('lmcache', lmcache.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
+	$(LMCACHE)/bin/python -m pytest -q -W ignore::FutureWarning -W ignore::DeprecationWarning $(LMCACHE_TESTS)

@@ -1,0 +1,1 @@
+"""kvstack inside other engines (optional extras): :mod:`kvstack.integrations.lmcache`."""
