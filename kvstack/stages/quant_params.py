@@ -1,31 +1,12 @@
-"""Recipe parameters shared by the quantization stages (``g64``, ``axis=channel``, ``sym``)."""
+"""Group sizes along a token, shared by the quantization stages; their recipe parameters are in
+:mod:`kvstack.grammar.params` (re-exported here for the old import path)."""
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from kvstack.errors import RecipeError
-from kvstack.stages.quant_rows import AXES
+from kvstack.grammar.params import group_shorthand, parse_axis
 
-_GROUP = re.compile(r"^g(\d+)$")
-
-
-def parse_axis(raw: str) -> str:
-    """``token`` or ``channel`` (ValueError otherwise, which the recipe parser reports)."""
-    value = raw.strip().lower()
-    if value not in AXES:
-        raise ValueError(raw)
-    return value
-
-
-parse_axis.__name__ = "axis (token or channel)"
-
-
-def group_shorthand(token: str) -> tuple[str, Any] | None:
-    """``g64`` -> ``("group", 64)``."""
-    m = _GROUP.match(token)
-    return ("group", int(m.group(1))) if m else None
+__all__ = ["group_shorthand", "parse_axis", "token_axis_group"]
 
 
 def token_axis_group(stage: str, group: int, dim: int) -> int:

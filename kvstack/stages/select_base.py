@@ -24,28 +24,13 @@ from typing import ClassVar
 
 import torch
 
-from kvstack.errors import BudgetError, RecipeError
+from kvstack.errors import BudgetError
+from kvstack.grammar.params import check_choice  # noqa: F401
+from kvstack.grammar.select import ALLOCS, COMMON, FRACTION  # noqa: F401  (old import path)
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import Param, Stage, StageContext
 from kvstack.stages.select_alloc import adakv_keep, head_request, pyramid_budgets, topk_keep
 from kvstack.stages.select_scores import LayerRows
-
-ALLOCS = ("uniform", "pyramid", "adakv")
-
-FRACTION = Param("fraction", float, 0.5, "share of each head's tokens to keep, in (0, 1]")
-COMMON = (
-    Param("sink", int, 0, "first tokens always kept, counted inside the budget"),
-    Param("alloc", str, "uniform", "budget split: uniform | pyramid (PyramidKV) | adakv (Ada-KV)"),
-    Param("beta", float, 20.0, "pyramid: the deepest layer gets 1/beta of the mean budget (1 = uniform)"),
-    Param("span", int, 0, "keep the N tokens after each well-scored token with it (0 = off)"),
-)
-
-
-def check_choice(stage: str, name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise RecipeError(
-            f"{stage}: {name}={value!r} is not one of {', '.join(choices)} (e.g. {name}={choices[0]})"
-        )
 
 
 def spread_forward(scores: torch.Tensor, span: int) -> torch.Tensor:
@@ -82,26 +67,11 @@ class ScoredSelect(Stage):
         return f"sink={self.sink}"
 
     def check_params(self) -> None:
-        """Validate the method's own parameters."""
+        """What the method sets up beyond the grammar's checks (``kvstack.grammar.select``)."""
 
     # --- Stage hooks ------------------------------------------------------------------
     def validate(self) -> None:
-        if not (0.0 < self.fraction <= 1.0) or math.isnan(self.fraction):
-            raise BudgetError(
-                f"{self.name}: fraction={self.fraction} must be in (0, 1]: it is the share of tokens kept "
-                f"(e.g. {self.name}:0.25 keeps a quarter; 1 keeps everything)"
-            )
-        if self.sink < 0:
-            raise BudgetError(
-                f"{self.name}: sink={self.sink} must be >= 0 (a number of initial tokens to keep)"
-            )
-        check_choice(self.name, "alloc", self.alloc, ALLOCS)
-        if self.span < 0:
-            raise RecipeError(
-                f"{self.name}: span={self.span} must be >= 0 (tokens kept after each kept token; 0 = off)"
-            )
-        if not self.beta >= 1.0:
-            raise RecipeError(f"{self.name}: beta={self.beta} must be >= 1 (PyramidKV uses 20; 1 is uniform)")
+        # the grammar checked fraction, sink, alloc, beta, span and the method's own options
         self.check_params()
 
     def apply(self, cache: KVCache, ctx: StageContext, layers: set[int]) -> KVCache:
