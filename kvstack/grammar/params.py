@@ -178,3 +178,12 @@ def check_rank_or_energy(stage: str, rank: int, energy: float) -> None:
             f"{stage}: energy={energy} must be in (0, 1]: the share of the keys'/values' energy the "
             "basis keeps (0.95 keeps 95%; 1 keeps everything)"
         )
+
+
+def check_rank_fits(stage: str, rank: int, dim: int, what: str) -> None:
+    """A basis of ``dim``-dimensional rows has at most ``dim`` directions."""
+    if rank > dim:
+        raise BudgetError(
+            f"{stage}: rank={rank} is larger than {what}={dim}; a basis of {dim}-dimensional rows has at "
+            f"most {dim} directions: pick rank <= {dim} (or energy=E to choose it from the data)"
+        )

@@ -72,7 +72,7 @@ class Precision:
             total += Fraction(sum(per_channel) * self.group_overhead_bits, self.group_size)
         return total
 
-    def layer_bits(self, layer: Any, tokens: int, base: Any = None, evicted: bool = False) -> Fraction:
+    def layer_bits(self, layer: Any, tokens: int, base: Any = None, kept: Any = None) -> Fraction:
         """Bits ``tokens`` tokens take in ``layer``, with channel-axis groups counted whole."""
         if not tokens:
             return Fraction(0)

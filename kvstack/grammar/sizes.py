@@ -37,6 +37,9 @@ class Size:
     storage: Any = None  # a Precision or a model from kvstack.grammar.storage
     positions: int = POSITIONS_NONE
     evicts: bool = False
+    prefix: int | None = None  # selection: the first positions kept, and none after them but a window
+    sure: int = 0  # selection: the first positions surely kept in every head (its sink)
+    contiguous: bool = False  # selection: past the prefix, each head keeps one run of positions
     exact: bool = True
     bound: str = ""  # for exact=False: what the estimate is
     coefficients: bool = False
@@ -60,20 +63,20 @@ def keep_fraction(s: Any) -> Size:
     what = (f"keeps {s.fraction:.4g} of each head's tokens (rounded half up, at least 1; "
             "+ an int32 position tag per kept token per KV head)")
     if s.alloc != "uniform":
-        return Size(what, keep=s.fraction, positions=POSITIONS_HEAD, exact=False,
+        return Size(what, keep=s.fraction, positions=POSITIONS_HEAD, sure=s.sink, exact=False,
                     bound=f"alloc={s.alloc} spreads the same share unevenly; each layer is shown at the uniform split")
-    return Size(what, keep=s.fraction, positions=POSITIONS_HEAD)
+    return Size(what, keep=s.fraction, positions=POSITIONS_HEAD, sure=s.sink)
 
 
 def streaming(s: Any) -> Size:
     cap = s.window + s.sink
     return Size(f"keeps at most sink+window = {cap:,} tokens (+ one int32 position tag per kept token)",
-                budget=cap, positions=POSITIONS_LAYER)
+                budget=cap, positions=POSITIONS_LAYER, prefix=s.sink, sure=s.sink, contiguous=True)
 
 
 def fastgen(s: Any) -> Size:
     return Size("keeps, per KV head, the cheapest policy that recovers the attention share (+ int32 position tags)",
-                positions=POSITIONS_HEAD, evicts=True, exact=False,
+                positions=POSITIONS_HEAD, evicts=True, sure=s.sink, exact=False,
                 bound="depends on each head's attention: at most every token, with position tags")
 
 

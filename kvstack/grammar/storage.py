@@ -1,11 +1,12 @@
 """Bits a stage's row encoding holds for one layer, counted as the containers in ``kvstack/stages`` count them.
 
 Every storage model answers two questions about one sequence's layer (keys and values of every
-KV head): ``layer_bits(layer, tokens, base, evicted)``, the bits ``tokens`` tokens per head take,
+KV head): ``layer_bits(layer, tokens, base, kept)``, the bits ``tokens`` tokens per head take,
 and ``bits_per_token(layer, base)``, what one more token costs. ``base`` is the cache's own
 :class:`~kvstack.grammar.precision.Precision` (dense rows, bases and coefficients are kept in
-it); ``evicted`` says a selection dropped tokens before (pre-RoPE keys then store their int32
-positions). Each class names the container it mirrors; ``tests/plan/test_recipe_bytes.py``
+it); ``kept`` (a :class:`Kept`) says what a selection before left (pre-RoPE keys store their
+int32 positions unless each head's rows form one run; the exact sink rows are the first
+positions still held). Each class names the container it mirrors; ``tests/plan/test_recipe_bytes.py``
 checks them against ``cache.nbytes``.
 """
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
+from kvstack.errors import RecipeError
+from kvstack.grammar.params import check_rank_fits
 from kvstack.grammar.precision import SCALE_BITS, ZERO_BITS, Precision
 
 FP16_BITS = 16
@@ -32,6 +35,33 @@ def packed_bits(dim: int, bits: int) -> int:
 def outlier_count(fraction: float, rows: int, dim: int) -> int:
     """Entries of a sparse outlier table over ``rows x dim`` elements (``SparseOutliers.top``)."""
     return min(int(round(fraction * rows * dim)), rows * dim)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Which positions a layer still holds when a storage stage runs.
+
+    ``evicted``: a selection dropped tokens. ``prefix``: it surely kept the first ``prefix``
+    positions and none after them but its window (streaming's ``sink``); None: unknown, counted
+    as kept (an upper bound). ``contiguous``: past the prefix, each head holds one run of
+    positions (streaming's window)."""
+
+    evicted: bool = False
+    prefix: int | None = None
+    contiguous: bool = False
+
+    def first(self, sink: int) -> int:
+        """How many of the first ``sink`` positions a head still holds (at most)."""
+        return sink if not self.evicted or self.prefix is None else min(sink, self.prefix)
+
+    def stores_positions(self, sink: int = 0) -> bool:
+        """Whether rows after the first ``sink`` positions need their positions stored (not one run)."""
+        if not self.evicted:
+            return False
+        return not (self.contiguous and self.prefix is not None and self.prefix <= sink)
+
+
+NOT_EVICTED = Kept()
 
 
 def _heads(layer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -61,10 +91,11 @@ class WithSink:
     def label(self) -> str:
         return f"{self.inner.label}, first {self.sink} tokens exact"
 
-    def layer_bits(self, layer: Any, tokens: int, base: Precision, evicted: bool = False) -> Fraction:
-        s = min(self.sink, tokens)
+    def layer_bits(self, layer: Any, tokens: int, base: Precision, kept: Kept = NOT_EVICTED) -> Fraction:
+        s = min(kept.first(self.sink), tokens)
         exact = min(base.bits, FP16_BITS) if self.fp16 else base.bits
-        return self.inner.layer_bits(layer, tokens - s, base, evicted) + s * layer.elements_per_token * exact
+        inner = Kept(kept.stores_positions(self.sink))  # the rows after the sink: one run, or not
+        return self.inner.layer_bits(layer, tokens - s, base, inner) + s * layer.elements_per_token * exact
 
     def bits_per_token(self, layer: Any, base: Precision) -> Fraction:
         return self.inner.bits_per_token(layer, base)
@@ -91,7 +122,7 @@ class Kivi:
     def dense(self, tokens: int) -> int:
         return min(tokens, self.residual + self.sink)
 
-    def layer_bits(self, layer: Any, tokens: int, base: Precision, evicted: bool = False) -> Fraction:
+    def layer_bits(self, layer: Any, tokens: int, base: Precision, kept: Kept = NOT_EVICTED) -> Fraction:
         dense = self.dense(tokens)
         return self.precision.layer_bits(layer, tokens - dense) + base.layer_bits(layer, dense)
 
@@ -127,7 +158,7 @@ class Gear:
         return Fraction(codes + groups * (SCALE_BITS + ZERO_BITS) + factors
                         + outlier_count(self.outliers, rows, d) * OUTLIER_BITS)
 
-    def layer_bits(self, layer: Any, tokens: int, base: Precision, evicted: bool = False) -> Fraction:
+    def layer_bits(self, layer: Any, tokens: int, base: Precision, kept: Kept = NOT_EVICTED) -> Fraction:
         keys, values = _heads(layer)
         return self._part(keys, tokens, True) + self._part(values, tokens, False)
 
@@ -149,7 +180,7 @@ class Codebook:
     calibrated: shared by the model's caches, not counted), and for KVQuant fp16 zero/scale and outliers.
 
     ``kind="kvquant"``: ``bits`` per element, keys' zero/scale per head channel, values' per row,
-    pre-RoPE keys (``rope``) store int32 positions once tokens were evicted. ``kind="cq"``: one
+    pre-RoPE keys (``rope``) store int32 positions once eviction broke their runs. ``kind="cq"``: one
     ``bits * channels``-bit code per ``channels`` elements, a ``2**(bits*channels)``-entry codebook
     of ``channels``-vectors per head and channel group."""
 
@@ -167,12 +198,14 @@ class Codebook:
             return f"cq {self.bits} bit/channel ({self.channels} channels per code), {book}"
         return f"kvquant{self.bits} + fp16 zero/scale + {self.outliers:g} outliers, {book}"
 
-    def _part(self, dims: tuple[int, ...], tokens: int, keys: bool, evicted: bool) -> Fraction:
+    def _part(self, dims: tuple[int, ...], tokens: int, keys: bool, moved: bool) -> Fraction:
         if not dims:
             return Fraction(0)
         d, heads = dims[0], len(dims)
         rows = heads * tokens
         if self.kind == "cq":
+            if d % self.channels:
+                raise RecipeError(f"cq: channels={self.channels} does not divide head_dim={d}")
             code = self.bits * self.channels
             book = heads * (d // self.channels) * (1 << code) * self.channels * FP16_BITS
             return Fraction(rows * packed_bits(d // self.channels, code) + (0 if self.calibrated else book))
@@ -180,13 +213,14 @@ class Codebook:
         book = 0 if self.calibrated else heads * (1 << self.bits) * FP16_BITS
         total = rows * packed_bits(d, self.bits) + params * 2 * FP16_BITS + book
         total += outlier_count(self.outliers, rows, d) * OUTLIER_BITS
-        if keys and self.rope and evicted:
+        if keys and self.rope and moved:
             total += rows * INDEX_BITS
         return Fraction(total)
 
-    def layer_bits(self, layer: Any, tokens: int, base: Precision, evicted: bool = False) -> Fraction:
+    def layer_bits(self, layer: Any, tokens: int, base: Precision, kept: Kept = NOT_EVICTED) -> Fraction:
         keys, values = _heads(layer)
-        return self._part(keys, tokens, True, evicted) + self._part(values, tokens, False, evicted)
+        moved = kept.stores_positions()
+        return self._part(keys, tokens, True, moved) + self._part(values, tokens, False, moved)
 
     def bits_per_token(self, layer: Any, base: Precision) -> Fraction:
         keys, values = _heads(layer)
@@ -229,7 +263,7 @@ class LowRank:
         precision = self.coefficients or base
         return precision.layer_bits(_Rows(heads, rank), tokens)
 
-    def layer_bits(self, layer: Any, tokens: int, base: Precision, evicted: bool = False) -> Fraction:
+    def layer_bits(self, layer: Any, tokens: int, base: Precision, kept: Kept = NOT_EVICTED) -> Fraction:
         total = Fraction(0)
         for part, dims in zip("kv", _heads(layer), strict=True):
             if not dims:
@@ -239,9 +273,10 @@ class LowRank:
                 total += tokens * heads * d * base.bits
                 continue
             rank = self.rank or d
+            check_rank_fits("svd", rank, d, "head_dim")
             total += self._coefficient_bits(heads, tokens, rank, base)
             total += 0 if self.calibrated else heads * d * rank * base.bits
-            if part == "k" and self.rope and evicted:
+            if part == "k" and self.rope and kept.stores_positions():
                 total += heads * tokens * INDEX_BITS
         return total
 
@@ -288,12 +323,11 @@ class Joint:
 
     def _rank(self, layer: Any) -> int:
         """``rank``, or the most ``energy=`` can pick: the width of the rows that share a vector."""
-        if self.rank:
-            return self.rank
         keys, values = _heads(layer)
-        if self.shared_kv:
-            return sum(keys) + sum(values)
-        return self.group * max(sum(keys), sum(values))
+        width = sum(keys) + sum(values) if self.shared_kv else self.group * max(sum(keys), sum(values))
+        if self.rank:
+            check_rank_fits("latent" if self.shared_kv else "xkv", self.rank, width, "the joint row width")
+        return self.rank or width
 
     def _coefficients(self, tokens: int, rank: int, base: Precision) -> Fraction:
         if self.bits:
@@ -308,7 +342,7 @@ class Joint:
             return 0
         return len(self.target)
 
-    def layer_bits(self, layer: Any, tokens: int, base: Precision, evicted: bool = False) -> Fraction:
+    def layer_bits(self, layer: Any, tokens: int, base: Precision, kept: Kept = NOT_EVICTED) -> Fraction:
         rank = self._rank(layer)
         total = self._owners(layer) * self._coefficients(tokens, rank, base)
         for part, dims in zip("kv", _heads(layer), strict=True):

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvstack.errors import BudgetError
-from kvstack.grammar.params import check_rank_or_energy  # noqa: F401  (old import path)
+from kvstack.grammar.params import check_rank_fits, check_rank_or_energy  # noqa: F401  (old import path)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -58,15 +57,6 @@ def rank_for_energy(singular: torch.Tensor, energy: float) -> int:
     kept = torch.cumsum(power, 0) / total
     # a tiny slack so energy=1.0 is met by the full rank despite rounding in the cumulative sum
     return max(1, int((kept < energy - 1e-12).sum()) + 1)
-
-
-def check_rank_fits(stage: str, rank: int, dim: int, what: str) -> None:
-    """A basis of ``dim``-dimensional rows has at most ``dim`` directions."""
-    if rank > dim:
-        raise BudgetError(
-            f"{stage}: rank={rank} is larger than {what}={dim}; a basis of {dim}-dimensional rows has at "
-            f"most {dim} directions: pick rank <= {dim} (or energy=E to choose it from the data)"
-        )
 
 
 def project(rows: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
