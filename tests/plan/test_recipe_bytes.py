@@ -75,7 +75,7 @@ def test_stacks_predicted_within_five_percent(tiny, recipe):
     _compare(tiny, recipe)
 
 
-@pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"best:4x", "best:8x"}))
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_predicted_within_five_percent(tiny, preset):
     _compare(tiny, preset)
 
