@@ -30,14 +30,13 @@ from typing import Any
 import torch
 
 from kvstack.errors import RecipeError
-from kvstack.grammar.params import TARGETS  # noqa: F401  (old import path)
+from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.crosslayer_merge import merge_pair
 from kvstack.stages.lowrank import same_tokens_every_head
 from kvstack.stages.lowrank_fit import (
     Basis,
-    check_rank_fits,
     compute_dtype,
     fit_basis,
     rank_for_energy,

@@ -38,14 +38,12 @@ from dataclasses import replace
 import torch
 
 from kvstack.errors import RecipeError
-from kvstack.grammar.lowrank import LOWRANK_ROPE_MODES as ROPE_MODES  # noqa: F401  (old import path)
-from kvstack.grammar.params import TARGETS  # noqa: F401
+from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import Encoded, KVCache, KVLayer
 from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.lowrank_calibration import CalibratedBasis, load_basis
 from kvstack.stages.lowrank_fit import (
     Basis,
-    check_rank_fits,
     compute_dtype,
     fit_basis,
     rank_for_energy,

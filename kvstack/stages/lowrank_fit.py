@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from kvstack.grammar.params import check_rank_fits, check_rank_or_energy  # noqa: F401  (old import path)
-
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Fit in float64 when the rows are float64 (exact references), else float32 (fp16/bf16 are too coarse)."""

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from kvstack.errors import InputError, RecipeError
-from kvstack.grammar.quant import CQ_BITS  # noqa: F401  (old import path)
 from kvstack.kv import KVLayer, tensor_nbytes
 from kvstack.stack import StageContext, register
 from kvstack.stages.lowrank_rows import head_counts

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from kvstack.grammar.quant import GEAR_BITS  # noqa: F401  (old import path)
 from kvstack.kv import KVLayer, tensor_nbytes
 from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.lowrank_rows import head_counts

@@ -22,7 +22,6 @@ from dataclasses import replace
 
 import torch
 
-from kvstack.grammar.quant import KIVI_BITS  # noqa: F401  (old import path)
 from kvstack.kv import KVLayer
 from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.quant_groups import segment_ids

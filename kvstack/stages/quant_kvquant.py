@@ -27,9 +27,6 @@ from dataclasses import replace
 import torch
 
 from kvstack.errors import RecipeError
-from kvstack.grammar.params import check_outliers  # noqa: F401  (old import path)
-from kvstack.grammar.params import check_quant_sink as check_sink  # noqa: F401
-from kvstack.grammar.quant import CALIBRATION, KVQUANT_BITS, ROPE_MODES  # noqa: F401
 from kvstack.kv import KVLayer
 from kvstack.stack import StageContext, register
 from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary

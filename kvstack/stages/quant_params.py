@@ -1,12 +1,9 @@
-"""Group sizes along a token, shared by the quantization stages; their recipe parameters are in
-:mod:`kvstack.grammar.params` (re-exported here for the old import path)."""
+"""Group sizes along a token, shared by the quantization stages (their recipe parameters:
+:mod:`kvstack.grammar.params`)."""
 
 from __future__ import annotations
 
 from kvstack.errors import RecipeError
-from kvstack.grammar.params import group_shorthand, parse_axis
-
-__all__ = ["group_shorthand", "parse_axis", "token_axis_group"]
 
 
 def token_axis_group(stage: str, group: int, dim: int) -> int:

@@ -25,10 +25,8 @@ from typing import ClassVar
 import torch
 
 from kvstack.errors import BudgetError
-from kvstack.grammar.params import check_choice  # noqa: F401
-from kvstack.grammar.select import ALLOCS, COMMON, FRACTION  # noqa: F401  (old import path)
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import Param, Stage, StageContext
+from kvstack.stack import Stage, StageContext
 from kvstack.stages.select_alloc import adakv_keep, head_request, pyramid_budgets, topk_keep
 from kvstack.stages.select_scores import LayerRows
 
@@ -45,7 +43,6 @@ class ScoredSelect(Stage):
     """Keep the best-scored rows of each head; see the module doc for the common options."""
 
     family = "select"
-    params: ClassVar[tuple[Param, ...]] = (FRACTION, *COMMON)
     log_scores: ClassVar[bool] = False  # scores are logs of a mass (Ada-KV normalizes with a softmax)
     fraction: float
     sink: int

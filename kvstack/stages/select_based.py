@@ -12,7 +12,6 @@ from typing import ClassVar
 
 import torch
 
-from kvstack.grammar.select import BASE  # noqa: F401  (old import path)
 from kvstack.stack import REGISTRY, StageContext
 from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import LayerRows, normalize

@@ -18,7 +18,6 @@ import math
 
 import torch
 
-from kvstack.grammar.params import parse_ids  # noqa: F401  (old import path)
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import NEED_WINDOW_QUERIES, Stage, StageContext, register
 from kvstack.stages.select_scores import LayerRows, attention_received, group_reduce, newest_rows, rank, score_params

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 
 import torch
 
-from kvstack.grammar.select import DEFAULT_STRIDE  # noqa: F401  (old import path)
 from kvstack.stack import NEED_ATTENTION, StageContext, register
 from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import LayerRows, at_positions, group_reduce, newest_rows
