@@ -240,3 +240,10 @@ def test_every_stage_and_preset_parses(llama):
     # stages the planner used to refuse (issue 21): low rank, cross-layer, fastgen, the presets
     for recipe in ("svd:rank=16", "latent:rank=64", "minicache", "xkv:rank=64", "fastgen", "best:16x", "qa:4x"):
         assert plan(llama, 1000, recipe=recipe).total_bytes > 0
+
+
+def test_report_says_when_the_estimate_is_a_bound(llama):
+    from kvstack.plan.render import render_plan
+
+    assert "upper bound" in render_plan(plan(llama, 1000, recipe="fastgen"))
+    assert "upper bound" not in render_plan(plan(llama, 1000, recipe="snapkv:0.5 > int4"))
