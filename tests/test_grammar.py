@@ -76,7 +76,8 @@ def test_planner_accepts_every_preset(preset):
 
 @pytest.mark.parametrize(
     "recipe",
-    ["kivi:3", "gear:5", "cq:2,channels=3", "svd", "svd:rank=4,energy=0.9", "critical:0.5,base=merge",
+    ["kivi:3", "kivi:2,sink=-4", "int4:sink=-1",
+     "gear:5", "cq:2,channels=3", "svd", "svd:rank=4,energy=0.9", "critical:0.5,base=merge",
      "q2c:0.5,agg=mean", "int4:axis=diagonal", "snapkv:0.5,kernel=4", "fastgen:local=1.5", "xkv:rank=8,group=0",
      "minicache:t=2", "kvquant:3,rope=sideways", "zip:0.5", "int4:g64,diagonal", "snapkv:fraction=0.5,0.2"],
 )

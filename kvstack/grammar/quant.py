@@ -99,6 +99,8 @@ def _check_kivi(s: Any) -> None:
         raise RecipeError(f"kivi: group={s.group!r} must be a positive number of elements, e.g. g32")
     if not isinstance(s.residual, int) or s.residual < 0:
         raise RecipeError(f"kivi: residual={s.residual!r} must be >= 0 tokens (0 quantizes everything)")
+    if not isinstance(s.sink, int) or s.sink < 0:
+        raise RecipeError(f"kivi: sink={s.sink!r} must be >= 0 tokens kept dense (0: none)")
 
 
 def _check_gear(s: Any) -> None:
