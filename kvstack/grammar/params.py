@@ -187,3 +187,15 @@ def check_rank_fits(stage: str, rank: int, dim: int, what: str) -> None:
             f"{stage}: rank={rank} is larger than {what}={dim}; a basis of {dim}-dimensional rows has at "
             f"most {dim} directions: pick rank <= {dim} (or energy=E to choose it from the data)"
         )
+
+
+def token_axis_group(stage: str, group: int, dim: int) -> int:
+    """Channels per group along a token: ``group`` capped at ``dim``; it must divide ``dim``."""
+    g = min(group, dim)
+    if dim % g:
+        divisors = [x for x in range(1, dim + 1) if dim % x == 0]
+        raise RecipeError(
+            f"{stage}: group={group} does not divide head_dim={dim} (groups along a token must tile "
+            f"it; no padding): pick one of {divisors}"
+        )
+    return g

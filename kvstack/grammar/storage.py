@@ -18,7 +18,7 @@ from fractions import Fraction
 from typing import Any
 
 from kvstack.errors import RecipeError
-from kvstack.grammar.params import check_rank_fits
+from kvstack.grammar.params import check_rank_fits, token_axis_group
 from kvstack.grammar.precision import SCALE_BITS, ZERO_BITS, Precision
 
 FP16_BITS = 16
@@ -152,8 +152,8 @@ class Gear:
         codes = rows * packed_bits(d, self.bits)
         if per_channel:  # keys: groups of `group` tokens of one channel within a head
             groups = heads * -(-tokens // self.group) * d
-        else:  # values: groups of `group` channels (capped at d) of one row
-            groups = rows * (d // min(self.group, d))
+        else:  # values: groups of `group` channels (capped at d, which they must tile) of one row
+            groups = rows * (d // token_axis_group("gear", self.group, d))
         factors = (rows + heads * d) * self.rank * FP16_BITS
         return Fraction(codes + groups * (SCALE_BITS + ZERO_BITS) + factors
                         + outlier_count(self.outliers, rows, d) * OUTLIER_BITS)

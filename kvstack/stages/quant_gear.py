@@ -25,11 +25,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from kvstack.grammar.params import token_axis_group
 from kvstack.kv import KVLayer, tensor_nbytes
 from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.lowrank_rows import head_counts
 from kvstack.stages.quant_groups import segment_ids
-from kvstack.stages.quant_params import token_axis_group
 from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quant_sparse import SparseOutliers, outlier_scores
 

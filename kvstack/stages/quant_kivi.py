@@ -22,10 +22,10 @@ from dataclasses import replace
 
 import torch
 
+from kvstack.grammar.params import token_axis_group
 from kvstack.kv import KVLayer
 from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.quant_groups import segment_ids
-from kvstack.stages.quant_params import token_axis_group
 from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quant_split import SplitRows
 

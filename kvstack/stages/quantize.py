@@ -32,12 +32,11 @@ from typing import ClassVar
 import torch
 
 from kvstack.errors import RecipeError
-from kvstack.grammar.params import AUTO
+from kvstack.grammar.params import AUTO, token_axis_group
 from kvstack.grammar.quant import value_axis
 from kvstack.kv import KVLayer
 from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.lowrank_rows import quantize_encoded
-from kvstack.stages.quant_params import token_axis_group
 from kvstack.stages.quant_rotate import HadamardRows, check_width, clip_groups, rotate
 from kvstack.stages.quant_rows import QuantRows
 from kvstack.stages.quant_sink import keep_sink

@@ -229,11 +229,14 @@ def test_explain_lines():
         ("svd:rank=200", BudgetError, "larger than head_dim=128"),
         ("latent:rank=5000", BudgetError, "joint row width=2048"),
         ("cq:1,channels=3", RecipeError, "does not divide head_dim=128"),
+        ("gear:4@phi-3-mini", RecipeError, "group=64 does not divide head_dim=96"),
     ],
 )
 def test_stages_that_do_not_fit_the_geometry_are_refused(llama, recipe, error, match):
+    recipe, _, model = recipe.partition("@phi")
+    spec = load_spec("phi" + model) if model else llama
     with pytest.raises(error, match=match):
-        plan(llama, 100, recipe=recipe)
+        plan(spec, 100, recipe=recipe)
 
 
 def test_every_stage_and_preset_parses(llama):
