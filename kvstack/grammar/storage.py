@@ -91,6 +91,10 @@ class WithSink:
     def label(self) -> str:
         return f"{self.inner.label}, first {self.sink} tokens exact"
 
+    @property
+    def needs_same_tokens(self) -> bool:
+        return bool(getattr(self.inner, "needs_same_tokens", False))
+
     def layer_bits(self, layer: Any, tokens: int, base: Precision, kept: Kept = NOT_EVICTED) -> Fraction:
         s = min(kept.first(self.sink), tokens)
         exact = min(base.bits, FP16_BITS) if self.fp16 else base.bits
@@ -305,6 +309,7 @@ class Joint:
     part has its own vector, shared by ``group`` adjacent layers and counted by the first of them
     (``start`` is where the stage's layers begin)."""
 
+    needs_same_tokens = True  # one vector per token: every head must hold the same tokens
     rank: int | None  # None: chosen from the data by energy=; counted at its most, the joint row width
     target: str = "kv"
     shared_kv: bool = False

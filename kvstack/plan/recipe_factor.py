@@ -117,6 +117,12 @@ class RecipeEstimate:
             new = stage.size.storage
             if new is None:
                 continue
+            if positions == POSITIONS_HEAD and getattr(new, "needs_same_tokens", False):
+                raise RecipeError(
+                    f"{stage.text}: layer {index} keeps different tokens in different heads (per-head selection), "
+                    "so one vector per token cannot hold them; after per-head selection use svd (per head), or "
+                    "select with streaming (the same tokens in every head)"
+                )
             inner = getattr(storage, "with_coefficients", None) if stage.size.coefficients else None
             storage, stored_kept = (inner(new) if inner else None) or new, kept
         return LayerEffect(tokens, storage, positions, stored_kept)

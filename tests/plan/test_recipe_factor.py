@@ -250,3 +250,10 @@ def test_report_says_when_the_estimate_is_a_bound(llama):
 
     assert "upper bound" in render_plan(plan(llama, 1000, recipe="fastgen"))
     assert "upper bound" not in render_plan(plan(llama, 1000, recipe="snapkv:0.5 > int4"))
+
+
+@pytest.mark.parametrize("recipe", ["snapkv:0.5 > latent:rank=64", "h2o:0.5 > xkv:rank=64"])
+def test_shared_vectors_after_per_head_selection_are_refused_as_in_kvstack(llama, recipe):
+    with pytest.raises(RecipeError, match="different tokens in different heads"):
+        plan(llama, 1000, recipe=recipe)
+    assert plan(llama, 1000, recipe="streaming:window=512 > " + recipe.split(" > ")[1]).total_bytes > 0
