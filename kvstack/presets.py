@@ -1,93 +1,21 @@
-"""Named preset recipes, the winners of the stacking study: ``best:Nx`` and ``qa:Nx`` (N = 4, 8, 16, 32).
+"""Named preset recipes (``best:Nx``, ``qa:Nx``): the table lives in :mod:`kvstack.grammar.presets`.
 
-A preset is a whole recipe under a name, so ``kvstack run --recipe best:16x`` works without
-knowing the stages. Each is the recipe ``benchmarks/stacking.py`` found most accurate at that
-ratio (bytes the cache really holds vs an fp16 dense cache of the same context) **on the model
-it was measured on** (``MEASURED_ON``): ranks and bit widths were tuned there, so on another
-model the ratio holds (it depends only on the cache's geometry) but the accuracy does not -
-run the study on your model before relying on a preset.
-
-Two families, because they answer different questions: ``best:`` presets are question-agnostic
-(the cache is built once and serves any later question); ``qa:`` presets score tokens by the
-question (Q2C), so they need ``question_ids`` when the cache is built - one cache per question,
-as in QA or an agent that knows its query - and keep far more accuracy per byte for it.
-The numbers are in ``benchmarks/reports/stacking_run4/frontier.md`` and ``benchmarks/RESULTS.md``.
+This module keeps the old import path and adds :func:`fp16_ratio`, which measures a real cache.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kvstack.grammar.presets import (
+    MEASURED_ON,
+    PREFIXES,
+    PRESETS,
+    QA16_RATIO,
+    Preset,
+    describe_presets,
+    expand,
+)
 
-from kvstack.errors import RecipeError
-
-PREFIXES = ("best:", "qa:")  # question-agnostic, question-aware
-MEASURED_ON = "kvstack-retrieval run 4 (18.9M Llama, 8 layers, 2 KV heads of dim 64), 4k-token contexts, 2026-11-24"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """``recipe`` reached ``ratio`` (vs fp16 dense) and ``accuracy`` (relative to the full cache) when measured."""
-
-    name: str
-    recipe: str
-    ratio: float
-    accuracy: str
-    real: str = "not yet measured on a real model"  # SmolLM2-135M on RULER, relative to its full cache
-
-
-# Measured by `benchmarks/stacking.py` (report: benchmarks/reports/stacking_run4/frontier.md): best mean accuracy
-# relative to the full cache in the band [N, 2N) x smaller than fp16, among finalists run on 24 samples of each
-# needle task (8 of multihop, which the full cache never answers: 0/8, gold-answer NLL 6.4 nats/token). The full
-# cache answers 24/24 single needles and 7/24 multi-key; "same" counts samples judged right/wrong exactly as the
-# full cache judged them. Ratios at 4,069-4,132-token contexts; per-context bases, codebooks and dense recent rows
-# make up part of the bytes, so shorter contexts compress less and longer ones more.
-# best:16x and best:32x (span KeyDiff) keep every needle but lower the multihop gold answer's likelihood by 2.7-3.1
-# nats/token (the first study's xkv best:16x: +1.6); the qa: presets (span Q2C) raise it. See RESULTS.md.
-def _measured(multikey: int, same: int, multihop_nll: float) -> str:
-    """Every preset answered 24/24 single needles; they differ on multi-key and multihop likelihood."""
-    return (f"niah_single 24/24, niah_multikey {multikey}/24, same {same}/24 (full cache 24/24, 7/24); "
-            f"multihop ΔNLL {multihop_nll:+.2f}")
-
-
-def _real(single: tuple[int, int] | None, multikey: tuple[int, int], ratio: float) -> str:
-    """Held-out RULER result on SmolLM2-135M-Instruct (bf16, 4k, n = 40): (right answers, the full cache's)."""
-    one = f"single {single[0]} (full {single[1]}), " if single else ""
-    return f"SmolLM2 RULER 4k, n=40: {one}multi-key {multikey[0]} (full {multikey[1]}); {ratio}x vs bf16"
-
-
-# qa:16x was `q2c:0.125,span=16 > gear:4` (20.1x; SmolLM2 RULER 4k, n = 40: single 100%, multi-key 86%); with
-# the new default int4 the same selection is smaller and better on real models (issue 17; RESULTS.md).
-QA16_RATIO = 26.95  # on the fixture model's geometry at 4k (tests/test_recipe_presets.py checks it)
-
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("best:4x", "xkv:group=2,rank=96,bits=8", 4.03, _measured(8, 19, -0.03)),
-        Preset("best:8x", "latent:rank=96,bits=3,qgroup=256", 8.19, _measured(7, 16, 0.35)),
-        Preset("best:16x", "keydiff:0.125,span=16 > kivi:4,residual=32", 18.42, _measured(7, 24, 2.69),
-               _real((0, 35), (2, 21), 21.4)),
-        Preset("best:32x", "keydiff:0.125,span=16 > int3", 34.12, _measured(8, 19, 3.06),
-               _real(None, (3, 21), 34.1)),
-        Preset("qa:4x", "q2c:0.5,span=16 > kvquant:4", 6.10, _measured(5, 22, -0.19)),
-        Preset("qa:8x", "q2c:0.25,span=16 > kivi:4,residual=32", 10.49, _measured(6, 23, -0.35)),
-        Preset("qa:16x", "q2c:0.125,span=16 > int4", QA16_RATIO, "not run on the fixture model",
-               _real((36, 35), (19, 21), 26.9)),
-        Preset("qa:32x", "q2c:0.1,span=16 > int4", 33.69, _measured(7, 22, -0.69)),
-    )
-}
-
-
-def expand(text: str) -> str:
-    """The recipe a preset name stands for; any other recipe text is returned unchanged."""
-    name = text.strip()
-    if not name.startswith(PREFIXES):
-        return text
-    preset = PRESETS.get(name)
-    if preset is None:
-        raise RecipeError(
-            f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (see `kvstack recipes`), or write the stages"
-        )
-    return preset.recipe
+__all__ = ["MEASURED_ON", "PREFIXES", "PRESETS", "QA16_RATIO", "Preset", "describe_presets", "expand", "fp16_ratio"]
 
 
 def fp16_ratio(cache) -> float:
@@ -96,8 +24,3 @@ def fp16_ratio(cache) -> float:
 
     elem = torch.empty((), dtype=cache.dense_dtype).element_size()
     return cache.dense_nbytes * 2 / elem / max(cache.nbytes, 1)
-
-
-def describe_presets() -> list[tuple[str, str, str]]:
-    """Rows of (name, recipe, what it measured on a real model, on the fixture) for ``kvstack recipes``."""
-    return [(p.name, p.recipe, p.real, f"{p.ratio:.1f}x vs fp16, {p.accuracy}") for p in PRESETS.values()]

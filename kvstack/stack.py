@@ -1,26 +1,28 @@
 """Recipes: stages composed into one compression, from Python or from a string.
 
-Grammar (what ``kvstack run --recipe`` accepts)::
-
-    recipe := stage ( ">" stage )*
-    stage  := name [ ":" param ( "," param )* ] [ "@layer" N | "@layers" A "-" B ]
-    param  := value | key "=" value        (positional ones first)
-
-``snapkv:0.25 > int4:g64,axis=channel > fp16@layer0``. A stage scoped with ``@`` to
-some layers *overrides* unscoped stages of the same family on those layers, so
-``int8 > fp16@layer0`` leaves layer 0 unquantized instead of quantizing it and then
-casting it back.
+The grammar (``snapkv:0.25 > int4:g64,axis=channel > fp16@layer0``), the presets and every
+stage's declaration (name, family, parameters, checks) live in :mod:`kvstack.grammar`, which
+the torch-free planner reads too; this module binds a parsed stage to its implementation
+(``REGISTRY``) and applies recipes to caches. A stage scoped with ``@`` to some layers
+*overrides* unscoped stages of the same family on those layers, so ``int8 > fp16@layer0``
+leaves layer 0 unquantized instead of quantizing it and then casting it back.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from kvstack.errors import RecipeError
+from kvstack.grammar import SPECS, Param, StageSpec, as_bool, scope_text, split_recipe
+from kvstack.grammar import parse_stage as parse_stage_text
 from kvstack.kv import KVCache
+
+__all__ = [
+    "ATTN_PARAMS", "EXCLUSIVE_FAMILIES", "NEED_ATTENTION", "NEED_QUESTION_QUERIES", "NEED_WINDOW_QUERIES",
+    "REGISTRY", "Param", "Recipe", "Stage", "StageContext", "as_bool", "describe_stages", "parse_stage",
+    "register", "scope_text",
+]
 
 # --- what a stage may ask the prefill driver for ----------------------------------------
 NEED_QUESTION_QUERIES = "question_queries"  # post-RoPE queries of the question tokens, per layer
@@ -31,36 +33,6 @@ ATTN_PARAMS = "attn_params"  # always captured with the above: layer -> (scaling
 
 # Families where at most one stage may act on a layer (a scoped one overrides an unscoped one).
 EXCLUSIVE_FAMILIES = frozenset({"quantize"})
-
-
-@dataclass(frozen=True)
-class Param:
-    """One stage parameter: how to parse it, its default, and a one-line help."""
-
-    name: str
-    kind: Callable[[str], Any]
-    default: Any
-    help: str
-
-    def parse(self, stage: str, raw: str) -> Any:
-        try:
-            return self.kind(raw)
-        except (TypeError, ValueError) as exc:
-            kind = getattr(self.kind, "__name__", "value")
-            raise RecipeError(
-                f"stage '{stage}': parameter '{self.name}' got {raw!r}, which is not a valid {kind} "
-                f"({self.help})"
-            ) from exc
-
-
-def as_bool(raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-as_bool.__name__ = "boolean (true/false)"
 
 
 @dataclass
@@ -78,9 +50,11 @@ class StageContext:
 class Stage:
     """A technique: turns a :class:`KVCache` into a smaller one, on the layers it is given.
 
-    Subclasses set ``name``, ``summary``, ``family`` and ``params``, and implement
-    :meth:`apply_layer` (or :meth:`apply` when they need to see all layers at once).
-    ``needs`` names the captures (``NEED_*``) the prefill driver must collect.
+    A subclass names its declaration in :mod:`kvstack.grammar` (``class Gear(Stage,
+    grammar="gear")``), which gives it ``name``, ``summary``, ``family``, ``params``, its
+    shorthands and its parameter checks, and implements :meth:`apply_layer` (or :meth:`apply`
+    when it needs to see all layers at once). ``needs`` names the captures (``NEED_*``) the
+    prefill driver must collect.
     """
 
     name: ClassVar[str] = ""
@@ -89,6 +63,17 @@ class Stage:
     params: ClassVar[tuple[Param, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset()
     needs_question: ClassVar[bool] = False
+    grammar_spec: ClassVar[StageSpec | None] = None
+
+    def __init_subclass__(cls, grammar: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if grammar is None:
+            return
+        spec = SPECS.get(grammar)
+        if spec is None:
+            raise RuntimeError(f"{cls.__name__}: no stage {grammar!r} in kvstack.grammar.catalog.SPECS")
+        cls.grammar_spec = spec
+        cls.name, cls.summary, cls.family, cls.params = spec.name, spec.summary, spec.family, spec.params
 
     def __init__(self, **kwargs: Any) -> None:
         known = {p.name: p for p in self.params}
@@ -100,11 +85,13 @@ class Stage:
         for p in self.params:
             setattr(self, p.name, kwargs.get(p.name, p.default))
         self.layers: set[int] | None = None  # scope from "@layers"; None = every layer
+        if self.grammar_spec is not None and self.grammar_spec.check is not None:
+            self.grammar_spec.check(self)
         self.validate()
 
     # --- hooks --------------------------------------------------------------------
     def validate(self) -> None:
-        """Check parameter values; raise RecipeError/BudgetError with what to do."""
+        """Checks beyond the grammar's (which ran first); raise RecipeError/BudgetError with what to do."""
 
     def check_context(self, cache: KVCache) -> None:
         """Check the stage can run on this cache (e.g. its budget fits the context)."""
@@ -126,7 +113,8 @@ class Stage:
     @classmethod
     def shorthand(cls, token: str) -> tuple[str, Any] | None:
         """Map a bare token like ``g64`` or ``sym`` to ``(param, value)``; None if not one."""
-        return None
+        spec = cls.grammar_spec
+        return spec.shorthand(token) if spec is not None and spec.shorthand is not None else None
 
     # --- description --------------------------------------------------------------
     @classmethod
@@ -142,21 +130,16 @@ class Stage:
         return text
 
 
-def scope_text(layers: set[int]) -> str:
-    """``@layer3`` / ``@layers0-3``: the suffix the parser reads back (scopes are contiguous ranges)."""
-    lo, hi = min(layers), max(layers)
-    if layers != set(range(lo, hi + 1)):
-        raise RecipeError(f"layer scope {sorted(layers)} is not a contiguous range; split it into several stages")
-    return f"@layer{lo}" if lo == hi else f"@layers{lo}-{hi}"
-
-
 REGISTRY: dict[str, type[Stage]] = {}
 
 
 def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage usable by name in recipes."""
-    if not cls.name or cls.name in REGISTRY:
-        raise RuntimeError(f"stage name {cls.name!r} missing or registered twice")
+    """Class decorator: make a stage usable by name in recipes. Its name must be declared in
+    :mod:`kvstack.grammar` (``grammar="name"`` in the class line), the one list of stages."""
+    if cls.grammar_spec is None or cls.grammar_spec.name != cls.name:
+        raise RuntimeError(f"stage {cls.__name__} names no stage of kvstack.grammar (class X(Stage, grammar='x'))")
+    if cls.name in REGISTRY:
+        raise RuntimeError(f"stage name {cls.name!r} registered twice")
     REGISTRY[cls.name] = cls
     return cls
 
@@ -168,65 +151,13 @@ def _load_builtin_stages() -> None:
     load_builtin()
 
 
-_SCOPE = re.compile(r"^(?P<body>.*?)@(?:layer(?P<one>\d+)|layers(?P<a>\d+)-(?P<b>\d+))$")
-
-
 def parse_stage(text: str) -> Stage:
-    """Parse one stage such as ``int8:g64,axis=token@layers0-3``."""
+    """Parse one stage such as ``int8:g64,axis=token@layers0-3`` (grammar: :mod:`kvstack.grammar.syntax`)."""
     _load_builtin_stages()
-    text = text.strip()
-    if not text:
-        raise RecipeError("empty stage in recipe (two '>' in a row, or a trailing '>'?)")
-    layers = None
-    if "@" in text:
-        m = _SCOPE.match(text)
-        if not m:
-            raise RecipeError(
-                f"bad layer scope in {text!r}: write '@layer3' or '@layers0-3' at the end of the stage"
-            )
-        text = m["body"].strip()
-        if m["one"] is not None:
-            layers = {int(m["one"])}
-        else:
-            a, b = int(m["a"]), int(m["b"])
-            if b < a:
-                raise RecipeError(f"layer range {a}-{b} is empty: write the lower layer first")
-            layers = set(range(a, b + 1))
-    name, _, arg_text = text.partition(":")
-    name = name.strip()
-    cls = REGISTRY.get(name)
-    if cls is None:
-        raise RecipeError(
-            f"unknown stage {name!r}. Stages: {', '.join(sorted(REGISTRY))} (run `kvstack recipes`)"
-        )
-    kwargs: dict[str, Any] = {}
-    positional = [p for p in cls.params]
-    seen_keyword = False
-    for raw in [a.strip() for a in arg_text.split(",")] if arg_text.strip() else []:
-        if not raw:
-            raise RecipeError(f"empty parameter in stage {text!r}")
-        if "=" in raw:
-            seen_keyword = True
-            key, _, value = raw.partition("=")
-            key = key.strip()
-            param = next((p for p in cls.params if p.name == key), None)
-            if param is None:
-                raise RecipeError(f"stage '{name}' has no parameter '{key}'; it takes: {cls._param_list()}")
-            kwargs[key] = param.parse(name, value.strip())
-            continue
-        short = cls.shorthand(raw)
-        if short is not None:
-            kwargs[short[0]] = short[1]
-            continue
-        if seen_keyword:
-            raise RecipeError(f"stage {text!r}: positional value {raw!r} after key=value; put it first")
-        free = [p for p in positional if p.name not in kwargs]
-        if not free:
-            raise RecipeError(f"stage '{name}': too many values; it takes: {cls._param_list()}")
-        kwargs[free[0].name] = free[0].parse(name, raw)
-        positional.remove(free[0])
-    stage = cls(**kwargs)
-    stage.layers = layers
+    bound = parse_stage_text(text)
+    stage = REGISTRY[bound.name](**bound.values)
+    if bound.layers is not None:
+        stage.layers = set(range(bound.layers[0], bound.layers[1] + 1))
     return stage
 
 
@@ -239,11 +170,7 @@ class Recipe:
 
     @classmethod
     def parse(cls, text: str) -> Recipe:
-        if not isinstance(text, str) or not text.strip():
-            raise RecipeError("empty recipe: use 'identity' for no compression, or see `kvstack recipes`")
-        from kvstack.presets import expand  # `best:16x` names a whole recipe (kvstack/presets.py)
-
-        return cls([parse_stage(part) for part in expand(text).split(">")], text=text.strip())
+        return cls([parse_stage(part) for part in split_recipe(text)], text=text.strip())
 
     @property
     def needs(self) -> frozenset[str]:

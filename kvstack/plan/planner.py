@@ -1,10 +1,10 @@
 """The core arithmetic: bytes each layer's cache holds at a context length, for a batch.
 
-Per layer and sequence: ``ceil(tokens_held * bits_per_token / 8)`` bytes, where tokens held
-follow the layer kind (sliding: min(context, window); shared: 0) and then the recipe, and bits
-per token follow the storage precision (a KIVI recipe keeps its residual tokens in the base
-precision; evicting recipes add kvstack's position tags). The batch multiplies per-sequence
-bytes, so the layer
+Per layer and sequence: ``ceil(bits / 8)`` bytes, where tokens held follow the layer kind
+(sliding: min(context, window); shared: 0) and then the recipe, and the bits follow how the
+recipe stores them (a precision, or a stage's storage model from ``kvstack.grammar.storage``:
+KIVI's dense residual, GEAR's factors, codebooks, low-rank coefficients and bases; evicting
+recipes add kvstack's position tags). The batch multiplies per-sequence bytes, so the layer
 bytes in a Plan always add up to ``total_bytes``.
 """
 
@@ -74,7 +74,7 @@ class LayerPlan:
     bytes_per_sequence: int
     bits_per_token: Fraction
     layer: LayerSpec
-    precision: Precision
+    precision: Any  # a Precision, or a stage's storage model (kvstack.grammar.storage): has .label
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,13 +139,8 @@ def layer_plan(layer: LayerSpec, context: int, batch: int, storage: Storage) -> 
     tag_bits = 0
     if effect.positions:  # kvstack's int32 position tags: per head, or once for the layer
         tag_bits = POSITION_BITS * (layer.cached_heads if effect.positions == POSITIONS_HEAD else 1)
-    total_bits = (
-        precision.layer_bits(layer, tokens - effect.dense)
-        # KIVI's residual: the most recent tokens stay in the base precision
-        + storage.precision.layer_bits(layer, effect.dense)
-        + tokens * tag_bits
-    )
-    bits = precision.bits_per_token(layer) + tag_bits
+    total_bits = precision.layer_bits(layer, tokens, storage.precision, effect.kept) + tokens * tag_bits
+    bits = precision.bits_per_token(layer, storage.precision) + tag_bits
     per_sequence = math.ceil(total_bits / 8)
     return LayerPlan(
         index=layer.index,

@@ -7,11 +7,10 @@ layer. A quantizer also stores a scale (and usually a zero point) for every grou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fractions import Fraction
 
-from kvstack.errors import ConfigError, InputError, RecipeError
-from kvstack.plan.spec import LayerSpec
+from kvstack.errors import ConfigError, InputError
+from kvstack.grammar.precision import SCALE_BITS, ZERO_BITS, Precision
 
 DTYPE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4, "int2": 2}
 FLOAT_DTYPES = frozenset({"fp32", "bf16", "fp16", "fp8"})
@@ -31,8 +30,6 @@ _ALIASES = {
     "e4m3": "fp8",
     "e5m2": "fp8",
 }
-SCALE_BITS = 16  # one fp16 scale per group
-ZERO_BITS = 16  # one fp16 zero point per group (asymmetric quantization)
 
 
 def canonical_dtype(name: str) -> str:
@@ -56,76 +53,6 @@ def config_dtype(raw: object) -> str | None:
     except InputError:
         return None
     return key if key in FLOAT_DTYPES else None
-
-
-@dataclass(frozen=True)
-class Precision:
-    """How one cached element is stored: bits per element plus per-group scale/zero overhead.
-
-    ``bits`` is a Fraction so approximate methods (kvquant's 3.32 bits) stay exact in arithmetic.
-    ``axis`` says where a group runs: ``token`` (channels of one token; a group never spans
-    two head vectors, so a 128-dim head with group 64 holds two groups), ``channel`` (tokens of
-    one channel; the last group of a channel may be short) or ``kivi`` (keys per channel,
-    values per token).
-    """
-
-    name: str
-    bits: Fraction
-    group_size: int | None = None
-    group_overhead_bits: int = 0
-    axis: str = "token"
-    tile: bool = False  # kvstack stages: a token-axis group (capped at the vector) must divide it
-
-    def _split(self, layer: LayerSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(vectors grouped along a token, channels grouped along tokens)."""
-        keys, values = layer.key_vectors(), layer.value_vectors()
-        if self.axis == "channel":
-            return (), keys + values
-        if self.axis == "kivi":
-            return values, keys
-        return keys + values, ()
-
-    def _token_groups(self, vectors: tuple[int, ...]) -> int:
-        g = self.group_size or 1
-        if self.tile:
-            for n in set(vectors):
-                if n % min(g, n):
-                    divisors = [d for d in range(1, n + 1) if n % d == 0]
-                    raise RecipeError(
-                        f"{self.name}: group={g} does not divide head_dim={n} (kvstack's groups "
-                        f"along a token must tile it); use a divisor such as g{divisors[-2]} "
-                        f"(divisors: {divisors[-6:]})"
-                    )
-        return sum(-(-n // g) for n in vectors)
-
-    def bits_per_token(self, layer: LayerSpec) -> Fraction:
-        """Bits one more token costs in ``layer`` (channel-axis scales amortized over tokens)."""
-        total = Fraction(layer.elements_per_token) * self.bits
-        if self.group_size:
-            per_token, per_channel = self._split(layer)
-            total += self._token_groups(per_token) * self.group_overhead_bits
-            total += Fraction(sum(per_channel) * self.group_overhead_bits, self.group_size)
-        return total
-
-    def layer_bits(self, layer: LayerSpec, tokens: int) -> Fraction:
-        """Bits ``tokens`` tokens take in ``layer``, with channel-axis groups counted whole."""
-        if not tokens:
-            return Fraction(0)
-        total = tokens * Fraction(layer.elements_per_token) * self.bits
-        if self.group_size:
-            per_token, per_channel = self._split(layer)
-            groups = self._token_groups(per_token) * tokens
-            groups += -(-tokens // self.group_size) * sum(per_channel)
-            total += groups * self.group_overhead_bits
-        return total
-
-    @property
-    def label(self) -> str:
-        if not self.group_size:
-            return self.name
-        what = "scale+zero" if self.group_overhead_bits == SCALE_BITS + ZERO_BITS else "scale"
-        axis = {"token": "", "channel": ", per channel", "kivi": ", K per channel"}[self.axis]
-        return f"{self.name} g{self.group_size}{axis} (+fp16 {what})"
 
 
 def precision_for(

@@ -97,7 +97,8 @@ def render_plan(plan: Plan, per_layer: bool = False) -> str:
             f"({spec.max_position_embeddings:,})"
         )
     if plan.storage.recipe is not None:
-        lines.append("  recipe (analytic estimate):")
+        bound = "" if plan.storage.recipe.exact else "; an upper bound: it depends on the data"
+        lines.append(f"  recipe (analytic estimate{bound}):")
         lines.extend(f"    {text}" for text in plan.storage.recipe.explain())
     lines.extend(f"  note: {note}" for note in spec.notes)
     return "\n".join(lines)

@@ -30,32 +30,19 @@ from typing import Any
 import torch
 
 from kvstack.errors import RecipeError
+from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import Param, Stage, StageContext, register
+from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.crosslayer_merge import merge_pair
 from kvstack.stages.lowrank import same_tokens_every_head
 from kvstack.stages.lowrank_fit import (
     Basis,
-    check_rank_fits,
-    check_rank_or_energy,
     compute_dtype,
     fit_basis,
     rank_for_energy,
 )
 from kvstack.stages.lowrank_keep import KeptRows
-from kvstack.stages.lowrank_params import (
-    BITS,
-    ENERGY,
-    QGROUP,
-    RANK,
-    SINK,
-    check_bits,
-    check_sink,
-    rank_or_energy_shorthand,
-)
 from kvstack.stages.lowrank_rows import JointRows, encode_coefficients
-
-TARGETS = ("kv", "k", "v")
 
 
 def pair_layers(layers: set[int], num_layers: int, start: float) -> list[tuple[int, int]]:
@@ -93,35 +80,11 @@ def common_rows(a: KVLayer, b: KVLayer, sink: int = 0) -> tuple[torch.Tensor, to
 
 
 @register
-class MiniCache(Stage):
-    name = "minicache"
-    summary = "MiniCache: adjacent deep layers share each token's SLERP direction, keep their own magnitudes"
-    family = "crosslayer"
-    params = (
-        Param("start", float, 0.5, "first merged layer as a share of depth, in [0, 1) (0.5: from the middle)"),
-        Param("t", float, 0.15, "angular distance arccos(cos)/pi above which a token stays unmerged, in [0, 1]"),
-        Param("w", float, 0.5, "SLERP weight toward the deeper layer, in [0, 1]"),
-        Param("sink", int, 4, "first tokens never merged (attention sinks)"),
-    )
+class MiniCache(Stage, grammar="minicache"):
     start: float
     t: float
     w: float
     sink: int
-
-    def validate(self) -> None:
-        if not (0.0 <= self.start < 1.0):
-            raise RecipeError(
-                f"minicache: start={self.start} must be in [0, 1): the share of depth where merging starts "
-                "(0.5 merges layer pairs from the middle down; 0 merges from the first layer)"
-            )
-        if not (0.0 <= self.t <= 1.0):
-            raise RecipeError(
-                f"minicache: t={self.t} must be in [0, 1]: an angular distance arccos(cos)/pi "
-                "(0 merges only identical directions, 0.5 merges up to orthogonal ones)"
-            )
-        if not (0.0 <= self.w <= 1.0):
-            raise RecipeError(f"minicache: w={self.w} must be in [0, 1] (0.5 is the midpoint of the two directions)")
-        check_sink(self.name, self.sink)
 
     def apply(self, cache: KVCache, ctx: StageContext, layers: set[int]) -> KVCache:
         new = list(cache.layers)
@@ -156,19 +119,7 @@ def layout(layer: KVLayer) -> tuple:
 
 
 @register
-class XKV(Stage):
-    name = "xkv"
-    summary = "xKV: one SVD over a group of adjacent layers; per-token coefficients shared by the group"
-    family = "crosslayer"
-    params = (
-        Param("group", int, 2, "adjacent layers sharing one set of coefficients"),
-        RANK,
-        ENERGY,
-        Param("target", str, "kv", "which rows to compress: kv | k | v"),
-        SINK,
-        BITS,
-        QGROUP,
-    )
+class XKV(Stage, grammar="xkv"):
     group: int
     rank: int
     energy: float
@@ -176,19 +127,6 @@ class XKV(Stage):
     sink: int
     bits: int
     qgroup: int
-
-    @classmethod
-    def shorthand(cls, token: str) -> tuple[str, Any] | None:
-        return rank_or_energy_shorthand(token)
-
-    def validate(self) -> None:
-        if not isinstance(self.group, int) or self.group < 1:
-            raise RecipeError(f"xkv: group={self.group} must be >= 1 layers (2 shares coefficients between pairs)")
-        check_rank_or_energy(self.name, self.rank, self.energy)
-        check_bits(self.name, self.bits, self.qgroup)
-        check_sink(self.name, self.sink)
-        if self.target not in TARGETS:
-            raise RecipeError(f"xkv: target={self.target!r} is not one of {', '.join(TARGETS)}")
 
     def groups(self, cache: KVCache, layers: set[int]) -> list[list[int]]:
         """Runs of up to ``group`` consecutive layers with one layout (the last of a run may be shorter)."""

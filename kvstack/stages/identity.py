@@ -9,10 +9,7 @@ from kvstack.stack import Stage, StageContext, register
 
 
 @register
-class Identity(Stage):
-    name = "identity"
-    summary = "keep the cache as the model made it (the full-cache baseline)"
-    family = "misc"
+class Identity(Stage, grammar="identity"):
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         return layer
@@ -36,21 +33,15 @@ class _Cast(Stage):
 
 
 @register
-class Fp16(_Cast):
-    name = "fp16"
-    summary = "store keys/values as float16 (use with @layerN to exempt layers from quantization)"
+class Fp16(_Cast, grammar="fp16"):
     dtype = torch.float16
 
 
 @register
-class Bf16(_Cast):
-    name = "bf16"
-    summary = "store keys/values as bfloat16"
+class Bf16(_Cast, grammar="bf16"):
     dtype = torch.bfloat16
 
 
 @register
-class Fp32(_Cast):
-    name = "fp32"
-    summary = "store keys/values as float32"
+class Fp32(_Cast, grammar="fp32"):
     dtype = torch.float32

@@ -34,39 +34,23 @@ Evicting after ``latent`` per head stores the kept rows dense (counted).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import torch
 
 from kvstack.errors import RecipeError
+from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import Encoded, KVCache, KVLayer
-from kvstack.stack import Param, Stage, StageContext, register
+from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.lowrank_calibration import CalibratedBasis, load_basis
 from kvstack.stages.lowrank_fit import (
     Basis,
-    check_rank_fits,
-    check_rank_or_energy,
     compute_dtype,
     fit_basis,
     rank_for_energy,
 )
 from kvstack.stages.lowrank_keep import KeptRows, per_head_counts
-from kvstack.stages.lowrank_params import (
-    BASIS,
-    BITS,
-    ENERGY,
-    QGROUP,
-    RANK,
-    SINK,
-    check_bits,
-    check_sink,
-    rank_or_energy_shorthand,
-)
 from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
 from kvstack.stages.lowrank_rows import JointRows, LowRankRows, encode_coefficients, segment_aranges
-
-TARGETS = ("kv", "k", "v")
-ROPE_MODES = ("post", "pre")
 
 
 class _LowRank(Stage):
@@ -80,14 +64,8 @@ class _LowRank(Stage):
     qgroup: int
     basis: str
 
-    @classmethod
-    def shorthand(cls, token: str) -> tuple[str, Any] | None:
-        return rank_or_energy_shorthand(token)
-
     def validate(self) -> None:
-        check_rank_or_energy(self.name, self.rank, self.energy)
-        check_bits(self.name, self.bits, self.qgroup)
-        check_sink(self.name, self.sink)
+        # rank/energy, bits, sink (and svd's target, rope): checked by kvstack.grammar.lowrank
         self._calibrated: CalibratedBasis | None = None
 
     def check_context(self, cache: KVCache) -> None:
@@ -111,35 +89,13 @@ class _LowRank(Stage):
 
 
 @register
-class Svd(_LowRank):
-    name = "svd"
-    summary = (
-        "PALU-like low rank: per-head SVD basis of K/V, r coefficients per row (basis counted; basis=FILE: "
-        "calibrated, not counted)"
-    )
-    params = (
-        RANK,
-        ENERGY,
-        Param("target", str, "kv", "which rows to project: kv | k | v"),
-        Param("rope", str, "post", "keys projected after RoPE (post, as cached) or before it (pre)"),
-        SINK,
-        BITS,
-        QGROUP,
-        BASIS,
-    )
+class Svd(_LowRank, grammar="svd"):
     target: str
     rope: str
 
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset({NEED_ROPE}) if self.rope == "pre" and "k" in self.target else frozenset()
-
-    def validate(self) -> None:
-        super().validate()
-        if self.target not in TARGETS:
-            raise RecipeError(f"svd: target={self.target!r} is not one of {', '.join(TARGETS)} (e.g. target=kv)")
-        if self.rope not in ROPE_MODES:
-            raise RecipeError(f"svd: rope={self.rope!r} is not one of {', '.join(ROPE_MODES)} (default post)")
 
     def _rotary(self, index: int, ctx: StageContext) -> Rotary:
         tables = ctx.captures.get(NEED_ROPE)
@@ -232,10 +188,7 @@ def joint_rows(layer: KVLayer) -> torch.Tensor:
 
 
 @register
-class Latent(_LowRank):
-    name = "latent"
-    summary = "MHA2MLA-like latent: one basis per layer for all heads' K and V, one r-vector per token"
-    params = (RANK, ENERGY, SINK, BITS, QGROUP, BASIS)
+class Latent(_LowRank, grammar="latent"):
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         if not same_tokens_every_head(layer):

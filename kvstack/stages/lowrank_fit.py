@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from kvstack.errors import BudgetError, RecipeError
-
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Fit in float64 when the rows are float64 (exact references), else float32 (fp16/bf16 are too coarse)."""
@@ -57,33 +55,6 @@ def rank_for_energy(singular: torch.Tensor, energy: float) -> int:
     kept = torch.cumsum(power, 0) / total
     # a tiny slack so energy=1.0 is met by the full rank despite rounding in the cumulative sum
     return max(1, int((kept < energy - 1e-12).sum()) + 1)
-
-
-def check_rank_or_energy(stage: str, rank: int, energy: float) -> None:
-    """Exactly one of ``rank`` (>= 1) and ``energy`` (in (0, 1]) must be given."""
-    if rank and energy:
-        raise RecipeError(f"{stage}: give rank={rank} or energy={energy}, not both")
-    if not rank and not energy:
-        raise RecipeError(
-            f"{stage}: say how much to keep: rank=R (directions kept, e.g. {stage}:rank=16) or "
-            f"energy=E (share of the energy kept, in (0, 1], e.g. {stage}:energy=0.95)"
-        )
-    if rank and (not isinstance(rank, int) or rank < 1):
-        raise BudgetError(f"{stage}: rank={rank} must be a whole number >= 1 (directions kept per head)")
-    if energy and not (0.0 < energy <= 1.0):
-        raise BudgetError(
-            f"{stage}: energy={energy} must be in (0, 1]: the share of the keys'/values' energy the "
-            "basis keeps (0.95 keeps 95%; 1 keeps everything)"
-        )
-
-
-def check_rank_fits(stage: str, rank: int, dim: int, what: str) -> None:
-    """A basis of ``dim``-dimensional rows has at most ``dim`` directions."""
-    if rank > dim:
-        raise BudgetError(
-            f"{stage}: rank={rank} is larger than {what}={dim}; a basis of {dim}-dimensional rows has at "
-            f"most {dim} directions: pick rank <= {dim} (or energy=E to choose it from the data)"
-        )
 
 
 def project(rows: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

@@ -26,15 +26,12 @@ from kvstack.errors import InputError, RecipeError
 from kvstack.kv import KVLayer, tensor_nbytes
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.pack import SUPPORTED_BITS, pack_codes, unpack_codes
-from kvstack.stack import Param, StageContext, register
+from kvstack.stack import StageContext, register
 from kvstack.stages.lowrank_rows import head_counts
 from kvstack.stages.quant_calibration import CalibratedStage, cq_key
 from kvstack.stages.quant_codebook import fit_centroids, nearest_centroid
-from kvstack.stages.quant_kvquant import CALIBRATION, check_sink
 from kvstack.stages.quant_nuq import CodeRows
 from kvstack.stages.quant_sink import keep_sink
-
-CQ_BITS = (1, 2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,31 +99,12 @@ class CQRows(CodeRows):
 
 
 @register
-class Cq(CalibratedStage):
-    name = "cq"
-    summary = "coupled quantization: k-means codebooks over groups of c channels, 1 or 2 bits per channel"
-    family = "quantize"
-    params = (
-        Param("bits", int, 1, f"bits per channel: {' or '.join(map(str, CQ_BITS))}"),
-        Param("channels", int, 4, "contiguous channels quantized jointly (2**(bits*channels) centroids)"),
-        Param("sink", int, 1, "first tokens kept in fp16 (attention sinks)"),
-        CALIBRATION,
-    )
+class Cq(CalibratedStage, grammar="cq"):
+    """Coupled quantization; parameters and checks: :mod:`kvstack.grammar.quant`."""
+
     bits: int
     channels: int
     sink: int
-
-    def validate(self) -> None:
-        super().validate()
-        if self.bits not in CQ_BITS:
-            raise RecipeError(f"cq:{self.bits} does not exist; bits per channel: {', '.join(map(str, CQ_BITS))}")
-        if not isinstance(self.channels, int) or self.channels < 1 or self.bits * self.channels not in SUPPORTED_BITS:
-            fits = [c for c in range(1, 9) if self.bits * c in SUPPORTED_BITS]
-            raise RecipeError(
-                f"cq:{self.bits}: channels={self.channels} gives {self.bits * self.channels}-bit codes; packed code "
-                f"widths are {', '.join(map(str, SUPPORTED_BITS))} bits: pick channels from {fits}"
-            )
-        check_sink(self.name, self.sink)
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         d = layer.keys.shape[1]

@@ -22,21 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
-from kvstack.errors import RecipeError
+from kvstack.grammar.params import token_axis_group
 from kvstack.kv import KVLayer, tensor_nbytes
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.quant import QuantRows
-from kvstack.stack import Param, Stage, StageContext, register
+from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.lowrank_rows import head_counts
-from kvstack.stages.quant_kvquant import check_outliers
-from kvstack.stages.quant_params import group_shorthand, token_axis_group
 from kvstack.stages.quant_sparse import SparseOutliers, outlier_scores
-
-GEAR_BITS = (2, 3, 4)
 
 
 def _medians(x: torch.Tensor, segments: Sequence[int], axis: str) -> torch.Tensor:
@@ -129,33 +124,8 @@ class GearRows:
 
 
 @register
-class Gear(Stage):
-    name = "gear"
-    summary = "GEAR: KIVI-style uniform codes + sparse fp16 outliers + rank-r fp16 fix of the error per head"
-    family = "quantize"
-    params = (
-        Param("bits", int, 4, f"bits per code: {', '.join(map(str, GEAR_BITS))}"),
-        Param("rank", int, 4, "rank of the per-head approximation of the quantization error (0: none)"),
-        Param("outliers", float, 0.01, "share of elements kept exactly (fp16) in a sparse table, in [0, 1)"),
-        Param("group", int, 64, "tokens per key group, channels per value group (g64)"),
-    )
-    bits: int
-    rank: int
-    outliers: float
-    group: int
-
-    @classmethod
-    def shorthand(cls, token: str) -> tuple[str, Any] | None:
-        return group_shorthand(token)
-
-    def validate(self) -> None:
-        if self.bits not in GEAR_BITS:
-            raise RecipeError(f"gear:{self.bits} does not exist; bit widths: {', '.join(map(str, GEAR_BITS))}")
-        if not isinstance(self.rank, int) or self.rank < 0:
-            raise RecipeError(f"gear: rank={self.rank} must be >= 0 (0: no low-rank error fix)")
-        check_outliers(self.name, self.outliers)
-        if not isinstance(self.group, int) or self.group <= 0:
-            raise RecipeError(f"gear: group={self.group!r} must be a positive number of elements, e.g. g64")
+class Gear(Stage, grammar="gear"):
+    """GEAR; parameters and checks: :mod:`kvstack.grammar.quant`."""
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         keys, values = layer.keys.decode(), layer.values.decode()

@@ -5,7 +5,7 @@ tokens of one channel within one head); values are quantized per token (a group 
 ``group`` channels, capped at head_dim). The ``residual`` most recent tokens of each head
 (by original position) stay dense in the model's dtype. Both use asymmetric codes
 (fp16 scale + fp16 zero per group) packed in ``uint8``; storage is
-:class:`~kvstack.rows.split.SplitRows`.
+:class:`~kvstack.stages.quant_split.SplitRows`.
 
 Differences from the reference implementation: exactly ``residual`` tokens stay dense
 (KIVI keeps ``T mod residual`` keys dense so key groups are always full; here the oldest
@@ -19,19 +19,15 @@ dense rows in all, where KIVI has residual + group).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import torch
 
-from kvstack.errors import RecipeError
+from kvstack.grammar.params import token_axis_group
 from kvstack.kv import KVLayer
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.quant import QuantRows
 from kvstack.rows.split import SplitRows
-from kvstack.stack import Param, Stage, StageContext, register
-from kvstack.stages.quant_params import group_shorthand, token_axis_group
-
-KIVI_BITS = (2, 4)
+from kvstack.stack import Stage, StageContext, register
 
 
 def recent_mask(layer: KVLayer, residual: int) -> torch.Tensor:
@@ -46,36 +42,8 @@ def recent_mask(layer: KVLayer, residual: int) -> torch.Tensor:
 
 
 @register
-class Kivi(Stage):
-    name = "kivi"
-    summary = "KIVI: keys per-channel, values per-token (2 or 4 bits), last `residual` tokens dense"
-    family = "quantize"
-    params = (
-        Param("bits", int, 2, f"bits per code: {' or '.join(map(str, KIVI_BITS))}"),
-        Param("group", int, 32, "tokens per key group, channels per value group (g32)"),
-        Param("residual", int, 128, "most recent tokens of each head kept in full precision"),
-        Param("sink", int, 0, "first tokens kept in full precision too (attention sinks; 0: none, as in KIVI)"),
-    )
-
-    @classmethod
-    def shorthand(cls, token: str) -> tuple[str, Any] | None:
-        return group_shorthand(token)
-
-    def validate(self) -> None:
-        if self.bits not in KIVI_BITS:
-            raise RecipeError(
-                f"kivi:{self.bits} does not exist; KIVI bit widths: {', '.join(map(str, KIVI_BITS))} "
-                "(for other widths use int8/int4/int3/int2 with axis=channel)"
-            )
-        if not isinstance(self.group, int) or self.group <= 0:
-            raise RecipeError(f"kivi: group={self.group!r} must be a positive number of elements, e.g. g32")
-        if not isinstance(self.residual, int) or self.residual < 0:
-            raise RecipeError(
-                f"kivi: residual={self.residual!r} must be >= 0 tokens (0 quantizes everything)"
-            )
-
-        if not isinstance(self.sink, int) or self.sink < 0:
-            raise RecipeError(f"kivi: sink={self.sink!r} must be >= 0 tokens kept dense (0: none)")
+class Kivi(Stage, grammar="kivi"):
+    """KIVI; parameters and checks: :mod:`kvstack.grammar.quant`."""
 
     def budget_note(self, context_length: int) -> str | None:
         if self.residual >= context_length:

@@ -28,28 +28,12 @@ import torch
 
 from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer
-from kvstack.stack import Param, StageContext, register
+from kvstack.stack import StageContext, register
 from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
 from kvstack.stages.quant_calibration import CalibratedStage, kvquant_key
 from kvstack.stages.quant_nuq import NuqRows
 from kvstack.stages.quant_rope import RotatedRows
 from kvstack.stages.quant_sink import keep_sink
-
-KVQUANT_BITS = (2, 3, 4)
-ROPE_MODES = ("pre", "post")
-CALIBRATION = Param(
-    "calibration", str, "", "codebook file from `kvstack calibrate --codebooks` (not counted); empty: fit on the cache"
-)
-
-
-def check_outliers(stage: str, outliers: float) -> None:
-    if not isinstance(outliers, float | int) or not 0.0 <= outliers < 1.0:
-        raise RecipeError(f"{stage}: outliers={outliers} must be a share in [0, 1), e.g. outliers=0.01 (1%)")
-
-
-def check_sink(stage: str, sink: int) -> None:
-    if not isinstance(sink, int) or sink < 0:
-        raise RecipeError(f"{stage}: sink={sink} must be >= 0 tokens kept in fp16 (0 quantizes every token)")
 
 
 def rotary_of(stage: str, index: int, ctx: StageContext) -> Rotary:
@@ -63,17 +47,9 @@ def rotary_of(stage: str, index: int, ctx: StageContext) -> Rotary:
 
 
 @register
-class KVQuant(CalibratedStage):
-    name = "kvquant"
-    summary = "KVQuant-style: pre-RoPE keys per channel, values per token, k-means levels, sparse outliers, fp16 sink"
-    family = "quantize"
-    params = (
-        Param("bits", int, 3, f"bits per code: {', '.join(map(str, KVQUANT_BITS))}"),
-        Param("outliers", float, 0.01, "share of elements kept exactly (fp16) in a sparse table, in [0, 1)"),
-        Param("sink", int, 1, "first tokens kept in fp16 (attention sinks)"),
-        Param("rope", str, "pre", "keys quantized before RoPE (pre) or as cached (post)"),
-        CALIBRATION,
-    )
+class KVQuant(CalibratedStage, grammar="kvquant"):
+    """KVQuant; parameters and checks: :mod:`kvstack.grammar.quant`."""
+
     bits: int
     outliers: float
     sink: int
@@ -82,18 +58,6 @@ class KVQuant(CalibratedStage):
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset({NEED_ROPE}) if self.rope == "pre" else frozenset()
-
-    def validate(self) -> None:
-        super().validate()
-        if self.bits not in KVQUANT_BITS:
-            raise RecipeError(
-                f"kvquant:{self.bits} does not exist; bit widths: {', '.join(map(str, KVQUANT_BITS))} "
-                "(uniform widths: int8/int4/int3/int2)"
-            )
-        check_outliers(self.name, self.outliers)
-        check_sink(self.name, self.sink)
-        if self.rope not in ROPE_MODES:
-            raise RecipeError(f"kvquant: rope={self.rope!r} is not one of {', '.join(ROPE_MODES)} (default pre)")
 
     def apply_layer(self, index: int, layer: KVLayer, ctx: StageContext) -> KVLayer:
         shape = (layer.num_heads, 1 << self.bits)

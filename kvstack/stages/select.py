@@ -21,9 +21,8 @@ from dataclasses import replace
 
 import torch
 
-from kvstack.errors import BudgetError
 from kvstack.kv import KVLayer
-from kvstack.stack import Param, Stage, StageContext, as_bool, register
+from kvstack.stack import Stage, StageContext, register
 
 
 def streaming_keep(positions: torch.Tensor, sink: int, window: int) -> torch.Tensor:
@@ -36,24 +35,8 @@ def streaming_keep(positions: torch.Tensor, sink: int, window: int) -> torch.Ten
 
 
 @register
-class StreamingLLM(Stage):
-    name = "streaming"
-    summary = "StreamingLLM: keep the first `sink` tokens (attention sinks) and the last `window`"
-    family = "select"
-    params = (
-        Param("window", int, 512, "recent tokens kept"),
-        Param("sink", int, 4, "initial tokens kept as attention sinks"),
-        Param("decode", as_bool, False, "also hold the budget while generating (evict as tokens arrive)"),
-    )
-
-    def validate(self) -> None:
-        if self.window < 0 or self.sink < 0:
-            raise BudgetError(
-                f"streaming: window={self.window} and sink={self.sink} must be >= 0 "
-                "(they count tokens to keep)"
-            )
-        if self.window + self.sink == 0:
-            raise BudgetError("streaming: window=0 and sink=0 keep no tokens; give a window of at least 1")
+class StreamingLLM(Stage, grammar="streaming"):
+    """StreamingLLM; parameters and checks: :mod:`kvstack.grammar.select`."""
 
     def budget_note(self, context_length: int) -> str | None:
         # A fixed-size cache larger than the context keeps all of it, as fixed-size caches do everywhere.

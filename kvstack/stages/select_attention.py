@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from kvstack.errors import RecipeError
 from kvstack.stack import (
     NEED_QUESTION_QUERIES,
     NEED_WINDOW_QUERIES,
-    Param,
     StageContext,
-    as_bool,
     register,
 )
-from kvstack.stages.select_base import COMMON, FRACTION, ScoredSelect, check_choice
+from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import (
     LayerRows,
     attention_received,
@@ -38,19 +35,13 @@ def _window(ctx: StageContext, index: int, n: int) -> torch.Tensor:
 
 
 @register
-class Q2C(ScoredSelect):
+class Q2C(ScoredSelect, grammar="q2c"):
     """Query-to-context: the attention the question's queries (at their real positions, right
     after the context) give each context token, softmax over the cached context per query,
     summed over question tokens and folded over the group by ``agg``."""
 
-    name = "q2c"
-    summary = "Q2C: keep the tokens the question attends to most (query-aware; needs question_ids)"
-    params = (FRACTION, Param("agg", str, "sum", "fold a KV head's query heads by sum or max"), *COMMON)
     needs = frozenset({NEED_QUESTION_QUERIES})
     needs_question = True
-
-    def check_params(self) -> None:
-        check_choice(self.name, "agg", self.agg, ("sum", "max"))
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         q = ctx.captures[NEED_QUESTION_QUERIES][index]
@@ -60,29 +51,13 @@ class Q2C(ScoredSelect):
 
 
 @register
-class SnapKV(ScoredSelect):
+class SnapKV(ScoredSelect, grammar="snapkv"):
     """SnapKV (Li et al. 2024): attention of the last ``window`` context queries, summed over the
     window, pooled along the tokens before the window (1-D ``pool`` of ``kernel``), averaged
     over the query group (a sum: same ranking). The window's own tokens are always kept,
     inside the budget, as SnapKV's ``max_capacity_prompt`` includes them."""
 
-    name = "snapkv"
-    summary = "SnapKV: keep what the last `window` queries attend to (pooled), plus the window itself"
-    params = (
-        FRACTION,
-        Param("window", int, 32, "observation window: last context queries that vote, kept themselves"),
-        Param("kernel", int, 7, "odd width of the pooling along tokens (1 = no pooling)"),
-        Param("pool", str, "max", "pooling: max or avg"),
-        *COMMON,
-    )
     needs = frozenset({NEED_WINDOW_QUERIES})
-
-    def check_params(self) -> None:
-        if self.window < 1:
-            raise RecipeError(f"snapkv: window={self.window} must be >= 1 (SnapKV uses 32)")
-        if self.kernel < 1 or self.kernel % 2 == 0:
-            raise RecipeError(f"snapkv: kernel={self.kernel} must be an odd width >= 1 (SnapKV uses 7 or 5)")
-        check_choice(self.name, "pool", self.pool, ("max", "avg"))
 
     def must_keep(self, rows: LayerRows, requests: list[int], context_length: int) -> torch.Tensor:
         return rows.pos >= context_length - self.window
@@ -100,14 +75,12 @@ class SnapKV(ScoredSelect):
 
 
 @register
-class TOVA(ScoredSelect):
+class TOVA(ScoredSelect, grammar="tova"):
     """TOVA (Oren et al. 2024): the attention of the last context token's query, once at the end
     of prefill (TOVA proper evicts one token per decoding step, not done here). The paper
     averages over all heads of a layer; kvstack scores per KV head (its group summed) so
     per-head budgets apply."""
 
-    name = "tova"
-    summary = "TOVA: keep the tokens the last context token attends to most"
     needs = frozenset({NEED_WINDOW_QUERIES})
     window = 1  # read by kvstack.compress: capture the last query only
 
@@ -118,7 +91,7 @@ class TOVA(ScoredSelect):
 
 
 @register
-class ExpectedAttention(ScoredSelect):
+class ExpectedAttention(ScoredSelect, grammar="expected"):
     """Expected Attention (Devoto et al. 2025, kvpress): model future queries as Gaussian with the
     mean ``mu`` (and covariance ``Sigma``, population estimate) of the last ``window`` context
     queries, and score each key by the expected unnormalized attention
@@ -130,21 +103,8 @@ class ExpectedAttention(ScoredSelect):
     group); ``vnorm`` multiplies by the value norm as kvpress does by default (off here).
     """
 
-    name = "expected"
-    summary = "Expected Attention: keep keys with the most attention expected from future queries"
-    params = (
-        FRACTION,
-        Param("window", int, 32, "last context queries whose statistics stand for future queries"),
-        Param("cov", as_bool, True, "use the queries' covariance (else the mean only)"),
-        Param("vnorm", as_bool, False, "multiply scores by the value norm (kvpress default)"),
-        *COMMON,
-    )
     needs = frozenset({NEED_WINDOW_QUERIES})
     log_scores = True
-
-    def check_params(self) -> None:
-        if self.window < 1:
-            raise RecipeError(f"expected: window={self.window} must be >= 1 (e.g. 32)")
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         keys = rows.keys  # [Hkv, L, D], shared by the query group

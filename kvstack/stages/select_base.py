@@ -24,28 +24,11 @@ from typing import ClassVar
 
 import torch
 
-from kvstack.errors import BudgetError, RecipeError
+from kvstack.errors import BudgetError
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import Param, Stage, StageContext
+from kvstack.stack import Stage, StageContext
 from kvstack.stages.select_alloc import adakv_keep, head_request, pyramid_budgets, topk_keep
 from kvstack.stages.select_scores import LayerRows
-
-ALLOCS = ("uniform", "pyramid", "adakv")
-
-FRACTION = Param("fraction", float, 0.5, "share of each head's tokens to keep, in (0, 1]")
-COMMON = (
-    Param("sink", int, 0, "first tokens always kept, counted inside the budget"),
-    Param("alloc", str, "uniform", "budget split: uniform | pyramid (PyramidKV) | adakv (Ada-KV)"),
-    Param("beta", float, 20.0, "pyramid: the deepest layer gets 1/beta of the mean budget (1 = uniform)"),
-    Param("span", int, 0, "keep the N tokens after each well-scored token with it (0 = off)"),
-)
-
-
-def check_choice(stage: str, name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise RecipeError(
-            f"{stage}: {name}={value!r} is not one of {', '.join(choices)} (e.g. {name}={choices[0]})"
-        )
 
 
 def spread_forward(scores: torch.Tensor, span: int) -> torch.Tensor:
@@ -60,7 +43,6 @@ class ScoredSelect(Stage):
     """Keep the best-scored rows of each head; see the module doc for the common options."""
 
     family = "select"
-    params: ClassVar[tuple[Param, ...]] = (FRACTION, *COMMON)
     log_scores: ClassVar[bool] = False  # scores are logs of a mass (Ada-KV normalizes with a softmax)
     fraction: float
     sink: int
@@ -82,26 +64,11 @@ class ScoredSelect(Stage):
         return f"sink={self.sink}"
 
     def check_params(self) -> None:
-        """Validate the method's own parameters."""
+        """What the method sets up beyond the grammar's checks (``kvstack.grammar.select``)."""
 
     # --- Stage hooks ------------------------------------------------------------------
     def validate(self) -> None:
-        if not (0.0 < self.fraction <= 1.0) or math.isnan(self.fraction):
-            raise BudgetError(
-                f"{self.name}: fraction={self.fraction} must be in (0, 1]: it is the share of tokens kept "
-                f"(e.g. {self.name}:0.25 keeps a quarter; 1 keeps everything)"
-            )
-        if self.sink < 0:
-            raise BudgetError(
-                f"{self.name}: sink={self.sink} must be >= 0 (a number of initial tokens to keep)"
-            )
-        check_choice(self.name, "alloc", self.alloc, ALLOCS)
-        if self.span < 0:
-            raise RecipeError(
-                f"{self.name}: span={self.span} must be >= 0 (tokens kept after each kept token; 0 = off)"
-            )
-        if not self.beta >= 1.0:
-            raise RecipeError(f"{self.name}: beta={self.beta} must be >= 1 (PyramidKV uses 20; 1 is uniform)")
+        # the grammar checked fraction, sink, alloc, beta, span and the method's own options
         self.check_params()
 
     def apply(self, cache: KVCache, ctx: StageContext, layers: set[int]) -> KVCache:

@@ -12,12 +12,9 @@ from typing import ClassVar
 
 import torch
 
-from kvstack.errors import RecipeError
-from kvstack.stack import REGISTRY, Param, StageContext
+from kvstack.stack import REGISTRY, StageContext
 from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import LayerRows, normalize
-
-BASE = Param("base", str, "expected", "method whose scores are refined: expected, snapkv, q2c, tova, h2o, ...")
 
 
 class BasedSelect(ScoredSelect):
@@ -27,15 +24,8 @@ class BasedSelect(ScoredSelect):
     own_needs: ClassVar[frozenset[str]] = frozenset()
 
     def check_params(self) -> None:
-        cls = REGISTRY.get(self.base)
-        methods = sorted(
-            n for n, c in REGISTRY.items() if issubclass(c, ScoredSelect) and not issubclass(c, BasedSelect)
-        )
-        if cls is None or not issubclass(cls, ScoredSelect) or issubclass(cls, BasedSelect):
-            raise RecipeError(
-                f"{self.name}: base={self.base!r} is not a score-and-keep method; use one of {', '.join(methods)}"
-            )
-        self.method = cls(fraction=self.fraction, sink=self.sink, alloc=self.alloc, beta=self.beta)
+        # the grammar checked that base names a score-and-keep method (kvstack.grammar.select.SCORED)
+        self.method = REGISTRY[self.base](fraction=self.fraction, sink=self.sink, alloc=self.alloc, beta=self.beta)
         # instance attributes the driver reads: captures to collect, window queries, question
         self.needs = self.method.needs | self.own_needs
         self.needs_question = self.method.needs_question

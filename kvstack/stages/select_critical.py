@@ -13,15 +13,12 @@ group. ``first`` is taken of the uniform budget, also under ``alloc=pyramid|adak
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from kvstack.errors import ModelError, RecipeError
-from kvstack.stack import Param, StageContext, register
+from kvstack.errors import ModelError
+from kvstack.stack import StageContext, register
 from kvstack.stages.select_alloc import head_request
-from kvstack.stages.select_base import COMMON, FRACTION
-from kvstack.stages.select_based import BASE, BasedSelect
+from kvstack.stages.select_based import BasedSelect
 from kvstack.stages.select_scores import LayerRows, rank
 
 NEED_OPROJ = "o_proj"  # capture: layer -> [Hq, D, hidden] float32, each query head's rows of W_o^T
@@ -42,26 +39,10 @@ def projected_value_norm(values: torch.Tensor, w_o: torch.Tensor, block: int = 1
 
 
 @register
-class CriticalKV(BasedSelect):
-    name = "critical"
-    summary = "CriticalKV: refine a base score (default expected) by the value's norm through o_proj"
-    params = (
-        FRACTION,
-        BASE,
-        Param("first", float, 0.5, "share of the budget chosen by the base score alone (stage 1)"),
-        Param("eps", float, 1e-4, "added to the base distribution before weighting by the value norm"),
-        *COMMON,
-    )
+class CriticalKV(BasedSelect, grammar="critical"):
     own_needs = frozenset({NEED_OPROJ})
     first: float
     eps: float
-
-    def check_params(self) -> None:
-        if not 0.0 <= self.first <= 1.0 or math.isnan(self.first):
-            raise RecipeError(f"critical: first={self.first} must be in [0, 1] (kvpress uses 0.5)")
-        if not self.eps >= 0.0:
-            raise RecipeError(f"critical: eps={self.eps} must be >= 0 (kvpress uses 1e-4)")
-        super().check_params()
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         w_o = ctx.captures.get(NEED_OPROJ, {}).get(index)

@@ -18,18 +18,13 @@ import math
 
 import torch
 
-from kvstack.errors import BudgetError, RecipeError
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import NEED_WINDOW_QUERIES, Param, Stage, StageContext, register
+from kvstack.stack import NEED_WINDOW_QUERIES, Stage, StageContext, register
 from kvstack.stages.select_scores import LayerRows, attention_received, group_reduce, newest_rows, rank, score_params
 
 POLICIES = ("special", "special+local", "special+frequent", "special+frequent+local", "full")
 
 
-def parse_ids(raw: str) -> tuple[int, ...]:
-    """``"13/11/30"`` -> ``(13, 11, 30)`` (slashes: commas separate a stage's parameters)."""
-    return tuple(int(x) for x in raw.split("/") if x.strip()) if raw.strip() else ()
-parse_ids.__name__ = "list of token ids separated by '/'"
 
 
 def punctuation_ids(tokenizer) -> list[int]:
@@ -62,18 +57,9 @@ def choose(mass: torch.Tensor, sets: list[torch.Tensor], threshold: float) -> in
 
 
 @register
-class FastGen(Stage):
-    name = "fastgen"
-    summary = "FastGen: per KV head, the cheapest of special/local/frequent/full that recovers `threshold` attention"
-    family = "select"
-    params = (
-        Param("threshold", float, 0.9, "share of the window queries' attention each head must keep, in (0, 1]"),
-        Param("window", int, 32, "last context queries whose attention is measured"),
-        Param("local", float, 0.3, "locality: newest rows kept, a share of the head's rows (<1) or a count"),
-        Param("freq", float, 0.3, "frequency: heavy hitters kept, a share (<1) or a count"),
-        Param("sink", int, 1, "special tokens: the first `sink` positions (BOS, attention sinks)"),
-        Param("punct", parse_ids, (), "punctuation token ids, '/'-separated (e.g. 13/11/30), kept with `special`"),
-    )
+class FastGen(Stage, grammar="fastgen"):
+    """FastGen; parameters and checks: :mod:`kvstack.grammar.select`."""
+
     needs = frozenset({NEED_WINDOW_QUERIES})
     threshold: float
     window: int
@@ -81,23 +67,6 @@ class FastGen(Stage):
     freq: float
     sink: int
     punct: tuple[int, ...]
-
-    def validate(self) -> None:
-        if not 0.0 < self.threshold <= 1.0 or math.isnan(self.threshold):
-            raise BudgetError(
-                f"fastgen: threshold={self.threshold} must be in (0, 1]: the share of attention each head "
-                "must recover (FastGen uses 0.9-0.99; 1 keeps everything a head attends to)"
-            )
-        if self.window < 1:
-            raise RecipeError(f"fastgen: window={self.window} must be >= 1 (e.g. 32 last context queries)")
-        for key in ("local", "freq"):
-            value = getattr(self, key)
-            if value < 0 or (value >= 1 and value != int(value)) or math.isnan(value):
-                raise RecipeError(
-                    f"fastgen: {key}={value} must be a share in [0, 1) or a whole count >= 1 (FastGen uses 0.3)"
-                )
-        if self.sink < 0:
-            raise BudgetError(f"fastgen: sink={self.sink} must be >= 0 (initial tokens kept as special)")
 
     def apply(self, cache: KVCache, ctx: StageContext, layers: set[int]) -> KVCache:
         chosen: dict[int, list[str]] = {}

@@ -17,12 +17,9 @@ from collections.abc import Iterable
 
 import torch
 
-from kvstack.errors import RecipeError
-from kvstack.stack import NEED_ATTENTION, Param, StageContext, register
-from kvstack.stages.select_base import COMMON, FRACTION, ScoredSelect
+from kvstack.stack import NEED_ATTENTION, StageContext, register
+from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import LayerRows, at_positions, group_reduce, newest_rows
-
-DEFAULT_STRIDE = 32
 
 
 def attention_need(stride: int) -> str:
@@ -41,39 +38,14 @@ def attention_strides(needs: Iterable[str]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _stride(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError(raw)
-    return value
-
-
-_stride.__name__ = "whole number >= 1"
-
-
 @register
-class H2O(ScoredSelect):
+class H2O(ScoredSelect, grammar="h2o"):
     """H2O: the attention each token received from the context queries (summed, and summed over
     the group), plus the most recent tokens; ``stride`` samples the queries (see the module doc)."""
 
-    name = "h2o"
-    summary = "H2O: keep heavy hitters (most cumulative attention) plus recent tokens"
-    params = (
-        FRACTION,
-        Param(
-            "recent", float, 0.5, "recent tokens kept: a share of each head's budget (<1) or a count (>=1)"
-        ),
-        Param("stride", _stride, DEFAULT_STRIDE, "score every k-th context query (1 = all, exact; k > 1 estimates)"),
-        *COMMON,
-    )
     stride: int
 
     def check_params(self) -> None:
-        if self.recent < 0 or (self.recent >= 1 and self.recent != int(self.recent)):
-            raise RecipeError(
-                f"h2o: recent={self.recent} must be a share of the budget in [0, 1) or a whole count >= 1 "
-                "(H2O splits the budget half and half: recent=0.5)"
-            )
         self.needs = frozenset({attention_need(self.stride)})  # read by the prefill driver
 
     def _recent(self, request: int) -> int:

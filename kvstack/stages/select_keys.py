@@ -5,30 +5,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kvstack.stack import Param, StageContext, register
-from kvstack.stages.select_base import COMMON, FRACTION, ScoredSelect
+from kvstack.stack import StageContext, register
+from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import LayerRows
 
 
 @register
-class KNorm(ScoredSelect):
+class KNorm(ScoredSelect, grammar="knorm"):
     """K-norm (Devoto et al. 2024): keys with a low L2 norm draw more attention; keep the lowest.
     RoPE preserves norms, so post-RoPE keys give the same ranking."""
 
-    name = "knorm"
-    summary = "K-norm: keep the tokens whose keys have the lowest L2 norm"
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         return -rows.keys.norm(dim=-1)
 
 
 @register
-class KeyDiff(ScoredSelect):
+class KeyDiff(ScoredSelect, grammar="keydiff"):
     """KeyDiff (Park et al. 2025): keep the keys least similar to the head's anchor, the mean of
     its unit-normalized keys (as kvpress does): score ``-cos(k, anchor)``."""
 
-    name = "keydiff"
-    summary = "KeyDiff: keep the keys least similar (cosine) to the head's mean key"
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         valid = rows.valid.to(rows.keys.device)
@@ -38,13 +34,10 @@ class KeyDiff(ScoredSelect):
 
 
 @register
-class RandomSelect(ScoredSelect):
+class RandomSelect(ScoredSelect, grammar="random"):
     """Uniformly random rows per head: the baseline every method should beat. Reproducible: the
     draw of layer ``i`` depends only on ``seed`` and ``i``."""
 
-    name = "random"
-    summary = "random baseline: keep a seeded uniform random share of each head's tokens"
-    params = (FRACTION, Param("seed", int, 0, "random seed (same seed, same rows)"), *COMMON)
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)

@@ -29,9 +29,9 @@ KVZIP_SECONDS = "kvzip_seconds"  # capture: seconds the reconstruction pass took
 
 
 @register
-class KVzip(ScoredSelect):
-    name = "kvzip"
-    summary = "KVzip: keep the tokens the model attends to most while reconstructing the context (extra pass)"
+class KVzip(ScoredSelect, grammar="kvzip"):
+    """KVzip; parameters and checks: :mod:`kvstack.grammar.select`."""
+
     needs = frozenset({NEED_KVZIP})
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:

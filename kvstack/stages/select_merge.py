@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from kvstack.errors import RecipeError
 from kvstack.kv import DenseRows, KVCache, KVLayer
 from kvstack.stack import StageContext, register
-from kvstack.stages.select_base import COMMON, FRACTION
-from kvstack.stages.select_based import BASE, BasedSelect
+from kvstack.stages.select_based import BasedSelect
 from kvstack.stages.select_scores import LayerRows
 
 
@@ -53,10 +52,9 @@ def fold_values(
 
 
 @register
-class Merge(BasedSelect):
-    name = "merge"
-    summary = "token merging: keep like `base` (default expected), fold evicted values into the most similar kept key"
-    params = (FRACTION, BASE, *COMMON)
+class Merge(BasedSelect, grammar="merge"):
+    """Token merging; parameters and checks: :mod:`kvstack.grammar.select`."""
+
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         p = self.base_distribution(index, rows, ctx, context_length)

@@ -22,9 +22,7 @@ from kvstack.stages.select_scores import LayerRows
 
 
 @register
-class Surprisal(ScoredSelect):
-    name = "surprisal"
-    summary = "Selective-Context surprisal: keep the tokens the model predicted worst (prefill logits, no question)"
+class Surprisal(ScoredSelect, grammar="surprisal"):
     needs = frozenset({NEED_TOKEN_NLL})
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
-from kvstack.errors import RecipeError
+from kvstack.errors import BudgetError, RecipeError
 from kvstack.plan import load_spec, parse_recipe, plan
 
 K128 = 131072
@@ -120,12 +122,31 @@ def test_channel_axis_amortizes_scales_across_tokens():
     assert channel == 24 * (64 * 4 + 64 * 32 / 128)
 
 
-def test_approximate_methods(llama):
-    kvquant = plan(llama, 100, recipe="kvquant:3").layers[0]
-    # 2048 elements x 3.32 bits = 6799.36 bits per token; 100 tokens -> ceil(84992 bytes)
-    assert kvquant.bytes == 84_992
-    gear = plan(llama, 1, recipe="gear:4").layers[0]
-    assert gear.bits_per_token == 2048 * 4.5
+def test_kvquant_counts_codes_zero_scale_codebooks_outliers_and_sink(llama):
+    layer = plan(llama, 100, recipe="kvquant:3").layers[0]
+    # sink=1: 99 tokens x 8 heads = 792 rows per part, 128 codes of 3 bits = 48 bytes each
+    codes = 792 * 48
+    outliers = round(0.01 * 792 * 128) * (4 + 2)  # int32 index + fp16 value
+    books = 8 * 8 * 2  # fp16 codebook of 2**3 levels per head, fitted on the cache
+    keys = codes + 8 * 128 * 2 * 2 + books + outliers  # fp16 zero + scale per head channel
+    values = codes + 792 * 2 * 2 + books + outliers  # fp16 zero + scale per row
+    sink = 8 * 256 * 2  # the first token's 8 K + 8 V vectors of 128, kept in fp16
+    assert layer.bytes == keys + values + sink == 99_816
+    calibrated = plan(llama, 100, recipe="kvquant:3,calibration=books.pt").layers[0]
+    assert calibrated.bytes == layer.bytes - 2 * books  # a calibrated codebook is not counted
+
+
+def test_gear_counts_its_error_factors_and_outliers(llama):
+    layer = plan(llama, 1000, recipe="gear:4").layers[0]
+    rows = 8 * 1000
+    codes = rows * 128 * 4 // 8
+    factors = (rows + 8 * 128) * 4 * 2  # fp16 A [rows, 4] and B [128, 4] per head
+    outliers = round(0.01 * rows * 128) * 6
+    keys = codes + 8 * 16 * 128 * 4 + factors + outliers  # ceil(1000/64) = 16 groups per head channel
+    values = codes + rows * 2 * 4 + factors + outliers  # 2 groups of 64 channels per row
+    assert layer.bytes == keys + values == 1_420_800
+    # marginal cost: 4-bit codes + 4 fp16 factor entries + 1% outliers + amortized scales per vector
+    assert layer.bits_per_token == 16 * (512 + 64 + Fraction("61.44") + 64)
 
 
 def test_cast_stage_changes_fp32_cache():
@@ -202,3 +223,39 @@ def test_scope_beyond_model_layers(llama):
 def test_explain_lines():
     lines = parse_recipe("streaming:sink=4,window=512 > int8").explain()
     assert "516" in lines[0] and "8.25 bits" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "error", "match"),
+    [
+        ("svd:rank=200", BudgetError, "larger than head_dim=128"),
+        ("latent:rank=5000", BudgetError, "joint row width=2048"),
+        ("cq:1,channels=3", RecipeError, "does not divide head_dim=128"),
+        ("gear:4@phi-3-mini", RecipeError, "group=64 does not divide head_dim=96"),
+    ],
+)
+def test_stages_that_do_not_fit_the_geometry_are_refused(llama, recipe, error, match):
+    recipe, _, model = recipe.partition("@phi")
+    spec = load_spec("phi" + model) if model else llama
+    with pytest.raises(error, match=match):
+        plan(spec, 100, recipe=recipe)
+
+
+def test_every_stage_and_preset_parses(llama):
+    # stages the planner used to refuse (issue 21): low rank, cross-layer, fastgen, the presets
+    for recipe in ("svd:rank=16", "latent:rank=64", "minicache", "xkv:rank=64", "fastgen", "best:16x", "qa:4x"):
+        assert plan(llama, 1000, recipe=recipe).total_bytes > 0
+
+
+def test_report_says_when_the_estimate_is_a_bound(llama):
+    from kvstack.plan.render import render_plan
+
+    assert "upper bound" in render_plan(plan(llama, 1000, recipe="fastgen"))
+    assert "upper bound" not in render_plan(plan(llama, 1000, recipe="snapkv:0.5 > int4"))
+
+
+@pytest.mark.parametrize("recipe", ["snapkv:0.5 > latent:rank=64", "h2o:0.5 > xkv:rank=64"])
+def test_shared_vectors_after_per_head_selection_are_refused_as_in_kvstack(llama, recipe):
+    with pytest.raises(RecipeError, match="different tokens in different heads"):
+        plan(llama, 1000, recipe=recipe)
+    assert plan(llama, 1000, recipe="streaming:window=512 > " + recipe.split(" > ")[1]).total_bytes > 0
