@@ -90,7 +90,7 @@ def _cache_of_measured_geometry(model, tokens: int):
 def test_presets_reach_their_ratio_on_a_cache_of_the_measured_geometry(tiny_model):
     from kvstack.hf.model import model_info
     from kvstack.inspect.rope import rope_tables
-    from kvstack.stack import NEED_QUESTION_QUERIES, StageContext
+    from kvstack.stack import NEED_QUESTION_QUERIES, NEED_TOKEN_NLL, StageContext
     from kvstack.stages.lowrank_rope import NEED_ROPE
 
     model = tiny_model("llama", num_hidden_layers=8, head_dim=64, max_position_embeddings=CONTEXT)
@@ -100,8 +100,10 @@ def test_presets_reach_their_ratio_on_a_cache_of_the_measured_geometry(tiny_mode
     assert fp16_ratio(cache) == 0.5  # an fp16 cache holds half of that
     g = torch.Generator().manual_seed(1)  # qa: presets score by the question's queries; random ones here
     questions = [torch.randn(info.num_query_heads, 12, 64, generator=g) for _ in range(info.num_layers)]
+    surprisal = torch.rand(CONTEXT, generator=g) * 8  # best: presets score by each token's surprisal; random here
     ctx = StageContext(info.num_query_heads, info.num_kv_heads, info.head_dim, info.num_layers,
-                       captures={NEED_ROPE: rope_tables(model), NEED_QUESTION_QUERIES: questions})
+                       captures={NEED_ROPE: rope_tables(model), NEED_QUESTION_QUERIES: questions,
+                                 NEED_TOKEN_NLL: surprisal})
     for name, preset in PRESETS.items():
         got = fp16_ratio(Recipe.parse(name).apply(cache, ctx))
         promised = preset.ratio
