@@ -102,7 +102,7 @@ def _one_of_batch(index: int, model, context_ids, recipe, question_ids, options:
 
 @torch.no_grad()
 def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int = 32, *, fingerprint: str = "config",
-             graphs: bool = False, **generate_kwargs) -> torch.Tensor | list[torch.Tensor]:
+             graphs: bool | None = None, **generate_kwargs) -> torch.Tensor | list[torch.Tensor]:
     """Answer ``question_ids`` from a compressed ``cache`` with ``model.generate``; greedy by default.
 
     Returns only the new token ids (1-D). ``cache`` is not modified, so it can be reused.
@@ -118,6 +118,8 @@ def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int 
     (:mod:`kvstack.hf.step_loop`): on CUDA, decode steps through the kernels are captured in a CUDA
     graph per shape bucket and replayed, which takes the per-step Python and launch overhead away.
     The same tokens come back; sampling and other ``generate`` options are refused (InputError).
+    The default (``None``) takes the step loop on a CUDA model when decoding is greedy with no other
+    option, and ``model.generate`` otherwise (always on a CPU); ``graphs=False`` forces ``model.generate``.
     """
     from kvstack.hf.attention import enable
     from kvstack.hf.cache import CompressedCache
@@ -125,10 +127,9 @@ def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int 
     from kvstack.hf.generation import generation_kwargs
     from kvstack.hf.model import check_context_window, model_info
 
-    if graphs:
-        from kvstack.hf.step_loop import check_loop_kwargs
+    from kvstack.hf.step_loop import use_graphs
 
-        check_loop_kwargs(generate_kwargs)
+    graphs = use_graphs(graphs, next(model.parameters()).device, generate_kwargs)
     if isinstance(cache, KVBatch):
         from kvstack.api_batch import generate_batch
 

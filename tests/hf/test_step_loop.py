@@ -56,3 +56,18 @@ def test_sampling_and_other_options_are_refused_before_any_work(tiny_model, make
     cache = kvstack.compress(model, make_ids(20), "int8")
     with pytest.raises(InputError, match="graphs=True"):
         kvstack.generate(model, cache, make_ids(2), max_new_tokens=4, graphs=True, **kwargs)
+
+
+def test_graphs_default_takes_the_step_loop_only_for_greedy_decoding_on_cuda():
+    from kvstack.hf.step_loop import use_graphs
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_graphs(None, cuda, {}) is True  # the measured-faster path where it exists
+    assert use_graphs(None, cuda, {"min_new_tokens": 2}) is True
+    assert use_graphs(None, cpu, {}) is False  # CPU: model.generate, as before
+    assert use_graphs(None, cuda, {"do_sample": True, "top_p": 0.9}) is False  # sampling: model.generate
+    assert use_graphs(None, cuda, {"num_beams": 2}) is False
+    assert use_graphs(False, cuda, {}) is False
+    assert use_graphs(True, cpu, {}) is True  # asked for: the loop runs eagerly on a CPU
+    with pytest.raises(InputError, match="graphs=True"):
+        use_graphs(True, cuda, {"do_sample": True})
