@@ -126,7 +126,6 @@ def generate(model, cache: KVCache | KVBatch, question_ids, max_new_tokens: int 
     from kvstack.hf.compat import cache_kwargs
     from kvstack.hf.generation import generation_kwargs
     from kvstack.hf.model import check_context_window, model_info
-
     from kvstack.hf.step_loop import use_graphs
 
     graphs = use_graphs(graphs, next(model.parameters()).device, generate_kwargs)
