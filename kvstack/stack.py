@@ -134,9 +134,17 @@ REGISTRY: dict[str, type[Stage]] = {}
 
 
 def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage usable by name in recipes. Its name must be declared in
-    :mod:`kvstack.grammar` (``grammar="name"`` in the class line), the one list of stages."""
-    if cls.grammar_spec is None or cls.grammar_spec.name != cls.name:
+    """Class decorator: make a stage usable by name in recipes. A built-in stage names its declaration
+    in :mod:`kvstack.grammar` (``grammar="name"`` in the class line); a user's own stage class that
+    sets ``name``, ``family``, ``summary`` and ``params`` itself is declared here, at registration."""
+    if cls.grammar_spec is None:
+        from kvstack.grammar.catalog import declare
+        from kvstack.grammar.spec import StageSpec
+
+        if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+            raise RuntimeError(f"stage {cls.__name__} has no name: set name/family/summary/params, or grammar='x'")
+        cls.grammar_spec = declare(StageSpec(cls.name, cls.family, cls.summary, tuple(cls.params)))
+    if cls.grammar_spec.name != cls.name:
         raise RuntimeError(f"stage {cls.__name__} names no stage of kvstack.grammar (class X(Stage, grammar='x'))")
     if cls.name in REGISTRY:
         raise RuntimeError(f"stage name {cls.name!r} registered twice")

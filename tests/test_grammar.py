@@ -13,7 +13,7 @@ from kvstack.grammar import PRESETS, SPECS, Param, parse_stage
 from kvstack.grammar.params import AXES, PACKED_BITS
 from kvstack.grammar.select import SCORED
 from kvstack.plan import load_spec, parse_recipe, plan
-from kvstack.stack import REGISTRY, Stage, _load_builtin_stages, register
+from kvstack.stack import REGISTRY, Recipe, Stage, _load_builtin_stages, register
 
 # a value each stage needs to run at all (the others run on their defaults)
 NEEDS_VALUE = {"svd": "svd:rank=8", "latent": "latent:rank=16", "xkv": "xkv:rank=16"}
@@ -50,15 +50,29 @@ def test_grammar_constants_match_the_containers():
     assert PACKED_BITS == SUPPORTED_BITS and AXES == ROW_AXES
 
 
-def test_register_refuses_a_stage_the_grammar_does_not_declare():
-    class Unknown(Stage):
-        name = "unknown"
+def test_a_users_own_stage_is_declared_when_registered_and_the_planner_says_it_cannot_size_it():
+    class Mine(Stage):
+        name, family, summary = "mine_test_stage", "misc", "a user's stage"
 
-    with pytest.raises(RuntimeError, match="names no stage of kvstack.grammar"):
-        register(Unknown)
+    try:
+        register(Mine)
+        assert SPECS["mine_test_stage"].summary == "a user's stage" and REGISTRY["mine_test_stage"] is Mine
+        assert Recipe.parse("mine_test_stage").stages[0].name == "mine_test_stage"
+        with pytest.raises(RecipeError, match="no size model for the user stage 'mine_test_stage'"):
+            plan(load_spec("llama-3.1-8b"), 4096, recipe="mine_test_stage")
+
+        class Again(Stage):
+            name, family, summary = "mine_test_stage", "misc", "the same name"
+
+        with pytest.raises(RuntimeError, match="declared twice"):
+            register(Again)
+    finally:
+        REGISTRY.pop("mine_test_stage", None)
+        SPECS.pop("mine_test_stage", None)
+    with pytest.raises(RuntimeError, match="has no name"):
+        register(type("Nameless", (Stage,), {}))
     with pytest.raises(RuntimeError, match="no stage 'nope'"):
         type("Nope", (Stage,), {}, grammar="nope")
-    assert "unknown" not in REGISTRY
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

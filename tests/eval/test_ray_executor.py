@@ -17,6 +17,7 @@ import pytest
 from kvstack.errors import MissingDependencyError
 from kvstack.eval.cli import make_executor
 from kvstack.eval.results import read_rows
+from kvstack.grammar.catalog import SPECS
 from kvstack.stack import REGISTRY
 
 from .cli_helper import run_cli
@@ -33,6 +34,7 @@ def failing_stages():
     yield failing_stage
     for name in ("explode", "crash"):
         REGISTRY.pop(name, None)
+        SPECS.pop(name, None)  # register() declared them in the grammar's list too
 
 
 @pytest.fixture(scope="module")
