@@ -24,8 +24,16 @@ from kvstack.stack import REGISTRY, _load_builtin_stages
 
 CONTEXT = 200
 NEW_TOKENS = 4
-# Stages whose caches the wire format refuses today, with the encoding class the refusal names.
-NOT_SAVED: dict[str, str] = {}
+# Stages whose caches the wire format refuses today (docs/status.md: low-rank caches cannot be
+# saved yet), with the encodings the refusal must name. A stage that learns to save leaves this list.
+NOT_SAVED: dict[str, str] = {
+    "cq": "KeptRows holding CQRows",
+    "gear": "GearRows",
+    "kvquant": "KeptRows holding RotatedRows holding NuqRows",
+    "latent": "KeptRows holding JointRows",
+    "svd": "KeptRows holding LowRankRows",
+    "xkv": "KeptRows holding JointRows",
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def test_stage_compresses_generates_saves_and_plans(tiny, name, tmp_path):
 
     path = tmp_path / "cache.kvw"
     if name in NOT_SAVED:
-        with pytest.raises(InputError, match=NOT_SAVED[name]):
+        with pytest.raises(InputError, match=f"does not know {NOT_SAVED[name]}, so this cache cannot be saved"):
             kvstack.save(cache, path)
         assert not path.exists()
     else:
