@@ -24,13 +24,16 @@ from kvstack.stack import REGISTRY, _load_builtin_stages
 
 CONTEXT = 200
 NEW_TOKENS = 4
-# Stages whose caches the wire format refuses today (docs/status.md: low-rank caches cannot be
-# saved yet), with the encodings the refusal must name. A stage that learns to save leaves this list.
+# minicache merges nothing of a random model at its default threshold; t=1 merges every token past the sinks
+RUN_AS = {**NEEDS_VALUE, "minicache": "minicache:t=1"}
+# Stages whose caches the wire format refuses today (docs/status.md: low-rank and merged caches
+# cannot be saved yet), with the encodings the refusal must name. A stage that learns to save leaves this list.
 NOT_SAVED: dict[str, str] = {
     "cq": "KeptRows holding CQRows",
     "gear": "GearRows",
     "kvquant": "KeptRows holding RotatedRows holding NuqRows",
     "latent": "KeptRows holding JointRows",
+    "minicache": "MergedRows",
     "svd": "KeptRows holding LowRankRows",
     "xkv": "KeptRows holding JointRows",
 }
@@ -54,7 +57,7 @@ def test_the_registry_is_the_grammars_stage_list():
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_stage_compresses_generates_saves_and_plans(tiny, name, tmp_path):
     model, spec, ids, question = tiny
-    recipe = NEEDS_VALUE.get(name, name)
+    recipe = RUN_AS.get(name, name)
     cache = kvstack.compress(model, ids, recipe=recipe, question_ids=question)
     answer = kvstack.generate(model, cache, question, max_new_tokens=NEW_TOKENS)
     assert answer.shape == (NEW_TOKENS,)
