@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model, random_ids
 from plan_bytes import NEEDS_VALUE, assert_plan_matches
 
 import kvstack
@@ -40,12 +39,12 @@ NOT_SAVED: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_model, make_ids, tmp_path_factory):
     """(model, its planner spec from its own config.json, context ids, question ids), built once."""
-    model = build_tiny_model("llama", head_dim=64, num_hidden_layers=4)
+    model = tiny_model("llama", head_dim=64, num_hidden_layers=4)
     folder = tmp_path_factory.mktemp("tiny")
     model.config.to_json_file(folder / "config.json")
-    return model, load_spec(str(folder / "config.json")), random_ids(CONTEXT), random_ids(8, seed=1)
+    return model, load_spec(str(folder / "config.json")), make_ids(CONTEXT), make_ids(8, seed=1)
 
 
 def test_the_registry_is_the_grammars_stage_list():
