@@ -93,7 +93,7 @@ def build_tiny_model(arch: str, seed: int = 0, attn_implementation: str | None =
     return model
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a stateless factory: session scope lets module fixtures build once
 def tiny_model():
     """Factory fixture: ``tiny_model("llama")`` -> a fresh tiny model (see ``build_tiny_model``)."""
     return build_tiny_model
@@ -105,7 +105,7 @@ def random_ids(n: int, seed: int = 0, vocab: int = 128, low: int = 3) -> torch.T
     return torch.randint(low, vocab, (n,), generator=g)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_ids():
     """Factory fixture: ``make_ids(n, seed=0)`` -> 1-D random token ids for the tiny models."""
     return random_ids

@@ -51,10 +51,21 @@ def encoding_for(obj: Encoded) -> WireEncoding:
     enc = _BY_CLASS.get(type(obj))
     if enc is None:
         raise InputError(
-            f"the wire format does not know {type(obj).__name__}; register it with "
-            "kvstack.wire.register_encoding(cls, kind, parts, build)"
+            f"the wire format does not know {describe(obj)}, so this cache cannot be saved or sent yet; "
+            "register it with kvstack.wire.register_encoding(cls, kind, parts, build)"
         )
     return enc
+
+
+def describe(obj: Encoded) -> str:
+    """The class name of ``obj`` and of the encoding it wraps (``KeptRows holding CQRows``), if any.
+
+    Why: a wrapper such as the rows a stage keeps exact around another encoding says nothing about
+    which method built the cache; the wrapped encoding does.
+    """
+    inner = getattr(obj, "inner", None)
+    name = type(obj).__name__
+    return name if inner is None else f"{name} holding {describe(inner)}"
 
 
 def encoding_of_kind(kind: str) -> WireEncoding:

@@ -9,16 +9,14 @@ bytes depend on the data (``RecipeEstimate.exact`` is False) must stay under its
 from __future__ import annotations
 
 import pytest
+from plan_bytes import NEEDS_VALUE, assert_plan_matches
 
 import kvstack
 from kvstack.grammar import PRESETS, SPECS
-from kvstack.plan import load_spec, parse_recipe, plan
+from kvstack.plan import load_spec, parse_recipe
 from kvstack.stack import REGISTRY, _load_builtin_stages
 
 CONTEXT = 200
-TOLERANCE = 0.05
-# the stages that need a parameter to run at all (rank or energy), with a value that fits head_dim 64
-NEEDS_VALUE = {"svd": "svd:rank=8", "latent": "latent:rank=16", "xkv": "xkv:rank=16"}
 STACKS = (
     "snapkv:0.25 > int4",
     "streaming:sink=4,window=64 > int8",
@@ -54,17 +52,7 @@ def tiny(tiny_model, make_ids, tmp_path):
 
 def _compare(tiny, recipe: str) -> None:
     model, spec, ids, question = tiny
-    cache = kvstack.compress(model, ids, recipe=recipe, question_ids=question)
-    estimate = parse_recipe(recipe)
-    predicted = plan(spec, CONTEXT, dtype="fp32", recipe=estimate)
-    real = [layer.nbytes for layer in cache.layers]
-    if not estimate.exact:  # data-dependent: the estimate is a bound, and says so
-        assert any("data-dependent" in line for line in estimate.explain())
-        assert cache.nbytes <= predicted.total_bytes, (recipe, real, [la.bytes for la in predicted.layers])
-        return
-    for got, want in zip(real, (layer.bytes for layer in predicted.layers), strict=True):
-        assert abs(want - got) <= TOLERANCE * got, (recipe, real, [la.bytes for la in predicted.layers])
-    assert abs(predicted.total_bytes - cache.nbytes) <= TOLERANCE * cache.nbytes
+    assert_plan_matches(kvstack.compress(model, ids, recipe=recipe, question_ids=question), recipe, spec, CONTEXT)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
