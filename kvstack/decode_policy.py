@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from kvstack.errors import ConfigError
 from kvstack.kv import KVLayer
 
 
@@ -61,8 +62,13 @@ _FACTORIES: dict[str, PolicyFactory] = {}
 def register_decode_policy(meta_key: str, factory: PolicyFactory) -> None:
     """Build a policy with ``factory(meta[meta_key])`` for every layer whose meta holds ``meta_key``."""
     if _FACTORIES.get(meta_key, factory) is not factory:
-        raise ValueError(f"decode policy key {meta_key!r} registered twice")
+        raise ConfigError(f"decode policy key {meta_key!r} registered twice")
     _FACTORIES[meta_key] = factory
+
+
+def unregister_decode_policy(meta_key: str) -> PolicyFactory | None:
+    """Remove and return the factory for ``meta_key`` (None if there was none): a plugin's or a test's undo."""
+    return _FACTORIES.pop(meta_key, None)
 
 
 def decode_policies(meta: Mapping[str, Any]) -> list[DecodePolicy]:

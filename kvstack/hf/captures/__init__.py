@@ -23,6 +23,7 @@ from kvstack.hf.captures.registry import (
     provided,
     providers_for,
     register_provider,
+    unregister_provider,
 )
 from kvstack.hf.captures.rope import PROVIDER as _ROPE
 from kvstack.hf.captures.token_nll import PROVIDER as _TOKEN_NLL
@@ -33,4 +34,5 @@ for _provider in BUILTIN:
 
 __all__ = [
     "BUILTIN", "CaptureInputs", "CaptureProvider", "ChunkObserver", "provided", "providers_for", "register_provider",
+    "unregister_provider",
 ]

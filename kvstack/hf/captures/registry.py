@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from kvstack.errors import ConfigError
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache
 
@@ -52,7 +53,7 @@ class CaptureProvider:
 
     def __post_init__(self) -> None:
         if (self.during is None) == (self.after is None):
-            raise ValueError(f"capture provider {self.need!r}: give exactly one of during= and after=")
+            raise ConfigError(f"capture provider {self.need!r}: give exactly one of during= and after=")
 
 
 _PROVIDERS: dict[str, CaptureProvider] = {}
@@ -61,9 +62,14 @@ _PROVIDERS: dict[str, CaptureProvider] = {}
 def register_provider(provider: CaptureProvider) -> CaptureProvider:
     """Make ``provider`` the supplier of ``provider.need``; a name is supplied by one provider only."""
     if provider.need in _PROVIDERS:
-        raise ValueError(f"capture {provider.need!r} already has a provider")
+        raise ConfigError(f"capture {provider.need!r} already has a provider; unregister_provider it first")
     _PROVIDERS[provider.need] = provider
     return provider
+
+
+def unregister_provider(need: str) -> CaptureProvider | None:
+    """Remove and return the provider of ``need`` (None if there was none): a plugin's or a test's undo."""
+    return _PROVIDERS.pop(need, None)
 
 
 def providers_for(needs: Iterable[str]) -> list[CaptureProvider]:
