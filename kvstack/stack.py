@@ -16,20 +16,20 @@ from typing import Any, ClassVar
 from kvstack.errors import RecipeError
 from kvstack.grammar import SPECS, Param, StageSpec, as_bool, scope_text, split_recipe
 from kvstack.grammar import parse_stage as parse_stage_text
+from kvstack.grammar.needs import (  # what a stage may ask the prefill driver for; re-exported
+    ATTN_PARAMS,
+    NEED_ATTENTION,
+    NEED_QUESTION_QUERIES,
+    NEED_TOKEN_NLL,
+    NEED_WINDOW_QUERIES,
+)
 from kvstack.kv import KVCache
 
 __all__ = [
-    "ATTN_PARAMS", "EXCLUSIVE_FAMILIES", "NEED_ATTENTION", "NEED_QUESTION_QUERIES", "NEED_WINDOW_QUERIES",
-    "REGISTRY", "Param", "Recipe", "Stage", "StageContext", "as_bool", "describe_stages", "parse_stage",
-    "register", "scope_text",
+    "ATTN_PARAMS", "EXCLUSIVE_FAMILIES", "NEED_ATTENTION", "NEED_QUESTION_QUERIES", "NEED_TOKEN_NLL",
+    "NEED_WINDOW_QUERIES", "REGISTRY", "Param", "Recipe", "Stage", "StageContext", "as_bool", "describe_stages",
+    "parse_stage", "register", "scope_text",
 ]
-
-# --- what a stage may ask the prefill driver for ----------------------------------------
-NEED_QUESTION_QUERIES = "question_queries"  # post-RoPE queries of the question tokens, per layer
-NEED_WINDOW_QUERIES = "window_queries"  # post-RoPE queries of the last `window` context tokens
-NEED_ATTENTION = "attention"  # attention each key received, summed over all context queries
-NEED_TOKEN_NLL = "token_nll"  # [T] -log p(token | earlier context) of every context token, from the prefill's logits
-ATTN_PARAMS = "attn_params"  # always captured with the above: layer -> (scaling, softcap) the model uses
 
 # Families where at most one stage may act on a layer (a scoped one overrides an unscoped one).
 EXCLUSIVE_FAMILIES = frozenset({"quantize"})

@@ -232,3 +232,33 @@ def test_no_module_imports_the_old_paths_of_moved_modules() -> None:
     assert MOVED_TO_ROWS <= set(graph), "a re-export module at an old path is gone"
     found = {m: sorted(graph[m] & MOVED_TO_ROWS) for m in graph if m not in MOVED_TO_ROWS}
     assert not any(found.values()), f"import these from kvstack.rows instead: {found}"
+
+
+# The HF driver reaches stages only through their registries: kvstack.stack (stages by name),
+# kvstack.stages.load_builtin (the list of stage modules), the capture providers of kvstack.hf.captures
+# and the decode policies of kvstack.decode_policy. Naming a stage module from hf/ is what issue 21
+# (deliverable 3) removed: adding a method must not touch the driver.
+STAGE_REGISTRY_MODULES = {"kvstack.stages"}
+
+
+def hf_stage_imports(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Per module of kvstack/hf/, the stage modules it imports (lazily or not), registries left out."""
+    out = {}
+    for module, targets in graph.items():
+        if module == "kvstack.hf" or module.startswith("kvstack.hf."):
+            bad = {t for t in targets if t.startswith("kvstack.stages") and t not in STAGE_REGISTRY_MODULES}
+            if bad:
+                out[module] = bad
+    return out
+
+
+def test_hf_names_no_stage_module() -> None:
+    found = hf_stage_imports(import_graph(lazy=True))
+    assert not found, "kvstack/hf/ imports stage modules directly: " + "; ".join(
+        f"{m} -> {', '.join(sorted(t))}" for m, t in sorted(found.items())
+    )
+
+
+def test_hf_stage_check_sees_a_stage_import() -> None:
+    graph = {"kvstack.hf.prefill": {"kvstack.stages.select_h2o", "kvstack.stages", "kvstack.kv"}}
+    assert hf_stage_imports(graph) == {"kvstack.hf.prefill": {"kvstack.stages.select_h2o"}}

@@ -9,12 +9,12 @@ cache; the attention hook masks by each row's true position.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import replace
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from kvstack.decode_policy import DecodePolicy, decode_policies
 from kvstack.errors import ModelError
 from kvstack.hf.attention import RowMeta
 from kvstack.hf.compat import LayerProtocol, mask_query_length
@@ -22,13 +22,16 @@ from kvstack.hf.decode_tail import DecodeTail
 from kvstack.hf.fast_decode import FastStep, PlanHolder, fast_ready
 from kvstack.hf.graphs import GraphableCache
 from kvstack.kv import KVCache, KVLayer, tensor_nbytes
-from kvstack.stack import parse_stage
-from kvstack.stages.select import streaming_keep
 
 
-@functools.lru_cache(maxsize=32)
-def _block_stage(spec: str):
-    return parse_stage(spec)
+def layer_policies(base: KVLayer) -> list[DecodePolicy]:
+    """The decode policies a compressed layer's stages recorded in its meta (:mod:`kvstack.decode_policy`)."""
+    if not base.meta:
+        return []
+    from kvstack.stages import load_builtin  # the stage registry: stage modules register their policies
+
+    load_builtin()  # a cache loaded from disk may reach here before any recipe was parsed
+    return decode_policies(base.meta)
 
 
 def _select_requantizes(layer: KVLayer) -> bool:
@@ -78,15 +81,17 @@ class KvstackLayerOps(LayerProtocol):
 class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
     """One layer: compressed segments + dense tail of new tokens, masked by true positions.
 
-    ``segments[0]`` is the compressed context; a quantizer that asks for it (KIVI, via
-    ``meta["decode_quantize"]``) gets later segments: blocks of generated tokens
-    quantized as the dense tail fills, so long generations stay compressed too.
+    ``segments[0]`` is the compressed context. What a stage goes on doing while tokens are
+    generated is its decode policy (:mod:`kvstack.decode_policy`), read from the context's meta
+    once and called after every step: a budget drops rows (streaming), a quantizer adds later
+    segments, blocks of generated tokens quantized as the dense tail fills (KIVI).
     """
 
     def __init__(self, base: KVLayer, seen: int, dtype: torch.dtype, fast: bool = True) -> None:
         super().__init__()
         self.fast = fast  # may offer the GPU kernels a step (False inside a batch: they read one sequence)
         self.segments: list[KVLayer] = [base]
+        self.policies = layer_policies(base)
         self.seen = seen  # tokens ever processed (context + generated)
         self.window = base.sliding_window
         self.is_sliding = self.window is not None
@@ -183,7 +188,8 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
         self._append(key_states[0], value_states[0], new_pos)
         keys, values, meta = self._materialize(new_pos)
         self._trim()
-        self._quantize_tail()
+        for policy in self.policies:
+            policy.compress(self)
         keys = keys.unsqueeze(0)
         keys._kvstack = meta  # read by kvstack's attention hook
         return keys, values.unsqueeze(0)
@@ -228,31 +234,12 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
         return keys, values, RowMeta(pos, valid, query_pos, self.window)
 
     def _trim(self) -> None:
-        """Drop rows no future token can attend to (sliding window) or over a decode budget."""
-        budget = self.base.meta.get("decode_budget")
+        """Drop rows no future token can attend to (sliding window), then what the policies evict."""
         if self.window is not None:
             floor = self.seen - (self.window - 1)
             self._drop(lambda pos: pos >= floor)
-        if budget is not None:
-            sink, window = budget
-            # per KV head: its sinks and the newest `window` of its own rows (segments + shared tail).
-            # The tail holds the newest tokens of every head, so its kept part is the same for all.
-            seg_pos = [seg.row_positions() for seg in self.segments]
-            keeps = [torch.zeros(p.numel(), dtype=torch.bool) for p in seg_pos]
-            tail_pos = self.tail_pos.cpu()
-            tail_keep = torch.zeros(tail_pos.numel(), dtype=torch.bool)
-            for h in range(self.base.num_heads):
-                spans = [(si, off[h], seg.lengths[h]) for si, (seg, off) in
-                         enumerate(zip(self.segments, [s.head_offsets() for s in self.segments]))]
-                cand = torch.cat([seg_pos[si][o : o + n] for si, o, n in spans] + [tail_pos])
-                chosen = torch.zeros(cand.numel(), dtype=torch.bool)
-                chosen[streaming_keep(cand, sink, window)] = True
-                at = 0
-                for si, o, n in spans:
-                    keeps[si][o : o + n] = chosen[at : at + n]
-                    at += n
-                tail_keep |= chosen[at:]
-            self._drop_rows(keeps, tail_keep)
+        for policy in self.policies:
+            policy.evict(self)
 
     def _drop(self, keep_fn) -> None:
         """Drop rows failing ``keep_fn(positions)``. Segments whose encoding requantizes on
@@ -264,9 +251,9 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
             if _select_requantizes(seg) and 2 * int((~keep).sum()) < keep.numel():
                 keep = torch.ones_like(keep)
             keeps.append(keep)
-        self._drop_rows(keeps, keep_fn(self.tail_pos.cpu()))
+        self.drop_rows(keeps, keep_fn(self.tail_pos.cpu()))
 
-    def _drop_rows(self, keeps: list[torch.Tensor], tail_keep: torch.Tensor) -> None:
+    def drop_rows(self, keeps: list[torch.Tensor], tail_keep: torch.Tensor) -> None:
         """Keep, per segment, the rows flagged in ``keeps`` and the tail tokens flagged in ``tail_keep``."""
         tail_keep = tail_keep.to(self.tail_pos.device)
         if not bool(tail_keep.all()):
@@ -286,21 +273,13 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
                 out.append(seg)
         self.segments = out
 
-    def _quantize_tail(self) -> None:
-        """Move the oldest ``block`` generated tokens into a quantized segment once the tail
-        exceeds ``residual + block`` (KIVI's streaming quantization)."""
-        rule = self.base.meta.get("decode_quantize")
-        if rule is None:
-            return
-        spec, residual, block = rule
-        while self.tail_k is not None and self.tail_k.shape[1] >= residual + block:
-            dense = KVLayer.from_dense(
-                self.tail_k[:, :block].contiguous(), self.tail_v[:, :block].contiguous(),
-                self.tail_pos[:block].cpu(), self.window,
-            )
-            self.segments.append(replace(_block_stage(spec).apply_layer(-1, dense, None), meta={}))
-            self.tail_k, self.tail_v = self.tail_k[:, block:], self.tail_v[:, block:]
-            self.tail_pos = self.tail_pos[block:]
+    def take_tail(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Remove the ``count`` oldest tail tokens; return their ``[H, n, D]`` keys, values and (CPU) positions."""
+        keys, values = self.tail_k[:, :count].contiguous(), self.tail_v[:, :count].contiguous()
+        positions = self.tail_pos[:count].cpu()
+        self.tail_k, self.tail_v = self.tail_k[:, count:], self.tail_v[:, count:]
+        self.tail_pos = self.tail_pos[count:]
+        return keys, values, positions
 
     @property
     def nbytes(self) -> int:

@@ -127,9 +127,7 @@ def kernel_plan(bases: list, dtype: torch.dtype, device: torch.device) -> Kernel
 
 def fast_ready(layer) -> bool:
     """Whether ``layer`` (a CompressedLayer) is in a shape the kernels can decode, statically."""
-    base = layer.base
-    return (layer.window is None and len(layer.segments) == 1 and not base.meta.get("decode_budget")
-            and not base.meta.get("decode_quantize"))
+    return layer.window is None and len(layer.segments) == 1 and not layer.policies
 
 
 @dataclass

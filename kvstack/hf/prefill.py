@@ -1,5 +1,7 @@
 """The prefill driver: run the model over the context once, in chunks, and capture what
-the recipe's stages declared they need.
+the recipe's stages declared they need: attention statistics through the attention hook, anything
+else through the capture provider registered for it (:mod:`kvstack.hf.captures`). The driver names
+no stage: a method that needs something new registers a provider.
 
 Chunking bounds memory on long prompts (activations and logits of one chunk at a time;
 attention statistics are scored per chunk of queries), and drives the progress bar.
@@ -13,14 +15,18 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache
 
+from kvstack.grammar.needs import (
+    ATTN_PARAMS,
+    NEED_QUESTION_QUERIES,
+    NEED_WINDOW_QUERIES,
+    attention_need,
+    attention_strides,
+)
 from kvstack.hf.attention import CaptureSession, capturing, enable
+from kvstack.hf.captures import CaptureInputs, providers_for
 from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import ModelInfo
-from kvstack.hf.token_nll import TokenNLL
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import ATTN_PARAMS, NEED_QUESTION_QUERIES, NEED_TOKEN_NLL, NEED_WINDOW_QUERIES
-from kvstack.stages.lowrank_rope import NEED_ROPE
-from kvstack.stages.select_h2o import attention_need, attention_strides
 
 
 @dataclass
@@ -59,7 +65,8 @@ def prefill(
       * ``question_queries``: ``[Hq, q, D]`` post-RoPE queries of the question, at the
         positions it will really have (right after the context); the question's keys are
         not kept in the cache;
-      * ``token_nll``: ``[T]`` each context token's surprisal (not per layer; position 0: inf).
+      * whatever the providers of the other ``needs`` supply (:mod:`kvstack.hf.captures`), e.g.
+        ``token_nll``: ``[T]`` each context token's surprisal (not per layer; position 0: inf).
     """
     device = next(model.parameters()).device
     ids = context_ids.to(device).view(1, -1)
@@ -74,15 +81,16 @@ def prefill(
     bar = _progress(total, progress)
     start = time.perf_counter()
     logits = None
-    surprisal = TokenNLL(total) if NEED_TOKEN_NLL in needs else None
+    providers = providers_for(needs)
+    observers = [p.during(total) for p in providers if p.during is not None]
     with enable(model), capturing(session):
         for a in range(0, total, chunk_size):
             b = min(a + chunk_size, total)
             session.q_start = a
-            keep = 0 if surprisal is not None else 1  # 0: every position's logits
+            keep = 0 if observers else 1  # 0: every position's logits
             out = model(input_ids=ids[:, a:b], **cache_kwargs(dc), use_cache=True, logits_to_keep=keep)
-            if surprisal is not None:
-                surprisal.update(out.logits[0], ids[0, a:b], a)
+            for observer in observers:
+                observer.update(out.logits[0], ids[0, a:b], a)
             logits = out.logits[0, -1].float()
             if bar is not None:
                 bar.update(b - a)
@@ -124,15 +132,12 @@ def prefill(
         captures[NEED_QUESTION_QUERIES] = session.question
     if captures:
         captures[ATTN_PARAMS] = session.params  # the model's own score scaling and softcap per layer
-    if surprisal is not None:
-        captures[NEED_TOKEN_NLL] = surprisal.nll
-    if NEED_ROPE in needs:  # pre-RoPE stages (svd:rope=pre, kvquant) un-rotate keys with the model's tables
-        from kvstack.inspect.rope import rope_tables
-
-        captures[NEED_ROPE] = rope_tables(model)
-    from kvstack.hf.extras import extra_captures  # CriticalKV's o_proj weights, KVzip's reconstruction pass
-
-    captures.update(extra_captures(model, info, cache, needs))
+    for observer in observers:
+        captures.update(observer.result())
+    inputs = CaptureInputs(model, info, cache, frozenset(needs))
+    for provider in providers:
+        if provider.after is not None:  # e.g. rotary tables, o_proj rows, KVzip's reconstruction pass
+            captures.update(provider.after(inputs))
     return Prefill(cache=cache, captures=captures, seconds=seconds, last_logits=logits)
 
 

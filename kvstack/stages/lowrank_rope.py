@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-NEED_ROPE = "rope"  # capture: layer index -> Rotary (what the model's rotary embedding applies)
+from kvstack.grammar.needs import NEED_ROPE  # noqa: F401  (re-exported: layer index -> Rotary)
 
 
 @dataclass(frozen=True, eq=False)

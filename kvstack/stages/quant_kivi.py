@@ -11,24 +11,50 @@ Differences from the reference implementation: exactly ``residual`` tokens stay 
 (KIVI keeps ``T mod residual`` keys dense so key groups are always full; here the oldest
 key group of a head may be partial instead). Tokens generated after compression are
 quantized by the HF cache in blocks of ``group`` tokens once more than ``residual + group``
-are waiting (``meta["decode_quantize"]``), so the newest ``residual`` generated tokens stay
-dense; the context's own ``residual`` dense rows stay dense too (up to 2*residual + group
-dense rows in all, where KIVI has residual + group).
+are waiting (:class:`KiviBlocks`, the decode policy recorded as ``meta["decode_quantize"]``), so
+the newest ``residual`` generated tokens stay dense; the context's own ``residual`` dense rows
+stay dense too (up to 2*residual + group dense rows in all, where KIVI has residual + group).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
 
+from kvstack.decode_policy import DecodePolicy, DecodeRows, register_decode_policy
 from kvstack.grammar.params import token_axis_group
 from kvstack.kv import KVLayer
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.quant import QuantRows
 from kvstack.rows.split import SplitRows
-from kvstack.stack import Stage, StageContext, register
+from kvstack.stack import Stage, StageContext, parse_stage, register
 
+DECODE_QUANTIZE = "decode_quantize"  # layer meta: (block stage spec, residual, block) for generated tokens
+
+
+
+@functools.lru_cache(maxsize=32)
+def _block_stage(spec: str) -> Stage:
+    return parse_stage(spec)
+
+
+class KiviBlocks(DecodePolicy):
+    """KIVI while generating: once the tail holds ``residual + block`` tokens, its oldest ``block``
+    are quantized by the stage ``spec`` into a new segment, so long generations stay compressed."""
+
+    def __init__(self, rule: tuple[str, int, int]) -> None:
+        self.spec, self.residual, self.block = rule
+
+    def compress(self, layer: DecodeRows) -> None:
+        while layer.tail_length and layer.tail_length >= self.residual + self.block:
+            keys, values, positions = layer.take_tail(self.block)
+            dense = KVLayer.from_dense(keys, values, positions, layer.window)
+            layer.segments.append(replace(_block_stage(self.spec).apply_layer(-1, dense, None), meta={}))
+
+
+register_decode_policy(DECODE_QUANTIZE, KiviBlocks)
 
 def recent_mask(layer: KVLayer, residual: int) -> torch.Tensor:
     """``[sum(lengths)]`` bool: the ``residual`` rows of each head with the latest positions."""
@@ -70,5 +96,5 @@ class Kivi(Stage, grammar="kivi"):
             layer,
             keys=SplitRows.build(keys, dense, heads, quant_keys),
             values=SplitRows.build(values, dense, heads, quant_values),
-            meta={**layer.meta, "decode_quantize": (block_spec, self.residual, self.group)},
+            meta={**layer.meta, DECODE_QUANTIZE: (block_spec, self.residual, self.group)},
         )

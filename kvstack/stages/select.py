@@ -21,8 +21,11 @@ from dataclasses import replace
 
 import torch
 
+from kvstack.decode_policy import DecodePolicy, DecodeRows, register_decode_policy
 from kvstack.kv import KVLayer
 from kvstack.stack import Stage, StageContext, register
+
+DECODE_BUDGET = "decode_budget"  # layer meta: (sink, window) kept while generating (streaming:decode=true)
 
 
 def streaming_keep(positions: torch.Tensor, sink: int, window: int) -> torch.Tensor:
@@ -32,6 +35,36 @@ def streaming_keep(positions: torch.Tensor, sink: int, window: int) -> torch.Ten
     sinks = torch.nonzero(positions < sink).flatten()
     keep = torch.unique(torch.cat([sinks, recent]))
     return keep[torch.argsort(positions[keep])]
+
+
+class StreamingBudget(DecodePolicy):
+    """``streaming:decode=true`` while generating: per KV head, its sinks and the newest ``window``
+    of its own rows (context segments and the shared tail of generated tokens) survive each step."""
+
+    def __init__(self, budget: tuple[int, int]) -> None:
+        self.sink, self.window = budget
+
+    def evict(self, layer: DecodeRows) -> None:
+        # The tail holds the newest tokens of every head, so its kept part is the same for all.
+        seg_pos = [seg.row_positions() for seg in layer.segments]
+        keeps = [torch.zeros(p.numel(), dtype=torch.bool) for p in seg_pos]
+        tail_pos = layer.tail_pos.cpu()
+        tail_keep = torch.zeros(tail_pos.numel(), dtype=torch.bool)
+        for h in range(layer.base.num_heads):
+            spans = [(si, off[h], seg.lengths[h]) for si, (seg, off) in
+                     enumerate(zip(layer.segments, [s.head_offsets() for s in layer.segments]))]
+            cand = torch.cat([seg_pos[si][o : o + n] for si, o, n in spans] + [tail_pos])
+            chosen = torch.zeros(cand.numel(), dtype=torch.bool)
+            chosen[streaming_keep(cand, self.sink, self.window)] = True
+            at = 0
+            for si, o, n in spans:
+                keeps[si][o : o + n] = chosen[at : at + n]
+                at += n
+            tail_keep |= chosen[at:]
+        layer.drop_rows(keeps, tail_keep)
+
+
+register_decode_policy(DECODE_BUDGET, StreamingBudget)
 
 
 @register
@@ -56,6 +89,6 @@ class StreamingLLM(Stage, grammar="streaming"):
         ]
         out = layer.select_rows(keep)
         if self.decode:
-            out = replace(out, meta={**out.meta, "decode_budget": (self.sink, self.window)})
+            out = replace(out, meta={**out.meta, DECODE_BUDGET: (self.sink, self.window)})
         return out
 

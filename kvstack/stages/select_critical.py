@@ -16,12 +16,11 @@ from __future__ import annotations
 import torch
 
 from kvstack.errors import ModelError
+from kvstack.grammar.needs import NEED_OPROJ
 from kvstack.stack import StageContext, register
 from kvstack.stages.select_alloc import head_request
 from kvstack.stages.select_based import BasedSelect
 from kvstack.stages.select_scores import LayerRows, rank
-
-NEED_OPROJ = "o_proj"  # capture: layer -> [Hq, D, hidden] float32, each query head's rows of W_o^T
 
 
 def projected_value_norm(values: torch.Tensor, w_o: torch.Tensor, block: int = 1 << 24) -> torch.Tensor:

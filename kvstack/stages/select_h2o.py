@@ -13,29 +13,13 @@ measuring cost and kept-set agreement (benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 
-from kvstack.stack import NEED_ATTENTION, StageContext, register
+from kvstack.grammar.needs import attention_need, attention_strides  # noqa: F401  (re-exported)
+from kvstack.stack import StageContext, register
 from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import LayerRows, at_positions, group_reduce, newest_rows
-
-
-def attention_need(stride: int) -> str:
-    """The capture name of received-attention sums over every ``stride``-th query (1: exact)."""
-    return NEED_ATTENTION if stride == 1 else f"{NEED_ATTENTION}:stride={stride}"
-
-
-def attention_strides(needs: Iterable[str]) -> tuple[int, ...]:
-    """The query strides of the received-attention captures named in ``needs`` (sorted)."""
-    out = set()
-    for need in needs:
-        if need == NEED_ATTENTION:
-            out.add(1)
-        elif need.startswith(f"{NEED_ATTENTION}:stride="):
-            out.add(int(need.rsplit("=", 1)[1]))
-    return tuple(sorted(out))
 
 
 @register

@@ -1,7 +1,7 @@
 """KVzip (Kim et al. 2025, "Query-Agnostic KV Cache Compression with Context Reconstruction"):
 a token matters if the model needs it to *reproduce* the context. After the prefill the
 driver runs a second pass that feeds the context again right after itself, in chunks
-(:func:`kvstack.hf.extras.reconstruction_scores`); each cached token scores the largest
+(:func:`kvstack.hf.captures.reconstruction.reconstruction_scores`); each cached token scores the largest
 attention any reconstruction query of its KV head's group gives it (softmax over the
 context and the chunk so far). Unlike window or question scores this sees every token being
 *read*, which is what copying a needle digit by digit needs.
@@ -19,13 +19,11 @@ from __future__ import annotations
 import torch
 
 from kvstack.errors import ModelError
+from kvstack.grammar.needs import KVZIP_SECONDS, NEED_KVZIP
 from kvstack.kv import KVCache
 from kvstack.stack import StageContext, register
 from kvstack.stages.select_base import ScoredSelect
 from kvstack.stages.select_scores import LayerRows
-
-NEED_KVZIP = "kvzip"  # capture: layer -> [Hkv, T] max reconstruction attention per context position
-KVZIP_SECONDS = "kvzip_seconds"  # capture: seconds the reconstruction pass took
 
 
 @register

@@ -10,7 +10,7 @@ from test_select import HKV, T, budget, context, group, kept, tiny_llama, top
 
 import kvstack
 from kvstack.errors import BudgetError, ModelError
-from kvstack.hf.extras import reconstruction_scores
+from kvstack.hf.captures.reconstruction import reconstruction_scores
 from kvstack.hf.model import model_info
 from kvstack.stack import Recipe, StageContext
 

@@ -9,7 +9,12 @@ a block of rows at a time, so a 262k-entry vocabulary never needs a float32 copy
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from kvstack.grammar.needs import NEED_TOKEN_NLL
+from kvstack.hf.captures.registry import CaptureProvider
 
 _BLOCK = 1 << 24  # logits per float32 log-softmax step
 
@@ -34,3 +39,9 @@ class TokenNLL:
             got = torch.nn.functional.cross_entropy(p, t, reduction="none")
             self.nll[first + a : first + a + got.shape[0]] = got.cpu()
         self._last = logits[-1].detach()
+
+    def result(self) -> dict[str, Any]:
+        return {NEED_TOKEN_NLL: self.nll}
+
+
+PROVIDER = CaptureProvider(NEED_TOKEN_NLL, during=TokenNLL)

@@ -1,54 +1,24 @@
-"""Captures that need the model itself, not just its attention calls: CriticalKV's output
-projections and KVzip's reconstruction pass. The prefill driver calls :func:`extra_captures`
-once the context is cached, only for what the recipe's stages asked for."""
+"""The ``kvzip`` capture: KVzip's context-reconstruction pass. Once the context is cached, feed
+it again right after itself, in chunks, and keep per layer, KV head and context position the
+largest attention any reconstruction query gives it (with ``kvzip_seconds``, what the pass cost)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from kvstack.errors import ModelError
+from kvstack.grammar.needs import KVZIP_SECONDS, NEED_KVZIP
 from kvstack.hf.attention import allowed, capturing, enable
+from kvstack.hf.captures.registry import CaptureInputs, CaptureProvider
 from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache
-from kvstack.stages.select_critical import NEED_OPROJ
-from kvstack.stages.select_kvzip import KVZIP_SECONDS, NEED_KVZIP
 
 KVZIP_CHUNK = 1024  # reconstruction tokens per pass: each chunk attends to the context plus itself
 _BLOCK = 1 << 24  # logits per scoring step
-
-
-def extra_captures(model, info: ModelInfo, cache: KVCache, needs: frozenset[str]) -> dict:
-    out: dict = {}
-    if NEED_OPROJ in needs:
-        out[NEED_OPROJ] = output_projections(model, info)
-    if NEED_KVZIP in needs:
-        start = time.perf_counter()
-        out[NEED_KVZIP] = reconstruction_scores(model, info, cache)
-        out[KVZIP_SECONDS] = time.perf_counter() - start
-    return out
-
-
-def output_projections(model, info: ModelInfo) -> dict[int, torch.Tensor]:
-    """Layer -> ``[Hq, D, hidden]``: the rows of ``o_proj.weight^T`` each query head's output meets."""
-    found = {
-        int(m.layer_idx): m.o_proj.weight
-        for m in model.modules()
-        if isinstance(getattr(m, "o_proj", None), torch.nn.Linear) and getattr(m, "layer_idx", None) is not None
-    }
-    missing = [i for i in range(info.num_layers) if i not in found]
-    if missing:
-        raise ModelError(
-            f"critical needs each attention layer's o_proj (a Linear); {type(model).__name__} has none for "
-            f"layers {missing[:4]}. Use another selection method (e.g. expected) for this model"
-        )
-    return {
-        i: found[i].detach().float().t().reshape(info.num_query_heads, info.head_dim, -1).cpu()
-        for i in range(info.num_layers)
-    }
 
 
 @dataclass
@@ -105,3 +75,12 @@ def reconstruction_scores(model, info: ModelInfo, cache: KVCache, chunk: int = K
             part = ids[a : a + chunk].view(1, -1).to(device)
             model(input_ids=part, **cache_kwargs(CompressedCache(cache, info.dtype)), use_cache=True, logits_to_keep=1)
     return session.scores
+
+
+def kvzip_capture(inputs: CaptureInputs) -> dict[str, Any]:
+    start = time.perf_counter()
+    scores = reconstruction_scores(inputs.model, inputs.info, inputs.cache)
+    return {NEED_KVZIP: scores, KVZIP_SECONDS: time.perf_counter() - start}
+
+
+PROVIDER = CaptureProvider(NEED_KVZIP, after=kvzip_capture)
