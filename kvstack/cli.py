@@ -29,9 +29,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"  {name}: {params}")
     from kvstack.presets import MEASURED_ON, describe_presets
 
-    print(f"\npresets (a whole recipe by name; tuned on {MEASURED_ON}; the real-model column is SmolLM2-135M on "
-          "RULER (benchmarks/RESULTS.md): question-agnostic best: presets fail there - run benchmarks/stacking.py "
-          "on yours):")
+    print(f"\npresets (a whole recipe by name; 4x/8x tuned on {MEASURED_ON}; best:16x/32x and qa:16x/32x "
+          "re-derived on SmolLM2-135M with RULER, held-out numbers in the real-model column (benchmarks/RESULTS.md); "
+          "question-agnostic best: presets keep most single needles but lose multi-key answers - measure on yours "
+          "with kvstack eval):")
     print(table(describe_presets(), ("preset", "recipe", "on a real model", "on the fixture model")))
     print(
         "\ngrammar: stages separated by '>', e.g. 'streaming:window=512 > int8:g64 > fp16@layer0'\n"
