@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-CHUNK = 256
+from kvstack.integrations.lmcache.chunks import CHUNK, to_chunks, with_chunks
+
 FULL = "full cache (bf16)"
 
 
@@ -36,35 +37,6 @@ class Tally:
     @property
     def ratio(self) -> float:
         return self.bf16 / self.stored if self.stored else float("nan")
-
-
-def as_chunks(cache) -> list[torch.Tensor]:
-    """The full ``CHUNK``-token chunks of a kvstack cache's dense KV, in bf16, as LMCache holds them."""
-    layer = cache.layers[0]
-    heads, dim, tokens = layer.num_heads, int(layer.keys.shape[1]), layer.lengths[0]
-
-    def plane(rows, start):
-        return rows.decode().reshape(heads, tokens, dim)[:, start : start + CHUNK].transpose(0, 1).reshape(CHUNK, -1)
-
-    return [torch.stack([torch.stack([plane(getattr(lay, side), s) for lay in cache.layers])
-                         for side in ("keys", "values")]).to(torch.bfloat16)
-            for s in range(0, tokens - CHUNK + 1, CHUNK)]
-
-
-def with_chunks(cache, chunks: list[torch.Tensor]):
-    """``cache`` holding the KV of ``chunks`` instead (in its own dtype): what an engine rebuilds from LMCache."""
-    from kvstack.kv import DenseRows
-
-    layer0 = cache.layers[0]
-    heads, dim, dtype = layer0.num_heads, int(layer0.keys.shape[1]), layer0.keys.decode().dtype
-    kv = torch.cat(chunks, dim=2).to(dtype)
-    tokens = kv.shape[2]
-
-    def rows(x):  # [T, H*D] -> [H*T, D]
-        return DenseRows(x.reshape(tokens, heads, dim).transpose(0, 1).reshape(heads * tokens, dim).contiguous())
-
-    layers = [dataclasses.replace(lay, keys=rows(kv[0, i]), values=rows(kv[1, i])) for i, lay in enumerate(cache.layers)]
-    return dataclasses.replace(cache, layers=layers)
 
 
 def prompts(tokenizer, tasks: list[str], n: int, length: int, seed: int) -> list[tuple]:
@@ -97,7 +69,7 @@ def run(model, tokenizer, codecs: dict[str, tuple[Callable, Callable, Callable]]
         stored_tokens = prompt.context_ids.numel() // CHUNK * CHUNK
         prefix = kvstack.compress(model, prompt.context_ids[:stored_tokens], recipe="identity")
         rest = torch.cat([prompt.context_ids[stored_tokens:], prompt.question_ids])
-        chunks = as_chunks(prefix)
+        chunks = to_chunks(prefix, dtype=torch.bfloat16)
         full_ids = None
         for name in tallies:
             if name == FULL:

@@ -35,7 +35,6 @@ from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from lmcache_accuracy import as_chunks  # noqa: E402  (this folder: the script's own path)
 
 CHUNK = 256
 KVSTACK_RECIPES = ("int8", "int4", "int4:token,norot", "int2:rot,clip=0.75", "kivi:2,residual=0")
@@ -54,6 +53,7 @@ class Obj:
 def real_chunks(n: int, essay_name: str) -> tuple[list[torch.Tensor], int]:
     import kvstack
     from kvstack.eval.texts import essay
+    from kvstack.integrations.lmcache.chunks import to_chunks
     from kvstack.zoo import load
 
     model, tok = load("smollm2-135m")
@@ -61,10 +61,11 @@ def real_chunks(n: int, essay_name: str) -> tuple[list[torch.Tensor], int]:
     if ids.numel() < n * CHUNK:
         raise SystemExit(f"essay {essay_name!r} has {ids.numel()} tokens; ask for fewer --chunks")
     cache = kvstack.compress(model, ids, recipe="identity")
-    return as_chunks(cache), int(cache.layers[0].keys.shape[1])
+    return to_chunks(cache, CHUNK, torch.bfloat16), int(cache.layers[0].keys.shape[1])
 
 
-def codecs(head_dim: int, layers: int, model_dir: str, hidden: int, recipes=KVSTACK_RECIPES, plugin: bool = True) -> dict:
+def codecs(head_dim: int, layers: int, model_dir: str, hidden: int, recipes=KVSTACK_RECIPES,
+           plugin: bool = True) -> dict:
     """name -> (encode(chunk) -> stored bytes object, size(stored) -> int, decode(stored, like) -> chunk)."""
     from lmcache.v1.distributed.serde.fp8 import Fp8QuantizationDeserializer, Fp8QuantizationSerializer
     from lmcache.v1.storage_backend.naive_serde.cachegen_decoder import CacheGenDeserializer
@@ -87,7 +88,8 @@ def codecs(head_dim: int, layers: int, model_dir: str, hidden: int, recipes=KVST
         return dst
 
     out["LMCache fp8 (e4m3)"] = (fp8_encode, lambda b: b.numel(), fp8_decode)
-    meta = SimpleNamespace(model_name=model_dir, kv_shape=(layers, 2, CHUNK, hidden // head_dim, head_dim), kv_dtype=torch.bfloat16)
+    meta = SimpleNamespace(model_name=model_dir, kv_shape=(layers, 2, CHUNK, hidden // head_dim, head_dim),
+                           kv_dtype=torch.bfloat16)
     cg_s = CacheGenSerializer(SimpleNamespace(chunk_size=CHUNK), meta)
     cg_d = CacheGenDeserializer(SimpleNamespace(chunk_size=CHUNK), meta)
     out["LMCache CacheGen"] = (lambda x: cg_s.serialize(Obj(x)), lambda b: len(b.byte_array),
@@ -143,9 +145,9 @@ def accuracy(args) -> None:
     """The ``--accuracy`` table (see lmcache_accuracy.py): same chunks of each RULER sample, every codec."""
     import lmcache
     import transformers
+    from lmcache_accuracy import prompts, run, table  # this script's folder
 
     from kvstack.zoo import load
-    from lmcache_accuracy import prompts, run, table
 
     model, tok = load("smollm2-135m", dtype=torch.bfloat16)
     items = prompts(tok, args.tasks, args.n, args.length, args.seed)
@@ -157,7 +159,8 @@ def accuracy(args) -> None:
     tallies = run(model, tok, table_codecs, items, args.max_new_tokens, progress=print)
     contexts = [int(p.context_ids.numel()) for _, p in items]
     print(f"\nSmolLM2-135M-Instruct in bf16; tasks {', '.join(args.tasks)}, n = {args.n} each ({len(items)} samples), "
-          f"length {args.length} (contexts {min(contexts)}-{max(contexts)} tokens), seed {args.seed}; chunks of {CHUNK} "
+          f"length {args.length} (contexts {min(contexts)}-{max(contexts)} tokens), seed {args.seed}; "
+          f"chunks of {CHUNK} "
           f"tokens through each codec, the rest of the context recomputed; greedy, at most {args.max_new_tokens} new "
           f"tokens, scored by the task's `contains`. CPU: {cpu_name()}, {torch.get_num_threads()} torch threads; "
           f"lmcache {lmcache.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
