@@ -15,6 +15,11 @@ apart, the larger). Rows:
 
     .venv-lmcache/bin/python benchmarks/lmcache_codecs.py               # 4 chunks (1024 tokens)
     .venv-lmcache/bin/python benchmarks/lmcache_codecs.py --chunks 8 --essay worked
+
+``--accuracy`` scores fp8, CacheGen, kvstack int4 and int8 on RULER needles instead
+(``lmcache_accuracy.py`` says how): SmolLM2 in bf16, greedy answers of at most 10 tokens.
+
+    .venv-lmcache/bin/python benchmarks/lmcache_codecs.py --accuracy --n 10 --length 2048
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Obj:
 def real_chunks(n: int, essay_name: str) -> tuple[list[torch.Tensor], int]:
     import kvstack
     from kvstack.eval.texts import essay
+    from kvstack.integrations.lmcache.chunks import to_chunks
     from kvstack.zoo import load
 
     model, tok = load("smollm2-135m")
@@ -55,18 +61,11 @@ def real_chunks(n: int, essay_name: str) -> tuple[list[torch.Tensor], int]:
     if ids.numel() < n * CHUNK:
         raise SystemExit(f"essay {essay_name!r} has {ids.numel()} tokens; ask for fewer --chunks")
     cache = kvstack.compress(model, ids, recipe="identity")
-    layer = cache.layers[0]
-    heads, dim, tokens = layer.num_heads, int(layer.keys.shape[1]), layer.lengths[0]
-
-    def plane(rows, s):
-        return rows.decode().reshape(heads, tokens, dim)[:, s : s + CHUNK].transpose(0, 1).reshape(CHUNK, -1)
-
-    chunks = [torch.stack([torch.stack([plane(getattr(lay, side), s) for lay in cache.layers])
-                           for side in ("keys", "values")]).to(torch.bfloat16) for s in range(0, tokens, CHUNK)]
-    return chunks, dim
+    return to_chunks(cache, CHUNK, torch.bfloat16), int(cache.layers[0].keys.shape[1])
 
 
-def codecs(head_dim: int, layers: int, model_dir: str) -> dict:
+def codecs(head_dim: int, layers: int, model_dir: str, hidden: int, recipes=KVSTACK_RECIPES,
+           plugin: bool = True) -> dict:
     """name -> (encode(chunk) -> stored bytes object, size(stored) -> int, decode(stored, like) -> chunk)."""
     from lmcache.v1.distributed.serde.fp8 import Fp8QuantizationDeserializer, Fp8QuantizationSerializer
     from lmcache.v1.storage_backend.naive_serde.cachegen_decoder import CacheGenDeserializer
@@ -89,19 +88,20 @@ def codecs(head_dim: int, layers: int, model_dir: str) -> dict:
         return dst
 
     out["LMCache fp8 (e4m3)"] = (fp8_encode, lambda b: b.numel(), fp8_decode)
-    meta = SimpleNamespace(model_name=model_dir, kv_shape=(layers, 2, CHUNK, 3, head_dim), kv_dtype=torch.bfloat16)
+    meta = SimpleNamespace(model_name=model_dir, kv_shape=(layers, 2, CHUNK, hidden // head_dim, head_dim),
+                           kv_dtype=torch.bfloat16)
     cg_s = CacheGenSerializer(SimpleNamespace(chunk_size=CHUNK), meta)
     cg_d = CacheGenDeserializer(SimpleNamespace(chunk_size=CHUNK), meta)
     out["LMCache CacheGen"] = (lambda x: cg_s.serialize(Obj(x)), lambda b: len(b.byte_array),
                                lambda b, like: cg_d.deserialize(b).tensor)
-    for recipe in KVSTACK_RECIPES:
+    for recipe in recipes:
         codec = ChunkCodec(recipe, head_dim=head_dim)
 
         def decode(frame, like, codec=codec):
             return codec.decode(frame, torch.empty_like(like))
 
         out[f"kvstack {recipe}"] = (codec.encode, len, decode)
-        if recipe == "int4":
+        if recipe == "int4" and plugin:
             def packed_encode(x, codec=codec):
                 return pack(codec.encode(x))
 
@@ -141,18 +141,61 @@ def cpu_name() -> str:
         return platform.processor() or "unknown"
 
 
+def accuracy(args) -> None:
+    """The ``--accuracy`` table (see lmcache_accuracy.py): same chunks of each RULER sample, every codec."""
+    import lmcache
+    import transformers
+    from lmcache_accuracy import prompts, run, table  # this script's folder
+
+    from kvstack.zoo import load
+
+    model, tok = load("smollm2-135m", dtype=torch.bfloat16)
+    items = prompts(tok, args.tasks, args.n, args.length, args.seed)
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    table_codecs = codecs(head_dim, cfg.num_hidden_layers, os.path.expanduser("~/.cache/kvstack/smollm2-135m/hf"),
+                          cfg.num_key_value_heads * head_dim, recipes=("int4", "int8"), plugin=False)
+    start = time.time()
+    tallies = run(model, tok, table_codecs, items, args.max_new_tokens, progress=print)
+    contexts = [int(p.context_ids.numel()) for _, p in items]
+    print(f"\nSmolLM2-135M-Instruct in bf16; tasks {', '.join(args.tasks)}, n = {args.n} each ({len(items)} samples), "
+          f"length {args.length} (contexts {min(contexts)}-{max(contexts)} tokens), seed {args.seed}; "
+          f"chunks of {CHUNK} "
+          f"tokens through each codec, the rest of the context recomputed; greedy, at most {args.max_new_tokens} new "
+          f"tokens, scored by the task's `contains`. CPU: {cpu_name()}, {torch.get_num_threads()} torch threads; "
+          f"lmcache {lmcache.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"numpy {np.__version__}; {time.time() - start:.0f} s\n")
+    print(table(tallies))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=4, help="chunks of 256 tokens (default 4)")
     parser.add_argument("--essay", default="founders", help="bundled essay (default founders)")
+    parser.add_argument("--accuracy", action="store_true", help="RULER accuracy per codec instead of speed")
+    parser.add_argument("--n", type=int, default=10, help="--accuracy: samples per task (default 10)")
+    parser.add_argument("--length", type=int, default=2048, help="--accuracy: sample length in tokens (default 2048)")
+    parser.add_argument("--tasks", nargs="+", default=["ruler_niah_single_2", "ruler_niah_multikey_1"],
+                        help="--accuracy: tasks (default ruler_niah_single_2 ruler_niah_multikey_1)")
+    parser.add_argument("--seed", type=int, default=0, help="--accuracy: sample seed (default 0)")
+    parser.add_argument("--max-new-tokens", type=int, default=10, help="--accuracy: answer length (default 10)")
     args = parser.parse_args()
+    if args.accuracy:
+        from kvstack.errors import KvstackError
+
+        try:
+            accuracy(args)
+        except KvstackError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        return
     torch.set_num_threads(1)
     import lmcache
 
     chunks, head_dim = real_chunks(args.chunks, args.essay)
     # CacheGen reads the layer count from a Hugging Face folder: the one load("smollm2-135m") wrote
     model_dir = os.path.expanduser("~/.cache/kvstack/smollm2-135m/hf")
-    rows = [measure(name, fns, chunks) for name, fns in codecs(head_dim, chunks[0].shape[1], model_dir).items()]
+    all_codecs = codecs(head_dim, chunks[0].shape[1], model_dir, chunks[0].shape[3])
+    rows = [measure(name, fns, chunks) for name, fns in all_codecs.items()]
     print(f"SmolLM2-135M, essay '{args.essay}', {args.chunks} chunks of {CHUNK} tokens "
           f"{list(chunks[0].shape)} bf16 ({chunks[0].numel() * 2} bytes); CPU: {cpu_name()}, "
           f"1 thread; lmcache {lmcache.__version__}, torch {torch.__version__}, numpy {np.__version__}\n")

@@ -11,7 +11,7 @@ import torch
 
 import kvstack
 from kvstack.eval.texts import essay
-from kvstack.kv import DenseRows
+from kvstack.integrations.lmcache.chunks import to_chunks
 
 CHUNK = 256  # LMCache's default chunk size; a multiple of int4's 64-token channel groups
 QUESTION = "\n\nQuestion: What is this essay about?\nAnswer:"
@@ -36,32 +36,7 @@ def real_kv(model, tok, n_chunks: int = 2) -> RealKV:
     ids = tok(essay("founders"), return_tensors="pt").input_ids[0][: n_chunks * CHUNK]
     question = tok(QUESTION, add_special_tokens=False, return_tensors="pt").input_ids[0]
     full = kvstack.compress(model, ids, recipe="identity")
-    return RealKV(ids, question, full, to_chunks(full))
-
-
-def to_chunks(cache) -> list[torch.Tensor]:
-    layer = cache.layers[0]
-    heads, dim, tokens = layer.num_heads, int(layer.keys.shape[1]), layer.lengths[0]
-
-    def plane(rows, start):
-        return rows.decode().reshape(heads, tokens, dim)[:, start : start + CHUNK].transpose(0, 1).reshape(CHUNK, -1)
-
-    return [torch.stack([torch.stack([plane(getattr(lay, side), s) for lay in cache.layers])
-                         for side in ("keys", "values")]) for s in range(0, tokens - CHUNK + 1, CHUNK)]
-
-
-def with_kv(cache, chunks: list[torch.Tensor]):
-    """``cache`` (a full one) holding the KV of ``chunks`` instead: what an engine rebuilds from LMCache."""
-    kv = torch.cat(chunks, dim=2)
-    heads, dim = cache.layers[0].num_heads, int(cache.layers[0].keys.shape[1])
-    tokens = kv.shape[2]
-
-    def rows(x):  # [T, H*D] -> [H*T, D]
-        return DenseRows(x.reshape(tokens, heads, dim).transpose(0, 1).reshape(heads * tokens, dim).contiguous())
-
-    layers = [dataclasses.replace(layer, keys=rows(kv[0, i]), values=rows(kv[1, i]))
-              for i, layer in enumerate(cache.layers)]
-    return dataclasses.replace(cache, layers=layers)
+    return RealKV(ids, question, full, to_chunks(full, CHUNK))
 
 
 def storage_manager(adapter: dict):

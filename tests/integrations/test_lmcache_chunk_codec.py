@@ -13,6 +13,7 @@ import torch
 import kvstack
 from kvstack.errors import CacheFormatError, ConfigError, RecipeError
 from kvstack.integrations.lmcache.chunk_codec import ChunkCodec, Layout, layout_of
+from kvstack.integrations.lmcache.chunks import to_chunks
 from kvstack.integrations.lmcache.packing import pack, unpack, unpacked_size
 
 
@@ -21,17 +22,6 @@ def _chunk(layers=3, tokens=64, hidden=64, dtype=torch.float32, seed=0) -> torch
     x = torch.randn(2, layers, tokens, hidden, generator=g)
     x[..., 5] *= 8  # an outlier channel, as real keys have
     return x.to(dtype)
-
-
-def as_chunks(cache, chunk: int) -> list[torch.Tensor]:
-    """A kvstack cache's dense KV as LMCache chunks ``[2, layers, chunk, heads * head_dim]``."""
-    heads, dim, tokens = cache.layers[0].num_heads, cache.layers[0].keys.shape[1], cache.layers[0].lengths[0]
-
-    def plane(rows, start):
-        return rows.decode().reshape(heads, tokens, dim)[:, start : start + chunk].transpose(0, 1).reshape(chunk, -1)
-
-    return [torch.stack([torch.stack([plane(getattr(layer, side), s) for layer in cache.layers])
-                         for side in ("keys", "values")]) for s in range(0, tokens - chunk + 1, chunk)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -64,7 +54,7 @@ def test_chunks_decode_to_kvstacks_own_cache_of_the_same_recipe(tiny_model, make
     ids = make_ids(128)
     full, own = kvstack.compress(model, ids, recipe="identity"), kvstack.compress(model, ids, recipe="int4:g32")
     codec = ChunkCodec("int4:g32", head_dim=16)
-    for chunk, expected in zip(as_chunks(full, 64), as_chunks(own, 64), strict=True):
+    for chunk, expected in zip(to_chunks(full, 64), to_chunks(own, 64), strict=True):
         out = codec.decode(codec.encode(chunk), torch.empty_like(chunk))
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 

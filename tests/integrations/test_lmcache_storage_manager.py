@@ -12,10 +12,11 @@ import pytest
 pytest.importorskip("lmcache.v1.distributed", reason="LMCache is not installed: `make test-lmcache` runs these")
 
 import torch  # noqa: E402
-from lmcache_helpers import PLUGIN, drop_and_reload, keys_for, real_kv, storage_manager, store, with_kv  # noqa: E402
+from lmcache_helpers import PLUGIN, drop_and_reload, keys_for, real_kv, storage_manager, store  # noqa: E402
 
 import kvstack  # noqa: E402
 from kvstack.integrations.lmcache.chunk_codec import ChunkCodec  # noqa: E402
+from kvstack.integrations.lmcache.chunks import with_chunks  # noqa: E402
 
 
 def row_errors(got: torch.Tensor, want: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -95,7 +96,7 @@ def test_chunks_reload_from_l2_and_answer_like_kvstacks_own_cache(kind, kv, own_
         codec.decode(codec.encode(chunk), expected)
         assert torch.equal(reloaded, expected)
         assert bool((row_errors(reloaded, chunk, kv.head_dim) <= int4_row_bounds(codec, chunk) * 1.001 + 1e-5).all())
-    assert torch.equal(kvstack.generate(model, with_kv(kv.full, back), kv.question, max_new_tokens=12), answer)
+    assert torch.equal(kvstack.generate(model, with_chunks(kv.full, back), kv.question, max_new_tokens=12), answer)
 
 
 def test_plugin_without_a_serializer_stores_raw_kv_losslessly(tmp_path):

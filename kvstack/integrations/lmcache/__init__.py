@@ -6,6 +6,8 @@
   and keeps exact sizes in a kvstack store (a directory or Redis).
 * :mod:`.server` - ``python -m kvstack.integrations.lmcache.server``: ``lmcache server`` with the
   serializer registered.
+* :mod:`.chunks` - a kvstack cache cut into LMCache chunks and rebuilt from reloaded ones
+  (benchmarks and tests: the model generates from KV that went through LMCache).
 
 Importing this package does not import LMCache; :func:`register` does (MissingDependencyError
 with the pip command when it is not installed). The codec and the packing need only kvstack.
