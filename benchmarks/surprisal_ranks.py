@@ -16,16 +16,16 @@ import torch
 
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
+from kvstack.grammar.needs import NEED_TOKEN_NLL
+from kvstack.hf.model import model_info
+from kvstack.hf.prefill import prefill
 from kvstack.stages.select_base import spread_forward
 from kvstack.zoo import load
 
 
 def token_surprisal(model, ids: torch.Tensor) -> torch.Tensor:
-    """``[T]`` -log p(token | earlier tokens); position 0 (nothing predicts it) is +inf."""
-    with torch.no_grad():
-        logits = model(ids.view(1, -1)).logits[0].float()
-    nll = torch.nn.functional.cross_entropy(logits[:-1], ids[1:].long(), reduction="none")
-    return torch.cat([torch.tensor([float("inf")]), nll])
+    """``[T]`` -log p(token | earlier tokens), exactly what the ``surprisal`` stage scores (position 0: inf)."""
+    return prefill(model, model_info(model), ids, frozenset({NEED_TOKEN_NLL})).captures[NEED_TOKEN_NLL]
 
 
 def answer_tokens(tok, ids: torch.Tensor, answer: str) -> range | None:

@@ -30,23 +30,29 @@ def use_graphs(graphs: bool | None, device: torch.device, kwargs: dict[str, Any]
     (measured 2.8-5.7x faster per step than ``model.generate`` on an 8B shape, same tokens; RESULTS.md),
     else ``model.generate``. An explicit True is checked (InputError for what the loop does not do)."""
     if graphs is None:
-        try:
-            check_loop_kwargs(kwargs)
-        except InputError:
-            return False
-        return device.type == "cuda"
+        return device.type == "cuda" and _unsupported(kwargs) is None
     if graphs:
         check_loop_kwargs(kwargs)
     return bool(graphs)
 
 
+def _unsupported(kwargs: dict[str, Any]) -> str | None:
+    """What in ``kwargs`` the greedy step loop does not do (sampling, beams, other options), or None."""
+    other = sorted(k for k in kwargs if k not in LOOP_KWARGS)
+    if other:
+        return str(other)
+    if kwargs.get("do_sample") or any(kwargs.get(k) is not None for k in ("temperature", "top_p", "top_k")):
+        return "sampling arguments"
+    return None
+
+
 def check_loop_kwargs(kwargs: dict[str, Any]) -> None:
     """InputError for what the greedy step loop does not do (sampling, beams, other generate options)."""
-    other = sorted(k for k in kwargs if k not in LOOP_KWARGS)
-    if kwargs.get("do_sample") or other or any(kwargs.get(k) is not None for k in ("temperature", "top_p", "top_k")):
+    what = _unsupported(kwargs)
+    if what is not None:
         raise InputError(
             f"graphs=True decodes greedily in kvstack's own step loop; it does not take "
-            f"{other or 'sampling arguments'}: drop them, or use graphs=False (model.generate)"
+            f"{what}: drop them, or use graphs=False (model.generate)"
         )
 
 
