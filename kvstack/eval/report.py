@@ -50,13 +50,33 @@ def current(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("status") != "error" or (key(r) not in final and last_error[key(r)] == id(r))]
 
 
+def model_labels(rows: list[dict]) -> dict[int, str]:
+    """Each row's model as the report names it: with its weights dtype and sample seed when one file holds
+    several of them for that model. Why: rows of fp32 and bf16 weights, or of two sample sets, share sample
+    indices; pooled, a recipe's n and its pairing with the full cache's answers would silently mix them."""
+    dtypes: dict[str, set] = defaultdict(set)
+    seeds: dict[str, set] = defaultdict(set)
+    for r in rows:
+        dtypes[r["model"]].add(r.get("dtype"))
+        seeds[r["model"]].add(r.get("seed"))
+    labels = {}
+    for r in rows:
+        m = r["model"]
+        extra = ([f"{r.get('dtype')} weights"] if len(dtypes[m]) > 1 else []) + (
+            [f"seed {r.get('seed')}"] if len(seeds[m]) > 1 else [])
+        labels[id(r)] = f"{m} ({', '.join(extra)})" if extra else m
+    return labels
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """One dict per (model, task, length, recipe), in first-seen order; errors later redone are left out."""
+    """One dict per (model, task, length, recipe), in first-seen order; errors later redone are left out.
+    ``model`` names the weights dtype and the seed too where the rows mix them (:func:`model_labels`)."""
     rows = current(rows)
+    label = model_labels(rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     skipped: dict[tuple, list[str]] = defaultdict(list)
     for r in rows:
-        key = (r["model"], r["task"], r["length"], r["recipe"])
+        key = (label[id(r)], r["task"], r["length"], r["recipe"])
         if r.get("status") == "ok":
             groups[key].append(r)
         else:

@@ -62,3 +62,18 @@ def test_an_error_redone_by_a_resumed_run_counts_once():
     s = summarize(rows)[0]
     assert s["n"] == 2 and s["contains"] == 1.0  # index 1 failed twice, then ran: its error rows are gone
     assert s["skipped"] == 1 and s["skip_reason"] == "again"  # index 2 never finished: its last error, once
+
+
+def test_rows_of_two_weight_dtypes_or_two_seeds_are_reported_apart():
+    """fp32 and bf16 full caches of the same samples (or two seeds' sample 0) must not pool into one n,
+    nor pair a recipe with the other dtype's full-cache answers."""
+    bf16 = [{**qa("identity", i, 1, "a", 4096), "dtype": "bfloat16", "seed": 4} for i in range(2)]
+    bf16 += [{**qa("int4", i, 0, "x", 1024), "dtype": "bfloat16", "seed": 4} for i in range(2)]
+    fp32 = [{**qa("identity", i, 0, "b", 8192), "dtype": "float32", "seed": 4} for i in range(2)]
+    s = {(x["model"], x["recipe"]): x for x in summarize(bf16 + fp32)}
+    assert s[("m (bfloat16 weights)", "identity")]["n"] == 2 and s[("m (float32 weights)", "identity")]["n"] == 2
+    assert s[("m (bfloat16 weights)", "int4")]["relative"] == 0.0  # against bf16's 2/2, not a pooled 2/4
+    other_seed = [{**qa("identity", 0, 1, "a", 4096), "dtype": "bfloat16", "seed": 2}]
+    labels = {x["model"] for x in summarize(bf16 + other_seed)}
+    assert labels == {"m (seed 4)", "m (seed 2)"}
+    assert {x["model"] for x in summarize(bf16)} == {"m"}  # one dtype, one seed: the plain name

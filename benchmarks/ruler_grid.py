@@ -1,0 +1,182 @@
+"""Run a RULER grid as many `kvstack eval` processes sharing one GPU, most important cells first (issue 17).
+
+One `kvstack eval` process decodes one sample at a time, so a 135M-270M model leaves a GPU mostly
+idle; this keeps ``--procs`` of them busy from a queue of jobs (task x length x a few recipes;
+each job shares one prefill per sample across its recipes). Jobs run in plan order, so if the
+``--deadline`` cuts the run, the cells that matter most are finished. Rows go to
+``OUT/rows.jsonl`` (merged every few seconds, so a killed run keeps what it finished); the table
+printed at the end gives, per task and length, each recipe's right answers, its ratio below bf16
+(= fp16: real bytes) and its share of the full cache's score.
+
+    python benchmarks/ruler_grid.py --plan smollm2 --seed 4 --device cuda --procs 12 --out /tmp/grid
+    python benchmarks/ruler_grid.py --plan smollm2 --seed 4 --samples 2 --lengths 1k --procs 2 --out /tmp/g
+
+Reruns resume (finished cells are skipped by `kvstack eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kvstack.grammar.presets import PRESETS
+
+K4V2 = "int4:vbits=2,vaxis=token"
+SINGLE, MULTI = "ruler_niah_single_2", "ruler_niah_multikey_1"
+OTHER_TASKS = ("ruler_niah_single_1", "ruler_niah_single_3", "ruler_niah_multikey_2", "ruler_niah_multikey_3",
+               "ruler_niah_multivalue", "ruler_niah_multiquery", "ruler_vt", "ruler_cwe", "ruler_fwe", "ruler_qa_1")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``kvstack eval`` process: a task at a length with a few recipes (one prefill per sample)."""
+
+    task: str
+    length: str
+    recipes: list[str]
+    dtype: str | None = None  # None: the run's --dtype
+
+
+# 8x and 4x candidates on the real models (the shipped best:4x/8x were tuned on the fixture model): 4-bit values
+# hold at 8k where 2-bit values did not, so selection at 42% kept > int4 (8.0x vs bf16 on SmolLM2) and 4-bit keys
+# with 3-bit values (4.0x), no token dropped.
+EIGHT_FOUR = ["surprisal:0.42,span=16 > int4", "q2c:0.42,span=16 > int4", "int4:vbits=3,vaxis=token"]
+
+
+def _p(name: str) -> str:
+    return PRESETS[name].recipe
+
+
+def plan(name: str) -> list[Job]:
+    """Jobs in priority order. Recipes are written out, not preset names, so rows say what ran even after a
+    preset is re-pointed. A job with a dtype of its own checks that bf16 weights are exact enough (fp32 full cache
+    on the same samples)."""
+    core = ["identity", "int4", _p("best:16x"), _p("qa:16x")]
+    more = [_p("best:32x"), _p("qa:32x"), *EIGHT_FOUR]
+    if name == "smollm2":
+        jobs = [Job(t, L, core) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
+        jobs += [Job(t, "4k", more) for t in (SINGLE, MULTI)]
+        jobs += [Job(t, "8k", more[:2]) for t in (SINGLE, MULTI)]
+        jobs += [Job(t, "4k", core) for t in OTHER_TASKS]
+        return jobs
+    if name == "gemma":
+        jobs = [Job(t, L, core) for L in ("4k", "8k", "16k") for t in (SINGLE, MULTI)]
+        jobs += [Job(t, "4k", more) for t in (SINGLE, MULTI)]
+        jobs += [Job(t, "4k", ["identity"], "float32") for t in (SINGLE, MULTI)]
+        return jobs
+    raise SystemExit(f"unknown plan {name!r}: smollm2 or gemma")
+
+
+def split(jobs: list[Job], per_job: int) -> list[Job]:
+    """Cut each job's recipes into groups of ``per_job`` so the queue balances across processes."""
+    return [replace(j, recipes=j.recipes[i:i + per_job]) for j in jobs for i in range(0, len(j.recipes), per_job)]
+
+
+def eval_command(args: argparse.Namespace, job: Job, out: Path) -> list[str]:
+    """One ``kvstack eval`` process; single-answer needle tasks decode ``--max-new-tokens``, the others their own
+    answer length (multi-value, word lists and variable chains need more)."""
+    new_tokens = ["--max-new-tokens", str(args.max_new_tokens)] if job.task in (SINGLE, MULTI) else []
+    return [sys.executable, "-c", "import sys; from kvstack.cli import main; sys.exit(main(sys.argv[1:]))", "eval",
+            "--model", args.model, "--device", args.device, "--dtype", job.dtype or args.dtype, "--quiet", "--seed",
+            str(args.seed), "--samples", str(args.samples), *new_tokens, "--tasks", job.task,
+            "--lengths", job.length, "--threads", "2", "--out", str(out), "--recipes", *job.recipes]
+
+
+def merge(parts: Path, target: Path) -> list[dict]:
+    rows = []
+    for f in sorted(parts.glob("job*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written
+                pass
+    target.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Per task and length: each recipe's right answers (contains), ratio below bf16, share of the full cache."""
+    right: dict[tuple, list[int]] = collections.defaultdict(lambda: [0, 0])
+    ratio: dict[tuple, float] = {}
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        recipe = r["recipe"] if r.get("dtype") in (None, "bfloat16") else f'{r["recipe"]} ({r["dtype"]} weights)'
+        key = (r["task"], r["length"], recipe)
+        right[key][0] += r.get("contains", 0) >= 1
+        right[key][1] += 1
+        ratio[key] = r.get("ratio_fp16", 0.0)
+    lines = ["| task | length | recipe | right/n | vs bf16 | of full |", "| --- | --- | --- | --- | --- | --- |"]
+    for (task, length, recipe), (a, n) in sorted(right.items()):
+        full = right.get((task, length, "identity"))
+        rel = f"{a / full[0]:.0%}" if full and full[0] and full[1] == n else "-"
+        lines.append(f"| {task} | {length} | `{recipe}` | {a}/{n} | {ratio[(task, length, recipe)]:.1f}x | {rel} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", required=True, choices=["smollm2", "gemma"])
+    ap.add_argument("--model", default=None, help="default: smollm2-135m or gemma3-270m by plan")
+    ap.add_argument("--seed", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--lengths", nargs="+", default=None, help="only these lengths of the plan (e.g. 4k)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--max-new-tokens", type=int, default=10, help="for the single and multi-key needles")
+    ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--per-job", type=int, default=2, help="recipes per process (one prefill shared by them)")
+    ap.add_argument("--deadline", type=float, default=1e9, help="seconds; unfinished jobs are stopped")
+    ap.add_argument("--out", type=Path, required=True, help="rows.jsonl goes here")
+    ap.add_argument("--scratch", type=Path, default=None, help="per-job rows and logs (default: --out)")
+    args = ap.parse_args()
+    args.model = args.model or {"smollm2": "smollm2-135m", "gemma": "gemma3-270m"}[args.plan]
+    queue = split([j for j in plan(args.plan) if args.lengths is None or j.length in args.lengths], args.per_job)
+    scratch = args.scratch or args.out
+    parts = scratch / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    expected = sum(len(j.recipes) for j in queue) * args.samples
+    print(f"{len(queue)} jobs, {expected} cells, {args.procs} processes, model {args.model}, seed {args.seed}",
+          flush=True)
+    start, running, logs = time.monotonic(), {}, scratch / "logs"
+    logs.mkdir(exist_ok=True)
+    pending = list(enumerate(queue))
+    last = 0.0
+    while pending or running:
+        while pending and len(running) < args.procs:
+            k, job = pending.pop(0)
+            log = (logs / f"job{k:03d}.txt").open("w")
+            cmd = eval_command(args, job, parts / f"job{k:03d}.jsonl")
+            running[k] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+        for k, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                if proc.returncode:
+                    print(f"job {k} {queue[k].task} {queue[k].length} exited {proc.returncode}: "
+                          f"{(logs / f'job{k:03d}.txt').read_text()[-400:]}", flush=True)
+                del running[k]
+        elapsed = time.monotonic() - start
+        if elapsed > args.deadline:
+            print(f"deadline {args.deadline:.0f}s: stopping {len(running)} jobs, {len(pending)} never started")
+            for proc, log in running.values():
+                proc.kill()
+                log.close()
+            break
+        if elapsed - last >= 20:
+            last = elapsed
+            print(f"t={elapsed:.0f}s {len(merge(parts, args.out / 'rows.jsonl'))}/{expected} cells", flush=True)
+        time.sleep(1)
+    rows = merge(parts, args.out / "rows.jsonl")
+    print(f"{len(rows)}/{expected} cells in {time.monotonic() - start:.0f}s")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
