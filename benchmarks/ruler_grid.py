@@ -43,10 +43,11 @@ class Job:
     dtype: str | None = None  # None: the run's --dtype
 
 
-# 8x and 4x candidates on the real models (the shipped best:4x/8x were tuned on the fixture model): 4-bit values
-# hold at 8k where 2-bit values did not, so selection at 42% kept > int4 (8.0x vs bf16 on SmolLM2) and 4-bit keys
-# with 3-bit values (4.0x), no token dropped.
-EIGHT_FOUR = ["surprisal:0.42,span=16 > int4", "q2c:0.42,span=16 > int4", "int4:vbits=3,vaxis=token"]
+# What the Gemma run of 2026-12-07 ran (benchmarks/reports/ruler_gemma3/gpu_seed4.jsonl.xz), written out so the
+# command reproduces it after the presets moved: the presets of that day, and 8x/4x candidates fixed before it.
+GEMMA_CORE = ["identity", "int4", f"surprisal:0.27,span=16 > {K4V2}", "q2c:0.125,span=16 > int4"]
+GEMMA_MORE = [f"surprisal:0.13,span=16 > {K4V2}", f"q2c:0.13,span=16 > {K4V2}", "surprisal:0.42,span=16 > int4",
+              "q2c:0.42,span=16 > int4", "int4:vbits=3,vaxis=token"]
 
 
 def _p(name: str) -> str:
@@ -54,20 +55,21 @@ def _p(name: str) -> str:
 
 
 def plan(name: str) -> list[Job]:
-    """Jobs in priority order. Recipes are written out, not preset names, so rows say what ran even after a
-    preset is re-pointed. A job with a dtype of its own checks that bf16 weights are exact enough (fp32 full cache
-    on the same samples)."""
-    core = ["identity", "int4", _p("best:16x"), _p("qa:16x")]
-    more = [_p("best:32x"), _p("qa:32x"), *EIGHT_FOUR]
-    if name == "smollm2":
-        jobs = [Job(t, L, core) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
-        jobs += [Job(t, "4k", more) for t in (SINGLE, MULTI)]
-        jobs += [Job(t, "8k", more[:2]) for t in (SINGLE, MULTI)]
-        jobs += [Job(t, "4k", core) for t in OTHER_TASKS]
+    """Jobs in priority order (two recipes a job share a prefill). Recipes are written out, not preset names, so
+    rows say what ran even after a preset is re-pointed. A job with a dtype of its own checks that bf16 weights
+    are exact enough (the fp32 full cache on the same samples)."""
+    if name == "smollm2":  # the presets as they are now, the question-agnostic ones first
+        both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
+        jobs = [Job(t, L, ["identity", _p("best:16x")]) for t, L in both]
+        jobs += [Job(t, L, [_p("best:32x"), "int4"]) for t, L in both]
+        jobs += [Job(t, "4k", [_p("best:8x"), _p("qa:8x")]) for t in (SINGLE, MULTI)]
+        jobs += [Job(t, L, [_p("best:4x"), _p("qa:16x")]) for t, L in both]
+        jobs += [Job(t, L, [_p("qa:32x"), _p("best:8x")]) for t, L in both if L == "8k"]
+        jobs += [Job(t, "4k", ["identity", "int4", _p("best:16x"), _p("qa:16x")]) for t in OTHER_TASKS]
         return jobs
     if name == "gemma":
-        jobs = [Job(t, L, core) for L in ("4k", "8k", "16k") for t in (SINGLE, MULTI)]
-        jobs += [Job(t, "4k", more) for t in (SINGLE, MULTI)]
+        jobs = [Job(t, L, GEMMA_CORE) for L in ("4k", "8k", "16k") for t in (SINGLE, MULTI)]
+        jobs += [Job(t, "4k", GEMMA_MORE) for t in (SINGLE, MULTI)]
         jobs += [Job(t, "4k", ["identity"], "float32") for t in (SINGLE, MULTI)]
         return jobs
     raise SystemExit(f"unknown plan {name!r}: smollm2 or gemma")
