@@ -55,14 +55,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipes for the attention-error table")
     ap.add_argument("--skip-reference", action="store_true", help="only the attention-error table")
+    ap.add_argument("--model", default="smollm2-135m", help="bundled model or HF directory (e.g. gemma3-270m)")
+    ap.add_argument("--task", default="ruler_niah_single_2")
+    ap.add_argument("--samples", type=int, default=1, help="attention-error table averaged over this many samples")
     args = ap.parse_args()
-    model, tok = load("smollm2-135m")
-    sample = get_task("ruler_niah_single_2").samples(tok, args.tokens, 1, seed=args.seed)[0]
-    prompt = format_sample(tok, sample)
-    full = kvstack.compress(model, prompt.context_ids, "identity")
+    model, tok = load(args.model)
+    samples = get_task(args.task).samples(tok, args.tokens, args.samples, seed=args.seed)
+    prompts = [format_sample(tok, s) for s in samples]
     if not args.skip_reference:
-        reference_check(model, prompt, full, residual=128)
-    attention_table(model, prompt, full, args.recipes)
+        reference_check(model, prompts[0], kvstack.compress(model, prompts[0].context_ids, "identity"), residual=128)
+    attention_table(model, prompts, args.recipes)
 
 
 def reference_check(model, prompt, full, residual: int) -> None:
@@ -84,19 +86,25 @@ def reference_check(model, prompt, full, residual: int) -> None:
           f"(reference); {flips / total:.2%} of elements land on another level (fp16 scales/zeros at group edges)")
 
 
-def attention_table(model, prompt, full, recipes: list[str]) -> None:
-    """Per layer, the attention-output error of each recipe for the question's own queries (Markdown table)."""
-    print(f"\nrelative error of attention outputs (question queries, {prompt.context_ids.numel()} context tokens); "
-          "top-1 = share of (head, query) pairs whose most-attended token changes")
+def attention_table(model, prompts, recipes: list[str]) -> None:
+    """Per layer, the attention-output error of each recipe for the question's own queries (Markdown table),
+    averaged over ``prompts`` (per layer first, so the worst layer is the worst on average)."""
+    tokens = statistics.mean(p.context_ids.numel() for p in prompts)
+    print(f"\nrelative error of attention outputs (question queries, {len(prompts)} sample(s), {tokens:.0f} context "
+          "tokens); top-1 = share of (head, query) pairs whose most-attended token changes")
     print("| recipe | below model dtype | mean rel. error | worst layer (error) | top-1 changed |")
     print("|---|---|---|---|---|")
+    fulls = [kvstack.compress(model, p.context_ids, "identity") for p in prompts]
     for r in recipes:
-        cache = kvstack.compress(model, prompt.context_ids, r)
-        errs = attention_errors(model, full, cache, prompt.question_ids)
-        rel = [e.relative for e in errs]
+        per_sample = []
+        for p, full in zip(prompts, fulls):
+            cache = kvstack.compress(model, p.context_ids, r)
+            per_sample.append((cache.ratio, attention_errors(model, full, cache, p.question_ids)))
+        rel = [statistics.mean(errs[i].relative for _, errs in per_sample) for i in range(len(per_sample[0][1]))]
         w = max(range(len(rel)), key=rel.__getitem__)
-        flips = statistics.mean(e.top1_changed for e in errs)
-        print(f"| `{r}` | {cache.ratio:.2f}x | {statistics.mean(rel):.3f} | {w} ({rel[w]:.3f}) | {flips:.1%} |")
+        flips = statistics.mean(e.top1_changed for _, errs in per_sample for e in errs)
+        ratio = statistics.mean(x for x, _ in per_sample)
+        print(f"| `{r}` | {ratio:.2f}x | {statistics.mean(rel):.3f} | {w} ({rel[w]:.3f}) | {flips:.1%} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ error per (head, query) and the share of (head, query) pairs whose most-attended
 changes. It needs no generation, so it is a cheap real-model signal for tests and benchmarks;
 retrieval accuracy is still the claim, this explains it.
 
-Llama-family decoders (``q_proj``, ``input_layernorm``, ``model.rotary_emb``: Llama, Mistral,
-Qwen2, SmolLM2); others raise :class:`~kvstack.errors.ModelError`.
+The queries are captured by kvstack's own prefill, so every model kvstack compresses is covered
+(Llama, Mistral, Qwen, SmolLM2, Gemma 2/3 with their query norms and local/global rotary).
 """
 
 from __future__ import annotations
@@ -35,34 +35,43 @@ def head_rows(layer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 @torch.no_grad()
 def attention_errors(model, full: KVCache, cache: KVCache, question_ids: torch.Tensor) -> list[LayerError]:
-    """Per layer, the error of ``cache``'s attention outputs against ``full``'s for the question's queries."""
-    inner = getattr(model, "model", None)
-    if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(inner.layers[0].self_attn, "q_proj"):
-        raise ModelError(f"attention_errors supports Llama-family decoders, not {type(model).__name__}")
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    """Per layer, the error of ``cache``'s attention outputs against ``full``'s for the question's queries.
 
-    device = next(model.parameters()).device
-    ids = torch.cat([full.context_ids.long(), question_ids.long()]).view(1, -1).to(device)
-    n_ctx = full.context_ids.numel()
-    hidden = model(ids, output_hidden_states=True).hidden_states
-    pos = torch.arange(n_ctx, ids.shape[1], device=device).view(1, -1)
-    cos, sin = inner.rotary_emb(hidden[0][:, n_ctx:], pos)  # the same positions for every layer
+    The queries come from kvstack's own prefill capture (post-norm, post-RoPE, at the positions right after
+    the context), with each layer's own score scaling and soft cap, so any model kvstack compresses works:
+    Llama-family, Gemma 2/3 (query norms, local/global rotary), Qwen3. The comparison is over the rows each
+    cache holds (a sliding-window layer's window).
+    """
+    from kvstack.grammar.needs import ATTN_PARAMS, NEED_QUESTION_QUERIES
+    from kvstack.hf.model import model_info
+    from kvstack.hf.prefill import prefill
+
+    if question_ids.numel() == 0:
+        raise ModelError("attention_errors needs the question's tokens: their queries are what it compares")
+    captured = prefill(model, model_info(model), full.context_ids.long(), frozenset({NEED_QUESTION_QUERIES}),
+                       question_ids=question_ids.long()).captures
     out = []
     for i, (lf, lq) in enumerate(zip(full.layers, cache.layers, strict=True)):
-        attn = inner.layers[i].self_attn
-        h = inner.layers[i].input_layernorm(hidden[i][:, n_ctx:])
-        q = attn.q_proj(h).view(1, h.shape[1], -1, attn.head_dim).transpose(1, 2)
-        q = apply_rotary_pos_emb(q, q, cos, sin)[0][0].float()  # [Hq, n, d]
+        q = captured[NEED_QUESTION_QUERIES][i].float()  # [Hq, n, D]
+        scaling, softcap = captured.get(ATTN_PARAMS, {}).get(i, (None, None))
+        scaling = scaling if scaling is not None else q.shape[-1] ** -0.5
         (kf, vf), (kq, vq) = head_rows(lf), head_rows(lq)
         group = q.shape[0] // len(kf)
         rel, flips = [], []
         for hq in range(q.shape[0]):
             kv = hq // group
-            pf = torch.softmax(q[hq] @ kf[kv].T.to(q.device) * attn.scaling, -1)
-            pq = torch.softmax(q[hq] @ kq[kv].T.to(q.device) * attn.scaling, -1)
+            pf = _probabilities(q[hq] @ kf[kv].T.to(q.device) * scaling, softcap)
+            pq = _probabilities(q[hq] @ kq[kv].T.to(q.device) * scaling, softcap)
             of, oq = pf @ vf[kv].to(q.device), pq @ vq[kv].to(q.device)
             rel.append(((of - oq).norm(dim=-1) / of.norm(dim=-1).clamp_min(1e-12)).mean().item())
             if pf.shape[-1] == pq.shape[-1]:  # eviction changes which token is which: top-1 only for quantization
                 flips.append((pf.argmax(-1) != pq.argmax(-1)).float().mean().item())
         out.append(LayerError(sum(rel) / len(rel), sum(flips) / len(flips) if flips else float("nan")))
     return out
+
+
+def _probabilities(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Softmax of attention scores after the model's soft cap (Gemma 2), as its attention computes them."""
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    return torch.softmax(scores, -1)
