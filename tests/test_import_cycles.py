@@ -260,5 +260,17 @@ def test_hf_names_no_stage_module() -> None:
 
 
 def test_hf_stage_check_sees_a_stage_import() -> None:
-    graph = {"kvstack.hf.prefill": {"kvstack.stages.select_h2o", "kvstack.stages", "kvstack.kv"}}
-    assert hf_stage_imports(graph) == {"kvstack.hf.prefill": {"kvstack.stages.select_h2o"}}
+    graph = {"kvstack.hf.prefill": {"kvstack.stages.select.h2o", "kvstack.stages", "kvstack.kv"}}
+    assert hf_stage_imports(graph) == {"kvstack.hf.prefill": {"kvstack.stages.select.h2o"}}
+
+
+# --- explicit structure (issue 21, deliverable 4): families share helper modules, not each other's methods ---
+def test_no_stage_module_imports_another_stage_module() -> None:
+    """A method module (one listed in STAGE_MODULES) reaches shared code only through helper modules."""
+    from kvstack.stages import STAGE_MODULES
+
+    methods = {f"kvstack.stages.{name}" for name in STAGE_MODULES}
+    graph = import_graph(lazy=True)
+    assert methods <= set(graph), "a module listed in STAGE_MODULES is missing"
+    found = {m: sorted(graph[m] & methods) for m in methods}
+    assert not any(found.values()), f"stage modules importing other stage modules: {found}"

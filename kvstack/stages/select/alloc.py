@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from kvstack.stages.select_scores import normalize, rank
+from kvstack.stages.select.scores import normalize, rank
 
 ADAKV_FLOOR = 0.2
 

@@ -18,10 +18,10 @@ when asymmetric). Parameters, in positional order:
 
 Channel-axis rows are requantized when tokens are evicted afterwards (see
 ``QuantRows.select``). After a low-rank stage (``svd:rank=16 > int4``) the stage quantizes
-the coefficients, not the reconstruction (:func:`~kvstack.stages.lowrank_rows.quantize_encoded`).
+the coefficients, not the reconstruction (:func:`~kvstack.stages.common.inner.quantize_encoded`).
 ``int4``'s defaults differ (``axis=channel``, ``rot``): measured on real models, it is the
 layout that keeps multi-key retrieval; ``int4:token,norot`` is the per-token layout the fast
-decode kernel reads. ``kivi:2`` / ``kivi:4`` live in :mod:`kvstack.stages.quant_kivi`.
+decode kernel reads. ``kivi:2`` / ``kivi:4`` live in :mod:`kvstack.stages.quant.kivi`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from kvstack.kv import KVLayer
 from kvstack.rows.quant import QuantRows
 from kvstack.rows.rotate import HadamardRows, check_width, clip_groups, rotate
 from kvstack.stack import Stage, StageContext, register
-from kvstack.stages.lowrank_rows import quantize_encoded
-from kvstack.stages.quant_sink import keep_sink
+from kvstack.stages.common.inner import quantize_encoded
+from kvstack.stages.quant.sink import keep_sink
 
 
 def _power_of_two(n: int) -> bool:

@@ -6,7 +6,7 @@ paper found adjacent layers' KV most alike). In each pair every token present in
 layers whose rows are within angular distance ``t`` (``arccos(cos) / pi``) shares one SLERP
 direction (weight ``w`` toward the deeper layer), each layer keeping its own magnitude; the
 other tokens are retained unmerged in both layers (see
-:mod:`kvstack.stages.crosslayer_merge`). A pair whose merged encoding would not be smaller
+:mod:`kvstack.stages.crosslayer.merge`). A pair whose merged encoding would not be smaller
 than the two dense layers is left as it was. ``cache.stats['minicache_merged']`` records
 the share of rows merged.
 
@@ -33,16 +33,16 @@ from kvstack.errors import RecipeError
 from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import Stage, StageContext, register
-from kvstack.stages.crosslayer_merge import merge_pair
-from kvstack.stages.lowrank import same_tokens_every_head
-from kvstack.stages.lowrank_fit import (
+from kvstack.stages.common.heads import same_tokens_every_head
+from kvstack.stages.common.keep import KeptRows
+from kvstack.stages.crosslayer.merge import merge_pair
+from kvstack.stages.lowrank.fit import (
     Basis,
     compute_dtype,
     fit_basis,
     rank_for_energy,
 )
-from kvstack.stages.lowrank_keep import KeptRows
-from kvstack.stages.lowrank_rows import JointRows, encode_coefficients
+from kvstack.stages.lowrank.rows import JointRows, encode_coefficients
 
 
 def pair_layers(layers: set[int], num_layers: int, start: float) -> list[tuple[int, int]]:

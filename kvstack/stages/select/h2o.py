@@ -18,8 +18,8 @@ import torch
 
 from kvstack.grammar.needs import attention_need, attention_strides  # noqa: F401  (re-exported)
 from kvstack.stack import StageContext, register
-from kvstack.stages.select_base import ScoredSelect
-from kvstack.stages.select_scores import LayerRows, at_positions, group_reduce, newest_rows
+from kvstack.stages.select.base import ScoredSelect
+from kvstack.stages.select.scores import LayerRows, at_positions, group_reduce, newest_rows
 
 
 @register

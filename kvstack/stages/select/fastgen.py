@@ -20,7 +20,7 @@ import torch
 
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import NEED_WINDOW_QUERIES, Stage, StageContext, register
-from kvstack.stages.select_scores import LayerRows, attention_received, group_reduce, newest_rows, rank, score_params
+from kvstack.stages.select.scores import LayerRows, attention_received, group_reduce, newest_rows, rank, score_params
 
 POLICIES = ("special", "special+local", "special+frequent", "special+frequent+local", "full")
 

@@ -9,7 +9,7 @@ Format of :class:`NuqRows` (``n`` rows of ``d`` channels, ``b`` bits, ``H`` head
 * ``u`` is replaced by the index of its nearest level in the head's codebook, ``float16
   [H, 2**b]`` ascending levels in ``[0, 1]`` fitted by k-means (on calibration text, or on these
   rows), packed ``b``-bit codes ``uint8 [n, packed_width(d, b)]``;
-* outliers (see :mod:`kvstack.stages.quant_sparse`) are written over the result exactly (fp16).
+* outliers (see :mod:`kvstack.stages.quant.sparse`) are written over the result exactly (fp16).
 
 ``nbytes`` = codes + zero + scale + outlier table + the codebook when it was fitted on these
 rows (``owns_codebook``); a calibrated codebook lives outside the cache, shared by every
@@ -28,9 +28,9 @@ from kvstack.errors import InputError
 from kvstack.kv import tensor_nbytes
 from kvstack.rows.groups import fp16_down, fp16_up, segment_ids
 from kvstack.rows.pack import pack_codes, unpack_codes
-from kvstack.stages.lowrank_rows import head_counts
-from kvstack.stages.quant_codebook import fit_levels, nearest_level
-from kvstack.stages.quant_sparse import SparseOutliers, outlier_scores
+from kvstack.stages.common.heads import head_counts
+from kvstack.stages.quant.codebook import fit_levels, nearest_level
+from kvstack.stages.quant.sparse import SparseOutliers, outlier_scores
 
 
 def _group_range(x: torch.Tensor, inlier: torch.Tensor, segments: Sequence[int], axis: str):

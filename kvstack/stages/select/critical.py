@@ -18,9 +18,9 @@ import torch
 from kvstack.errors import ModelError
 from kvstack.grammar.needs import NEED_OPROJ
 from kvstack.stack import StageContext, register
-from kvstack.stages.select_alloc import head_request
-from kvstack.stages.select_based import BasedSelect
-from kvstack.stages.select_scores import LayerRows, rank
+from kvstack.stages.select.alloc import head_request
+from kvstack.stages.select.based import BasedSelect
+from kvstack.stages.select.scores import LayerRows, rank
 
 
 def projected_value_norm(values: torch.Tensor, w_o: torch.Tensor, block: int = 1 << 24) -> torch.Tensor:

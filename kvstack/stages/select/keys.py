@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from kvstack.stack import StageContext, register
-from kvstack.stages.select_base import ScoredSelect
-from kvstack.stages.select_scores import LayerRows
+from kvstack.stages.select.base import ScoredSelect
+from kvstack.stages.select.scores import LayerRows
 
 
 @register

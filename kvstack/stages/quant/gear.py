@@ -4,7 +4,7 @@
 (default 0.01). For keys and values of one layer:
 
 1. the ``outliers`` share of elements farthest from their group (see
-   :mod:`kvstack.stages.quant_sparse`) goes to a sparse fp16 table and is replaced by its
+   :mod:`kvstack.stages.quant.sparse`) goes to a sparse fp16 table and is replaced by its
    group's median before quantizing, so it does not stretch the range;
 2. the rest is quantized like KIVI, with packed codes and fp16 scale + zero per group: keys per
    channel (``group`` tokens of one channel within a head), values per token (``group``
@@ -30,8 +30,8 @@ from kvstack.kv import KVLayer, tensor_nbytes
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.quant import QuantRows
 from kvstack.stack import Stage, StageContext, register
-from kvstack.stages.lowrank_rows import head_counts
-from kvstack.stages.quant_sparse import SparseOutliers, outlier_scores
+from kvstack.stages.common.heads import head_counts
+from kvstack.stages.quant.sparse import SparseOutliers, outlier_scores
 
 
 def _medians(x: torch.Tensor, segments: Sequence[int], axis: str) -> torch.Tensor:

@@ -3,7 +3,7 @@
 The first token draws a large share of the attention and its keys/values are unlike every
 other row, so KVQuant keeps it in fp16. Rows are split by position (head-major order kept);
 the sink rows are stored as ``float16`` when the model's dtype is wider and they fit (else in
-the model's dtype), in a :class:`~kvstack.stages.lowrank_keep.KeptRows` with the rest.
+the model's dtype), in a :class:`~kvstack.stages.common.keep.KeptRows` with the rest.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 
 from kvstack.kv import DenseRows, Encoded, KVLayer
-from kvstack.stages.lowrank_keep import KeptRows, per_head_counts, runs_of
-from kvstack.stages.quant_sparse import FP16_MAX
+from kvstack.stages.common.keep import KeptRows, per_head_counts, runs_of
+from kvstack.stages.quant.sparse import FP16_MAX
 
 
 def keep_sink(

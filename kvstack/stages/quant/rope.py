@@ -3,7 +3,7 @@
 KVQuant quantizes keys *before* the rotation: pre-RoPE, a key channel has one stable
 distribution across tokens, while RoPE mixes channel pairs at position-dependent angles
 and smears the outlier channels that per-channel scales rely on. :class:`RotatedRows`
-wraps any encoding of pre-RoPE rows with the layer's :class:`~kvstack.stages.lowrank_rope.Rotary`
+wraps any encoding of pre-RoPE rows with the layer's :class:`~kvstack.stages.common.rope.Rotary`
 and each row's position: none stored when the rows are ``offset + 0..n_h-1`` in every head
 (nothing evicted), ``int32`` per row (counted) otherwise.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from kvstack.kv import Encoded, tensor_nbytes
-from kvstack.stages.lowrank_rope import Rotary
-from kvstack.stages.lowrank_rows import head_counts, segment_aranges
+from kvstack.stages.common.heads import head_counts, segment_aranges
+from kvstack.stages.common.rope import Rotary
 
 
 @dataclass(frozen=True, eq=False)

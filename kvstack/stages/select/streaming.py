@@ -6,13 +6,13 @@ mechanics, so kept positions stay exact and any row encoding works.
 This module holds StreamingLLM. The score-and-keep methods, all written
 ``name:fraction[,options]`` with the common options ``sink``, ``alloc`` and ``beta``, live in
 
-* :mod:`kvstack.stages.select_attention`: ``q2c``, ``snapkv``, ``tova``, ``expected``;
-* :mod:`kvstack.stages.select_h2o`: ``h2o``;
-* :mod:`kvstack.stages.select_keys`: ``knorm``, ``keydiff``, ``random``;
+* :mod:`kvstack.stages.select.attention`: ``q2c``, ``snapkv``, ``tova``, ``expected``;
+* :mod:`kvstack.stages.select.h2o`: ``h2o``;
+* :mod:`kvstack.stages.select.keys`: ``knorm``, ``keydiff``, ``random``;
 
-on top of :mod:`~kvstack.stages.select_base` (budgets, forced rows, eviction),
-:mod:`~kvstack.stages.select_alloc` (uniform / PyramidKV / Ada-KV budgets) and
-:mod:`~kvstack.stages.select_scores` (scoring helpers).
+on top of :mod:`~kvstack.stages.select.base` (budgets, forced rows, eviction),
+:mod:`~kvstack.stages.select.alloc` (uniform / PyramidKV / Ada-KV budgets) and
+:mod:`~kvstack.stages.select.scores` (scoring helpers).
 """
 
 from __future__ import annotations

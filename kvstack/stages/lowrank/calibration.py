@@ -28,8 +28,8 @@ import torch
 
 from kvstack.errors import InputError, ModelError
 from kvstack.kv import KVCache
-from kvstack.stages.lowrank_fit import Basis
-from kvstack.stages.lowrank_rope import Rotary
+from kvstack.stages.common.rope import Rotary
+from kvstack.stages.lowrank.fit import Basis
 
 FORMAT = "kvstack-lowrank-basis"
 VERSION = 1

@@ -2,10 +2,10 @@
 
 * keys quantized **before RoPE**, per channel (one zero/scale per channel of each head): the
   cache stores pre-RoPE codes and rotates the decoded keys to their positions when read
-  (:class:`~kvstack.stages.quant_rope.RotatedRows`); ``rope=post`` quantizes keys as cached;
+  (:class:`~kvstack.stages.quant.rope.RotatedRows`); ``rope=post`` quantizes keys as cached;
 * values quantized per token;
 * non-uniform levels: each head has a codebook of ``2**bits`` levels fitted by k-means on
-  normalized values (:mod:`kvstack.stages.quant_nuq`), from ``calibration=FILE`` (``kvstack
+  normalized values (:mod:`kvstack.stages.quant.nuq`), from ``calibration=FILE`` (``kvstack
   calibrate --codebooks``; not counted, like a calibrated basis) or, without one, fitted on
   the cache itself and counted (``layer.meta["codebook"]`` says which);
 * dense-and-sparse: the ``outliers`` share (default 1%) of elements farthest from their group
@@ -29,11 +29,11 @@ import torch
 from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer
 from kvstack.stack import StageContext, register
-from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
-from kvstack.stages.quant_calibration import CalibratedStage, kvquant_key
-from kvstack.stages.quant_nuq import NuqRows
-from kvstack.stages.quant_rope import RotatedRows
-from kvstack.stages.quant_sink import keep_sink
+from kvstack.stages.common.rope import NEED_ROPE, Rotary
+from kvstack.stages.quant.calibration import CalibratedStage, kvquant_key
+from kvstack.stages.quant.nuq import NuqRows
+from kvstack.stages.quant.rope import RotatedRows
+from kvstack.stages.quant.sink import keep_sink
 
 
 def rotary_of(stage: str, index: int, ctx: StageContext) -> Rotary:

@@ -2,7 +2,7 @@
 
 ``svd`` (PALU-like, post-training): per layer and KV head, a basis from the SVD of that
 head's keys (and, separately, values); the cache holds ``r`` coefficients per row
-(:class:`~kvstack.stages.lowrank_rows.LowRankRows`). ``svd:rank=16`` keeps 16 directions,
+(:class:`~kvstack.stages.lowrank.rows.LowRankRows`). ``svd:rank=16`` keeps 16 directions,
 ``svd:energy=0.95`` (or ``svd:0.95``) the fewest directions that keep 95% of every head's
 energy (one rank per layer: the largest any head needs). Options:
 
@@ -13,19 +13,19 @@ energy (one rank per layer: the largest any head needs). Options:
 * ``rope=pre``: project keys *before* RoPE (un-rotated by their positions, rotated back
   when read). Pre-RoPE keys are much lower rank (SmolLM2-135M: ~17 vs ~35 directions for
   95%); it needs the driver to hand over the model's rotary tables
-  (``ctx.captures["rope"]``, see :mod:`kvstack.stages.lowrank_rope`) and stores each row's
+  (``ctx.captures["rope"]``, see :mod:`kvstack.stages.common.rope`) and stores each row's
   position (int32) when tokens were evicted first.
 * ``sink=4``: rows at positions below 4 stay exact and out of the fit (attention sinks:
   on SmolLM2 this alone turns ``svd:energy=0.99`` from +15% to +1% perplexity; see
-  :mod:`kvstack.stages.lowrank_keep`). ``sink=0`` projects every row.
+  :mod:`kvstack.stages.common.keep`). ``sink=0`` projects every row.
 * ``target=k|v|kv``: which of keys/values to project (default both).
 * ``bits=4``: quantize the coefficients per channel (``qgroup`` tokens per scale) inside
   the stage; ``svd > int4`` instead quantizes the reconstruction unless the quantizer
-  applies :func:`~kvstack.stages.lowrank_rows.quantize_encoded` (see that module).
+  applies :func:`~kvstack.stages.common.inner.quantize_encoded` (see that module).
 
 ``latent`` (MHA2MLA idea, no fine-tuning): one basis per layer for the concatenation of all
 heads' keys *and* values of a token, ``[2 * H * d]``; the cache holds one ``r``-vector per
-token per layer (:class:`~kvstack.stages.lowrank_rows.JointRows`, owned by the keys, shared
+token per layer (:class:`~kvstack.stages.lowrank.rows.JointRows`, owned by the keys, shared
 by the values). Every head must hold the same tokens: after per-head selection (snapkv, h2o,
 q2c, ... score each head on its own) use ``svd``; ``streaming`` keeps the same tokens everywhere.
 Evicting after ``latent`` per head stores the kept rows dense (counted).
@@ -41,16 +41,17 @@ from kvstack.errors import RecipeError
 from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import Encoded, KVCache, KVLayer
 from kvstack.stack import Stage, StageContext, register
-from kvstack.stages.lowrank_calibration import CalibratedBasis, load_basis
-from kvstack.stages.lowrank_fit import (
+from kvstack.stages.common.heads import same_tokens_every_head, segment_aranges
+from kvstack.stages.common.keep import KeptRows, per_head_counts
+from kvstack.stages.common.rope import NEED_ROPE, Rotary
+from kvstack.stages.lowrank.calibration import CalibratedBasis, load_basis
+from kvstack.stages.lowrank.fit import (
     Basis,
     compute_dtype,
     fit_basis,
     rank_for_energy,
 )
-from kvstack.stages.lowrank_keep import KeptRows, per_head_counts
-from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
-from kvstack.stages.lowrank_rows import JointRows, LowRankRows, encode_coefficients, segment_aranges
+from kvstack.stages.lowrank.rows import JointRows, LowRankRows, encode_coefficients
 
 
 class _LowRank(Stage):
@@ -169,14 +170,6 @@ def _fit(rows: torch.Tensor) -> Basis:
         d = rows.shape[1]
         return Basis(torch.eye(d, dtype=rows.dtype), torch.zeros(d, dtype=rows.dtype))
     return fit_basis(rows)
-
-
-def same_tokens_every_head(layer: KVLayer) -> bool:
-    """True when every head holds the same positions in the same order (one row per token per head)."""
-    if not layer.uniform:
-        return False
-    pos = layer.row_positions().view(layer.num_heads, -1)
-    return bool((pos == pos[:1]).all())
 
 
 def joint_rows(layer: KVLayer) -> torch.Tensor:

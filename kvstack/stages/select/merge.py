@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from kvstack.errors import RecipeError
 from kvstack.kv import DenseRows, KVCache, KVLayer
 from kvstack.stack import StageContext, register
-from kvstack.stages.select_based import BasedSelect
-from kvstack.stages.select_scores import LayerRows
+from kvstack.stages.select.based import BasedSelect
+from kvstack.stages.select.scores import LayerRows
 
 
 def fold_values(

@@ -22,8 +22,8 @@ from kvstack.errors import ModelError
 from kvstack.grammar.needs import KVZIP_SECONDS, NEED_KVZIP
 from kvstack.kv import KVCache
 from kvstack.stack import StageContext, register
-from kvstack.stages.select_base import ScoredSelect
-from kvstack.stages.select_scores import LayerRows
+from kvstack.stages.select.base import ScoredSelect
+from kvstack.stages.select.scores import LayerRows
 
 
 @register

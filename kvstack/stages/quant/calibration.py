@@ -1,7 +1,7 @@
 """Calibrated codebooks for ``kvquant`` and ``cq``: fitted once on calibration text, tied to a model.
 
 Stored in the same container as calibrated low-rank bases (NAME.safetensors + NAME.json with
-the model fingerprint, :mod:`kvstack.stages.lowrank_calibration`; the JSON's ``kind`` is
+the model fingerprint, :mod:`kvstack.stages.lowrank.calibration`; the JSON's ``kind`` is
 ``quant-codebooks``)::
 
     kvquant.<bits>.kpre.<layer>     [H, 2**bits]            levels of pre-RoPE keys (per channel, normalized)
@@ -24,10 +24,10 @@ import torch
 from kvstack.errors import InputError
 from kvstack.kv import KVCache
 from kvstack.stack import Stage
-from kvstack.stages.lowrank_calibration import CalibratedBasis, basis_paths, load_basis
-from kvstack.stages.lowrank_rope import Rotary
-from kvstack.stages.quant_codebook import fit_centroids, fit_levels, stride_sample
-from kvstack.stages.quant_nuq import normalize
+from kvstack.stages.common.rope import Rotary
+from kvstack.stages.lowrank.calibration import CalibratedBasis, basis_paths, load_basis
+from kvstack.stages.quant.codebook import fit_centroids, fit_levels, stride_sample
+from kvstack.stages.quant.nuq import normalize
 
 KIND = "quant-codebooks"
 KVQUANT_FIT = (2, 3, 4)

@@ -27,11 +27,11 @@ from kvstack.kv import KVLayer, tensor_nbytes
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.pack import SUPPORTED_BITS, pack_codes, unpack_codes
 from kvstack.stack import StageContext, register
-from kvstack.stages.lowrank_rows import head_counts
-from kvstack.stages.quant_calibration import CalibratedStage, cq_key
-from kvstack.stages.quant_codebook import fit_centroids, nearest_centroid
-from kvstack.stages.quant_nuq import CodeRows
-from kvstack.stages.quant_sink import keep_sink
+from kvstack.stages.common.heads import head_counts
+from kvstack.stages.quant.calibration import CalibratedStage, cq_key
+from kvstack.stages.quant.codebook import fit_centroids, nearest_centroid
+from kvstack.stages.quant.nuq import CodeRows
+from kvstack.stages.quant.sink import keep_sink
 
 
 @dataclass(frozen=True, eq=False)

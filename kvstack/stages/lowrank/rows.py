@@ -18,34 +18,21 @@ claims a saving it does not have.
 
 Quantizing after a low-rank stage: a quantizer that sees ``has_inner_rows`` should quantize
 :meth:`LowRankRows.inner_rows` (the coefficients, ``r`` per row) instead of the
-reconstruction (``d`` per row); :func:`quantize_encoded` is that rule in one call.
+reconstruction (``d`` per row); :func:`kvstack.stages.common.inner.quantize_encoded` is that rule in one call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from kvstack.errors import InputError
 from kvstack.kv import DenseRows, Encoded, tensor_nbytes
-from kvstack.rows.groups import segment_ids
 from kvstack.rows.quant import QuantRows
-from kvstack.stages.lowrank_rope import Rotary
-
-
-def head_counts(segments: Sequence[int], rows: torch.Tensor) -> tuple[int, ...]:
-    """Rows per head after keeping ``rows`` (head-major), zero-row heads included."""
-    heads = segment_ids(segments, device=rows.device)[rows]
-    if heads.numel() > 1 and bool((heads[1:] < heads[:-1]).any()):
-        raise InputError("rows kept from a low-rank encoding must stay head-major (sorted by head)")
-    return tuple(int(c) for c in torch.bincount(heads, minlength=len(segments)))
-
-
-def segment_aranges(segments: Sequence[int]) -> torch.Tensor:
-    """``0..n_h-1`` for every head, back to back: the positions of rows nobody evicted."""
-    return torch.cat([torch.arange(n) for n in segments]) if segments else torch.empty(0, dtype=torch.long)
+from kvstack.stages.common.heads import head_counts, segment_aranges
+from kvstack.stages.common.rope import Rotary
 
 
 def encode_coefficients(
@@ -137,20 +124,6 @@ class LowRankRows:
         if coefficients.shape != self.coefficients.shape:
             raise InputError(f"coefficients of shape {coefficients.shape}; expected {self.coefficients.shape}")
         return replace(self, coefficients=coefficients)
-
-
-def quantize_encoded(
-    rows: Encoded, lengths: Sequence[int], quantize: Callable[[torch.Tensor, Sequence[int]], Encoded]
-) -> Encoded:
-    """``quantize(rows, rows_per_head)`` of the inner coefficients when ``rows`` has them, else of the rows.
-
-    The rule a quantization stage applies so that ``svd:rank=16 > int4:axis=channel`` stores
-    4-bit coefficients (16 per row) rather than 4-bit reconstructions (head_dim per row).
-    """
-    if getattr(rows, "has_inner_rows", False):
-        inner, per_head = rows.inner_rows()
-        return rows.with_inner(quantize(inner, per_head))
-    return quantize(rows.decode(), lengths)
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,8 +13,8 @@ from typing import ClassVar
 import torch
 
 from kvstack.stack import REGISTRY, StageContext
-from kvstack.stages.select_base import ScoredSelect
-from kvstack.stages.select_scores import LayerRows, normalize
+from kvstack.stages.select.base import ScoredSelect
+from kvstack.stages.select.scores import LayerRows, normalize
 
 
 class BasedSelect(ScoredSelect):

@@ -1,4 +1,4 @@
-"""Selection by attention: Q2C, SnapKV, TOVA and Expected Attention (H2O: :mod:`.select_h2o`).
+"""Selection by attention: Q2C, SnapKV, TOVA and Expected Attention (H2O: :mod:`.h2o`).
 
 Each scores a KV head's rows from the queries of its group (query heads ``h*g..h*g+g-1``)
 against the keys as stored in the layer; the base class does budgets and eviction.
@@ -14,8 +14,8 @@ from kvstack.stack import (
     StageContext,
     register,
 )
-from kvstack.stages.select_base import ScoredSelect
-from kvstack.stages.select_scores import (
+from kvstack.stages.select.base import ScoredSelect
+from kvstack.stages.select.scores import (
     LayerRows,
     attention_received,
     group_reduce,
