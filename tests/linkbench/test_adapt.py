@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from kvstack.bench.adapt import Costs, choose, order, plan_recipe, predict
 from kvstack.errors import InputError
+from kvstack.linkbench.adapt import Costs, choose, order, plan_recipe, predict
 from kvstack.stack import Recipe
 
 LEVELS = ("int8", "int4", "int2")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kvstack import wire
-from kvstack.bench.link import MIN_BURST, LoopbackLink, burst_bytes, gbits
 from kvstack.errors import InputError
+from kvstack.linkbench.link import MIN_BURST, LoopbackLink, burst_bytes, gbits
 from kvstack.transport.loadtest import synthetic_caches
 
 

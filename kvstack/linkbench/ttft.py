@@ -1,6 +1,6 @@
 """Time to first token when a context travels over a link: (a) its text, re-prefilled by the
 receiver; (b) its fp16 cache; (c) its cache compressed by each recipe and wire-encoded; and,
-with a deadline, (d) the bandwidth-adaptive plan of :mod:`kvstack.bench.adapt`.
+with a deadline, (d) the bandwidth-adaptive plan of :mod:`kvstack.linkbench.adapt`.
 
 Every path goes over a real loopback HTTP link (:class:`LoopbackLink`, one server per path: the
 store is content-addressed, one cache per model and context): TTFT = request + shaped
@@ -8,7 +8,7 @@ transfer (decoding overlapped, chunk by chunk, each layer moved to the model's d
 completes) + the question's prefill and first token. The run has two phases:
 
 1. per context and path: compress, encode, store, then pull *unshaped* (after one warm-up pull per
-   path on the first context) - the measured components of :mod:`kvstack.bench.derive`;
+   path on the first context) - the measured components of :mod:`kvstack.linkbench.derive`;
 2. per cell (context x path x bandwidth), cheapest first: shape the link for real when the cell's
    link time is within ``max_transfer_s`` and it fits the time budget, else derive it from the
    components. Rows say which (``how``), and measured rows carry the derived value beside them.
@@ -24,14 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvstack.bench.adapt import Costs, Plan, choose, plan_recipe
-from kvstack.bench.costs import GROUP, LEVELS, best_seconds, measure_costs
-from kvstack.bench.derive import Components, derived_receive, derived_ttft, should_measure, transfer_seconds
-from kvstack.bench.link import LinkPool, LoopbackLink, gbits
-from kvstack.bench.models import is_random, random_prompt
-from kvstack.bench.payload import FP16, TEXT, Payload, encode, save_payload, text_blob
-from kvstack.bench.receiver import Receiver, answer_contains
 from kvstack.errors import InputError
+from kvstack.linkbench.adapt import Costs, Plan, choose, plan_recipe
+from kvstack.linkbench.costs import GROUP, LEVELS, best_seconds, measure_costs
+from kvstack.linkbench.derive import Components, derived_receive, derived_ttft, should_measure, transfer_seconds
+from kvstack.linkbench.link import LinkPool, LoopbackLink, gbits
+from kvstack.linkbench.models import is_random, random_prompt
+from kvstack.linkbench.payload import FP16, TEXT, Payload, encode, save_payload, text_blob
+from kvstack.linkbench.receiver import Receiver, answer_contains
 
 MEASURED, DERIVED = "measured", "derived"
 

@@ -9,8 +9,8 @@ import torch
 
 import kvstack
 from kvstack import wire
-from kvstack.bench.device import cache_to, layer_to
-from kvstack.bench.models import build_random, parse_random
+from kvstack.linkbench.device import cache_to, layer_to
+from kvstack.linkbench.models import build_random, parse_random
 
 TINY = "random:llama-3.1-8b,num_hidden_layers=2,hidden_size=64,intermediate_size=96,num_attention_heads=4," \
        "num_key_value_heads=2,vocab_size=300"

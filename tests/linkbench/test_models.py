@@ -6,7 +6,8 @@ import pytest
 import torch
 import transformers
 
-from kvstack.bench.models import (
+from kvstack.errors import InputError
+from kvstack.linkbench.models import (
     RandomModel,
     build_random,
     check_device,
@@ -15,7 +16,6 @@ from kvstack.bench.models import (
     random_config,
     random_prompt,
 )
-from kvstack.errors import InputError
 
 TINY = "random:llama-3.1-8b,num_hidden_layers=2,hidden_size=64,intermediate_size=96,num_attention_heads=4," \
        "num_key_value_heads=2,vocab_size=300"

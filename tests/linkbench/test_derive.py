@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from kvstack.bench.derive import (
+from kvstack.errors import InputError
+from kvstack.linkbench.derive import (
     Components,
     derived_receive,
     derived_ttft,
     should_measure,
     transfer_seconds,
 )
-from kvstack.bench.link import MIN_BURST, burst_bytes
-from kvstack.errors import InputError
+from kvstack.linkbench.link import MIN_BURST, burst_bytes
 
 
 def test_link_bound_cell_by_hand():

@@ -7,7 +7,7 @@ import json
 import statistics
 from dataclasses import asdict
 
-from kvstack.bench.ttft import MEASURED, Result
+from kvstack.linkbench.ttft import MEASURED, Result
 
 
 def _ms(seconds: float | None) -> str:

@@ -7,13 +7,13 @@ import torch
 
 import kvstack
 from kvstack import wire
-from kvstack.bench.link import burst_bytes, gbits
-from kvstack.bench.payload import payload_file
-from kvstack.bench.report import format_result
-from kvstack.bench.ttft import TtftSpec, run_ttft
 from kvstack.errors import InputError
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
+from kvstack.linkbench.link import burst_bytes, gbits
+from kvstack.linkbench.payload import payload_file
+from kvstack.linkbench.report import format_result
+from kvstack.linkbench.ttft import TtftSpec, run_ttft
 
 GBIT = 0.01  # 1.25 MB/s: the fp16 cache of 128 tokens (0.5 MB) takes ~0.4 s
 

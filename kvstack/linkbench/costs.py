@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from kvstack.bench.adapt import Costs
+from kvstack.linkbench.adapt import Costs
 
 LEVELS = ("int8", "int4", "int2")
 GROUP = 64
@@ -24,7 +24,7 @@ def best_seconds(fn, repeat: int = 2) -> float:
 
 def measure_costs(model, prompt, level_blobs: dict[str, bytes], first_token_s: float, text_s: float,
                   text_bytes: int, progress: bool) -> Costs:
-    """Everything :func:`kvstack.bench.adapt.choose` needs, measured on one context."""
+    """Everything :func:`kvstack.linkbench.adapt.choose` needs, measured on one context."""
     from kvstack import wire
     from kvstack.diagnose.sensitivity import Probe, measure
     from kvstack.wire.stats import bytes_by_layer

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import torch
 
-from kvstack.bench.link import LoopbackLink
-from kvstack.bench.payload import TEXT, Payload
 from kvstack.kv import KVCache
+from kvstack.linkbench.link import LoopbackLink
+from kvstack.linkbench.payload import TEXT, Payload
 
 
 def synchronize(device: torch.device) -> None:
@@ -32,7 +32,7 @@ class Receiver:
 
     def receive(self, link: LoopbackLink, key: str, rate: float | None):
         """Pull ``key`` from ``link`` at ``rate`` and decode it as it arrives: ``(cache on the device, transfer)``."""
-        from kvstack.bench.device import layer_to
+        from kvstack.linkbench.device import layer_to
         from kvstack.wire import StreamDecoder
 
         dec = StreamDecoder(expect_fingerprint=self.fingerprint)
@@ -78,7 +78,7 @@ def answer_contains(model, tok, sample, prompt, payload_name: str, cache: KVCach
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False)
         new = out[0, ids.shape[1]:]
     else:
-        from kvstack.bench.device import cache_to
+        from kvstack.linkbench.device import cache_to
 
         new = kvstack.generate(model, cache_to(cache, device), prompt.question_ids, max_new_tokens=max_new)
     text = tok.decode(new, skip_special_tokens=True).strip()

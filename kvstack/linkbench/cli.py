@@ -62,9 +62,9 @@ def cmd_ttft(args: argparse.Namespace) -> int:
 
     import torch
 
-    from kvstack.bench.models import is_random, load_bench_model
-    from kvstack.bench.report import environment, format_result, to_json
-    from kvstack.bench.ttft import TtftSpec, run_ttft
+    from kvstack.linkbench.models import is_random, load_bench_model
+    from kvstack.linkbench.report import environment, format_result, to_json
+    from kvstack.linkbench.ttft import TtftSpec, run_ttft
 
     start = time.perf_counter()  # --budget-s counts from here: building the model is part of the run
     spec = TtftSpec(model=args.model, tokens=list(args.tokens), recipes=list(args.recipes),

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from kvstack.bench.derive import Components, derived_receive, derived_ttft, transfer_seconds
-from kvstack.bench.link import gbits
-from kvstack.bench.models import build_random, parse_random
-from kvstack.bench.ttft import DERIVED, MEASURED, TtftSpec, run_ttft
 from kvstack.errors import InputError
+from kvstack.linkbench.derive import Components, derived_receive, derived_ttft, transfer_seconds
+from kvstack.linkbench.link import gbits
+from kvstack.linkbench.models import build_random, parse_random
+from kvstack.linkbench.ttft import DERIVED, MEASURED, TtftSpec, run_ttft
 
 # Llama-3.1-8B's architecture, shrunk: 2 layers, 2 KV heads of dim 32, so the fp16 cache of 256 tokens
 # is 2 x 2 x 2 x 256 x 32 x 2 B = 131,072 B: over the slow link's 64 KiB burst, under it for int4.

@@ -11,7 +11,7 @@ The receiver decodes each chunk as it arrives, so decoding hides behind a slow t
 transfer behind slow decoding: whichever is slower sets the pace. That assumes perfect overlap,
 so it is a lower bound, off by at most the smaller of the two when they are close (their sum is
 the upper bound). ``burst`` is what the token bucket releases at once
-(:func:`kvstack.bench.link.burst_bytes`: 10 ms of data, at least 64 KiB); it matters only for
+(:func:`kvstack.linkbench.link.burst_bytes`: 10 ms of data, at least 64 KiB); it matters only for
 payloads of a few hundred KB. Measured cells report this value beside their measurement, which
 shows how far off it is on the machine at hand; derived cells are labelled ``derived`` wherever
 they appear.
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvstack.bench.link import burst_bytes
 from kvstack.errors import InputError
+from kvstack.linkbench.link import burst_bytes
 
 
 @dataclass(frozen=True)
