@@ -17,10 +17,10 @@ import argparse
 import torch
 
 import kvstack
+from kvstack.api import compress_many
 from kvstack.eval.metrics import score
 from kvstack.eval.nll import continuation_nll
 from kvstack.eval.prompt import format_sample
-from kvstack.eval.shared_prefill import compress_many
 from kvstack.eval.tasks import get_task
 from kvstack.stack import Recipe
 from kvstack.stages.select.base import ScoredSelect
