@@ -14,9 +14,8 @@ lazily (`load_builtin`) the first time a recipe is parsed: stage modules import
 module level. This package and its family packages import nothing at load time, so
 importing one helper module does not pull in every stage. The row containers the
 stages fill live beneath them, in `kvstack.rows`; the old `quant_rows`, `quant_pack`,
-`quant_split`, `quant_rotate` and `quant_groups` modules here only re-export them, and
-`select_base` and `select_scores` re-export `select/base.py` and `select/scores.py`
-(the base classes a user's own selection stage builds on), for older imports.
+`quant_split`, `quant_rotate` and `quant_groups` modules here only re-export them, for
+older imports.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "select.h2o",  # h2o
     "select.keys",  # knorm, keydiff, random
     "select.kvzip",  # kvzip
-    "select_surprisal",  # surprisal
+    "select.surprisal",  # surprisal
     "select.merge",  # merge
     "lowrank.svd",  # svd, latent
     "crosslayer.share",  # minicache, xkv

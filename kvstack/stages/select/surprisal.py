@@ -17,8 +17,8 @@ import torch
 
 from kvstack.errors import ModelError
 from kvstack.stack import NEED_TOKEN_NLL, StageContext, register
-from kvstack.stages.select_base import ScoredSelect
-from kvstack.stages.select_scores import LayerRows
+from kvstack.stages.select.base import ScoredSelect
+from kvstack.stages.select.scores import LayerRows
 
 
 @register
