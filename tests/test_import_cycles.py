@@ -169,11 +169,9 @@ def test_cycle_finder_reports_a_cycle() -> None:
 # Cycles that close only through an import inside a function (or `load_builtin`'s import_module of
 # STAGE_MODULES, which the graph adds as edges). They cannot fail at import time, but they still tie
 # layers together. Each is named by the modules it may span (fnmatch patterns); the list may only shrink.
-KNOWN_LAZY_CYCLES = {
-    # stack.parse_stage loads every stage module on first use, and they import stack for Stage and
-    # register. Inverting it needs the torch-free stage metadata of issue 21, deliverable 1.
-    "stage registration": ("kvstack.stack", "kvstack.stages", "kvstack.stages.*"),
-}
+# Empty since stage modules import the registry (kvstack.registry) instead of the recipe layer
+# (kvstack.stack), which loads them (issue 21, deliverable 4).
+KNOWN_LAZY_CYCLES: dict[str, tuple[str, ...]] = {}
 
 
 def lazy_graph() -> dict[str, set[str]]:

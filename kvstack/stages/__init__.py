@@ -9,10 +9,11 @@ modules hold the registered stages and share the family's helper modules (``sele
 
 `STAGE_MODULES` is the one list of modules that hold registered stages, in
 registration order, as dotted names under this package. `kvstack.stack` loads it
-lazily (`load_builtin`) the first time a recipe is parsed: stage modules import
-`kvstack.stack` for `Stage` and `register`, so the registry must not import them at
-module level. This package and its family packages import nothing at load time, so
-importing one helper module does not pull in every stage. The row containers the
+lazily (`load_builtin`) the first time a recipe is parsed. Stage modules import
+`kvstack.registry` (`Stage`, `StageContext`, `register`), never `kvstack.stack`, so
+no import cycle runs through the registration (tests/test_import_cycles.py). This
+package and its family packages import nothing at load time, so importing one helper
+module does not pull in every stage. The row containers the
 stages fill live beneath them, in `kvstack.rows`; the old `quant_rows`, `quant_pack`,
 `quant_split`, `quant_rotate` and `quant_groups` modules here only re-export them, for
 older imports.

@@ -32,7 +32,7 @@ import torch
 from kvstack.errors import RecipeError
 from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import Stage, StageContext, register
+from kvstack.registry import Stage, StageContext, register
 from kvstack.stages.common.heads import same_tokens_every_head
 from kvstack.stages.common.keep import KeptRows
 from kvstack.stages.crosslayer.merge import merge_pair

@@ -40,7 +40,7 @@ import torch
 from kvstack.errors import RecipeError
 from kvstack.grammar.params import check_rank_fits
 from kvstack.kv import Encoded, KVCache, KVLayer
-from kvstack.stack import Stage, StageContext, register
+from kvstack.registry import Stage, StageContext, register
 from kvstack.stages.common.heads import same_tokens_every_head, segment_aranges
 from kvstack.stages.common.keep import KeptRows, per_head_counts
 from kvstack.stages.common.rope import NEED_ROPE, Rotary

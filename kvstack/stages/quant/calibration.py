@@ -23,7 +23,7 @@ import torch
 
 from kvstack.errors import InputError
 from kvstack.kv import KVCache
-from kvstack.stack import Stage
+from kvstack.registry import Stage
 from kvstack.stages.common.rope import Rotary
 from kvstack.stages.lowrank.calibration import CalibratedBasis, basis_paths, load_basis
 from kvstack.stages.quant.codebook import fit_centroids, fit_levels, stride_sample

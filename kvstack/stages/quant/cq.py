@@ -24,9 +24,9 @@ import torch
 
 from kvstack.errors import InputError, RecipeError
 from kvstack.kv import KVLayer, tensor_nbytes
+from kvstack.registry import StageContext, register
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.pack import SUPPORTED_BITS, pack_codes, unpack_codes
-from kvstack.stack import StageContext, register
 from kvstack.stages.common.heads import head_counts
 from kvstack.stages.quant.calibration import CalibratedStage, cq_key
 from kvstack.stages.quant.codebook import fit_centroids, nearest_centroid

@@ -27,9 +27,9 @@ import torch
 
 from kvstack.grammar.params import token_axis_group
 from kvstack.kv import KVLayer, tensor_nbytes
+from kvstack.registry import Stage, StageContext, register
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.quant import QuantRows
-from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.common.heads import head_counts
 from kvstack.stages.quant.sparse import SparseOutliers, outlier_scores
 

@@ -26,10 +26,10 @@ import torch
 from kvstack.decode_policy import DecodePolicy, DecodeRows, register_decode_policy
 from kvstack.grammar.params import token_axis_group
 from kvstack.kv import KVLayer
+from kvstack.registry import Stage, StageContext, build_stage, register
 from kvstack.rows.groups import segment_ids
 from kvstack.rows.quant import QuantRows
 from kvstack.rows.split import SplitRows
-from kvstack.stack import Stage, StageContext, parse_stage, register
 
 DECODE_QUANTIZE = "decode_quantize"  # layer meta: (block stage spec, residual, block) for generated tokens
 
@@ -37,7 +37,7 @@ DECODE_QUANTIZE = "decode_quantize"  # layer meta: (block stage spec, residual, 
 
 @functools.lru_cache(maxsize=32)
 def _block_stage(spec: str) -> Stage:
-    return parse_stage(spec)
+    return build_stage(spec)
 
 
 class KiviBlocks(DecodePolicy):

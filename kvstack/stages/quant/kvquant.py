@@ -28,7 +28,7 @@ import torch
 
 from kvstack.errors import RecipeError
 from kvstack.kv import KVLayer
-from kvstack.stack import StageContext, register
+from kvstack.registry import StageContext, register
 from kvstack.stages.common.rope import NEED_ROPE, Rotary
 from kvstack.stages.quant.calibration import CalibratedStage, kvquant_key
 from kvstack.stages.quant.nuq import NuqRows

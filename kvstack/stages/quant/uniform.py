@@ -35,9 +35,9 @@ from kvstack.errors import RecipeError
 from kvstack.grammar.params import AUTO, token_axis_group
 from kvstack.grammar.quant import value_axis
 from kvstack.kv import KVLayer
+from kvstack.registry import Stage, StageContext, register
 from kvstack.rows.quant import QuantRows
 from kvstack.rows.rotate import HadamardRows, check_width, clip_groups, rotate
-from kvstack.stack import Stage, StageContext, register
 from kvstack.stages.common.inner import quantize_encoded
 from kvstack.stages.quant.sink import keep_sink
 

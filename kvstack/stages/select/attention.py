@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from kvstack.stack import (
-    NEED_QUESTION_QUERIES,
-    NEED_WINDOW_QUERIES,
-    StageContext,
-    register,
-)
+from kvstack.grammar.needs import NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES
+from kvstack.registry import StageContext, register
 from kvstack.stages.select.base import ScoredSelect
 from kvstack.stages.select.scores import (
     LayerRows,

@@ -26,7 +26,7 @@ import torch
 
 from kvstack.errors import BudgetError
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import Stage, StageContext
+from kvstack.registry import Stage, StageContext
 from kvstack.stages.select.alloc import adakv_keep, head_request, pyramid_budgets, topk_keep
 from kvstack.stages.select.scores import LayerRows
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from kvstack.stack import REGISTRY, StageContext
+from kvstack.registry import REGISTRY, StageContext
 from kvstack.stages.select.base import ScoredSelect
 from kvstack.stages.select.scores import LayerRows, normalize
 

@@ -17,7 +17,7 @@ import torch
 
 from kvstack.errors import ModelError
 from kvstack.grammar.needs import NEED_OPROJ
-from kvstack.stack import StageContext, register
+from kvstack.registry import StageContext, register
 from kvstack.stages.select.alloc import head_request
 from kvstack.stages.select.based import BasedSelect
 from kvstack.stages.select.scores import LayerRows, rank

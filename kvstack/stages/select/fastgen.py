@@ -18,8 +18,9 @@ import math
 
 import torch
 
+from kvstack.grammar.needs import NEED_WINDOW_QUERIES
 from kvstack.kv import KVCache, KVLayer
-from kvstack.stack import NEED_WINDOW_QUERIES, Stage, StageContext, register
+from kvstack.registry import Stage, StageContext, register
 from kvstack.stages.select.scores import LayerRows, attention_received, group_reduce, newest_rows, rank, score_params
 
 POLICIES = ("special", "special+local", "special+frequent", "special+frequent+local", "full")

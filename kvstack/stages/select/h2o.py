@@ -17,7 +17,7 @@ import math
 import torch
 
 from kvstack.grammar.needs import attention_need, attention_strides  # noqa: F401  (re-exported)
-from kvstack.stack import StageContext, register
+from kvstack.registry import StageContext, register
 from kvstack.stages.select.base import ScoredSelect
 from kvstack.stages.select.scores import LayerRows, at_positions, group_reduce, newest_rows
 

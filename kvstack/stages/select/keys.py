@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kvstack.stack import StageContext, register
+from kvstack.registry import StageContext, register
 from kvstack.stages.select.base import ScoredSelect
 from kvstack.stages.select.scores import LayerRows
 

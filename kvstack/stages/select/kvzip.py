@@ -21,7 +21,7 @@ import torch
 from kvstack.errors import ModelError
 from kvstack.grammar.needs import KVZIP_SECONDS, NEED_KVZIP
 from kvstack.kv import KVCache
-from kvstack.stack import StageContext, register
+from kvstack.registry import StageContext, register
 from kvstack.stages.select.base import ScoredSelect
 from kvstack.stages.select.scores import LayerRows
 

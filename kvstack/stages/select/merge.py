@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from kvstack.errors import RecipeError
 from kvstack.kv import DenseRows, KVCache, KVLayer
-from kvstack.stack import StageContext, register
+from kvstack.registry import StageContext, register
 from kvstack.stages.select.based import BasedSelect
 from kvstack.stages.select.scores import LayerRows
 

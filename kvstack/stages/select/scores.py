@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kvstack.grammar.needs import ATTN_PARAMS
 from kvstack.kv import KVLayer
-from kvstack.stack import ATTN_PARAMS
 
 
 class LayerRows:

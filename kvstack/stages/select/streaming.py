@@ -23,7 +23,7 @@ import torch
 
 from kvstack.decode_policy import DecodePolicy, DecodeRows, register_decode_policy
 from kvstack.kv import KVLayer
-from kvstack.stack import Stage, StageContext, register
+from kvstack.registry import Stage, StageContext, register
 
 DECODE_BUDGET = "decode_budget"  # layer meta: (sink, window) kept while generating (streaming:decode=true)
 

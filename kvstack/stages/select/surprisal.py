@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from kvstack.errors import ModelError
-from kvstack.stack import NEED_TOKEN_NLL, StageContext, register
+from kvstack.grammar.needs import NEED_TOKEN_NLL
+from kvstack.registry import StageContext, register
 from kvstack.stages.select.base import ScoredSelect
 from kvstack.stages.select.scores import LayerRows
 
