@@ -18,8 +18,8 @@ import statistics
 
 import torch
 
+from kvstack.api import compress_many
 from kvstack.cli import table
-from kvstack.eval.shared_prefill import compress_many
 from kvstack.eval.texts import essay, essay_names
 from kvstack.stack import Recipe
 from kvstack.zoo import load

@@ -38,7 +38,7 @@ from kvstack.inspect.calibrate import calibrate_to_file
 from kvstack.inspect.rope import rope_tables
 from kvstack.kv import KVCache
 from kvstack.stack import NEED_WINDOW_QUERIES, Recipe, StageContext
-from kvstack.stages.lowrank_rope import NEED_ROPE
+from kvstack.stages.common.rope import NEED_ROPE
 from kvstack.zoo import load
 
 RANKS = (4, 8, 16, 24, 32, 48)

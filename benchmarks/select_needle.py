@@ -17,13 +17,13 @@ import argparse
 import torch
 
 import kvstack
+from kvstack.api import compress_many
 from kvstack.eval.metrics import score
 from kvstack.eval.nll import continuation_nll
 from kvstack.eval.prompt import format_sample
-from kvstack.eval.shared_prefill import compress_many
 from kvstack.eval.tasks import get_task
 from kvstack.stack import Recipe
-from kvstack.stages.select_base import ScoredSelect
+from kvstack.stages.select.base import ScoredSelect
 from kvstack.zoo import load
 
 PLAIN = ["identity", "snapkv:1.0", "snapkv:0.9", "snapkv:0.75", "snapkv:0.5", "streaming:sink=4,window=3682",

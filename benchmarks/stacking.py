@@ -263,9 +263,9 @@ def score(sums: dict[str, dict], tasks: list[str]) -> tuple[float, float]:
 # --- stages --------------------------------------------------------------------------------------------
 def stage_bytes(model, tok, recipes: list[str]) -> None:
     """Compress one sample with every recipe (one prefill): exact bytes, before any generation."""
+    from kvstack.api import compress_many
     from kvstack.eval.prompt import format_sample
     from kvstack.eval.results import ResultsWriter
-    from kvstack.eval.shared_prefill import compress_many
     from kvstack.eval.tasks import get_task
     from kvstack.stack import Recipe
 

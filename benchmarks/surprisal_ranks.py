@@ -19,7 +19,7 @@ from kvstack.eval.tasks import get_task
 from kvstack.grammar.needs import NEED_TOKEN_NLL
 from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
-from kvstack.stages.select_base import spread_forward
+from kvstack.stages.select.base import spread_forward
 from kvstack.zoo import load
 
 

@@ -34,10 +34,10 @@ def main() -> None:
 
     import kvstack
     from kvstack import wire
-    from kvstack.bench.receiver import answer_contains
     from kvstack.eval.prompt import format_sample
     from kvstack.eval.runner import load_model, parse_length
     from kvstack.eval.tasks import get_task
+    from kvstack.linkbench.receiver import answer_contains
     from kvstack.stack import Recipe
 
     model, tok = load_model(args.model)

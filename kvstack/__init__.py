@@ -27,7 +27,7 @@ _LAZY = {
     "KVLayer": ("kvstack.kv", "KVLayer"),
     "KVBatch": ("kvstack.kv_batch", "KVBatch"),
     "Recipe": ("kvstack.stack", "Recipe"),
-    "compress_many": ("kvstack.eval.shared_prefill", "compress_many"),
+    "compress_many": ("kvstack.api", "compress_many"),
     "save": ("kvstack.wire", "save"),
     "load": ("kvstack.wire", "load"),
 }

@@ -1,8 +1,12 @@
-"""The public entry points: :func:`compress` a context, :func:`generate` from the result."""
+"""The public entry points: :func:`compress` a context (or :func:`compress_many` recipes on one prefill),
+:func:`generate` from the result."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -13,7 +17,7 @@ from kvstack.kv_batch import KVBatch
 from kvstack.stack import NEED_QUESTION_QUERIES, NEED_WINDOW_QUERIES, Recipe, StageContext
 
 # check_model now lives in kvstack.api_inputs; it stays importable from here
-__all__ = ["check_model", "compress", "generate", "stage_context", "window_queries_needed"]
+__all__ = ["check_model", "compress", "compress_many", "generate", "stage_context", "window_queries_needed"]
 
 
 def window_queries_needed(recipes: list[Recipe]) -> int:
@@ -58,38 +62,21 @@ def compress(
     the cache with a hash of the model's config *and weights* (``kvstack.hf.fingerprint``), so
     a fine-tune with the same config refuses it; the default marks the config only.
     """
-    from kvstack.hf.fingerprint import model_fingerprint
-    from kvstack.hf.model import check_context_window, model_info
-    from kvstack.hf.prefill import prefill
-
     if is_batch(context_ids):
         contexts = batch_ids(context_ids, "context_ids")
         questions = batch_questions(question_ids, len(contexts), optional=True)
         options = dict(chunk_size=chunk_size, progress=progress, fingerprint=fingerprint)
         return KVBatch([_one_of_batch(i, model, c, recipe, q, options)
                         for i, (c, q) in enumerate(zip(contexts, questions, strict=True))])
-    info = model_info(model)
-    marked = model_fingerprint(model, fingerprint)
-    recipe_obj = recipe if isinstance(recipe, Recipe) else Recipe.parse(recipe)
-    ctx_ids = as_ids(context_ids, "context_ids")
-    q_ids = None if question_ids is None else as_ids(question_ids, "question_ids")
-    n_q = 0 if q_ids is None else q_ids.numel()
-    check_context_window(model, ctx_ids.numel() + n_q, f"a context of {ctx_ids.numel()} tokens (+ {n_q} of question)")
-    if recipe_obj.needs_question and q_ids is None:
+    run = _Run.of(model, context_ids, [recipe], question_ids, fingerprint)
+    (recipe_obj,) = run.recipes
+    if recipe_obj.needs_question and run.question_ids is None:
         raise InputError(
             f"recipe '{recipe_obj.text}' is query-aware and needs question_ids; pass the question, or "
             "use a question-agnostic stage (snapkv, streaming)"
         )
-    window = window_queries_needed([recipe_obj])
-    pre = prefill(
-        model, info, ctx_ids, recipe_obj.needs, q_ids, window_queries=window, chunk_size=chunk_size, progress=progress
-    )
-    ctx = stage_context(info, pre.captures, recipe_obj, q_ids)
-    start = time.perf_counter()
-    cache = recipe_obj.apply(pre.cache, ctx)
-    cache.stats.update(prefill_seconds=pre.seconds, compress_seconds=time.perf_counter() - start)
-    cache.model_fingerprint = marked
-    return cache
+    pre = run.prefill(model, run.recipes, chunk_size, progress)
+    return run.apply(recipe_obj, pre.cache, pre)
 
 
 def _one_of_batch(index: int, model, context_ids, recipe, question_ids, options: dict) -> KVCache:
@@ -98,6 +85,104 @@ def _one_of_batch(index: int, model, context_ids, recipe, question_ids, options:
         return compress(model, context_ids, recipe, question_ids, **options)
     except KvstackError as exc:
         raise type(exc)(f"context_ids[{index}] of the batch: {exc}") from exc
+
+
+def compress_many(
+    model,
+    context_ids,
+    recipes: Sequence[str | Recipe],
+    question_ids=None,
+    *,
+    chunk_size: int = 1024,
+    progress: bool = False,
+    fingerprint: str = "config",
+    keep: tuple[type[Exception], ...] = (KvstackError,),
+) -> Iterator[tuple[Recipe, KVCache | Exception]]:
+    """Compress one context with several recipes from a single prefill: ``(recipe, cache)`` per recipe.
+
+    Why: an evaluation grid runs many recipes on the same context, and the prefill dominates their
+    cost. The prefill captures the union of what the recipes need; then each recipe's stages run on
+    the same dense cache, exactly as :func:`compress` runs them (same steps, same tensors).
+
+    Everything that can be checked without the model running is checked when this is called - every
+    recipe parsed (``RecipeError``), the ids, the context window - so a bad recipe fails before any
+    prefill. The caches then come one at a time as the returned iterator is consumed (only one
+    compressed cache is alive at once). A recipe that cannot run on this context yields its error in
+    place of its cache: a query-aware recipe without a question (``question_ids`` None or empty), or an
+    exception of a type in ``keep`` (default: kvstack's typed errors, e.g. a budget larger than the
+    context), so the recipes after it still run on the shared prefill.
+    """
+    if isinstance(recipes, (str, Recipe)):
+        raise InputError("recipes must be a list of recipes (strings or kvstack.Recipe); for one, use kvstack.compress")
+    if (isinstance(question_ids, torch.Tensor) and question_ids.numel() == 0) or question_ids in ([], ()):
+        question_ids = None  # an empty question (a perplexity task) is no question
+    run = _Run.of(model, context_ids, list(recipes), question_ids, fingerprint)
+    return _each_recipe(model, run, chunk_size, progress, keep)
+
+
+def _each_recipe(model, run: _Run, chunk_size: int, progress: bool, keep: tuple[type[Exception], ...]):
+    """The lazy half of :func:`compress_many`: one prefill, then each recipe's stages on its dense cache."""
+    runnable = [r for r in run.recipes if run.question_ids is not None or not r.needs_question]
+    pre = run.prefill(model, runnable, chunk_size, progress) if runnable else None
+    for recipe in run.recipes:
+        if recipe.needs_question and run.question_ids is None:
+            yield recipe, InputError(
+                f"recipe '{recipe.text}' is query-aware and this sample has no question (perplexity task)"
+            )
+            continue
+        try:
+            cache = run.apply(recipe, replace(pre.cache, stats={}), pre)
+        except keep as exc:  # e.g. a budget larger than this context
+            yield recipe, exc
+            continue
+        cache.stats.update(shared_prefill=len(run.recipes))
+        yield recipe, cache
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The steps :func:`compress` and :func:`compress_many` share, on checked inputs."""
+
+    info: Any
+    fingerprint: str
+    recipes: list[Recipe]
+    context_ids: torch.Tensor
+    question_ids: torch.Tensor | None
+
+    @classmethod
+    def of(cls, model, context_ids, recipes: list, question_ids, fingerprint: str) -> _Run:
+        """Check the model, parse the recipes, check the ids and the context window: no model work yet."""
+        from kvstack.hf.fingerprint import model_fingerprint
+        from kvstack.hf.model import check_context_window, model_info
+
+        info = model_info(model)
+        marked = model_fingerprint(model, fingerprint)
+        parsed = [r if isinstance(r, Recipe) else Recipe.parse(r) for r in recipes]
+        ctx_ids = as_ids(context_ids, "context_ids")
+        q_ids = None if question_ids is None else as_ids(question_ids, "question_ids")
+        n_q = 0 if q_ids is None else q_ids.numel()
+        check_context_window(
+            model, ctx_ids.numel() + n_q, f"a context of {ctx_ids.numel()} tokens (+ {n_q} of question)"
+        )
+        return cls(info, marked, parsed, ctx_ids, q_ids)
+
+    def prefill(self, model, recipes: list[Recipe], chunk_size: int, progress: bool):
+        """One prefill that captures what every one of ``recipes`` needs."""
+        from kvstack.hf.prefill import prefill
+
+        needs = frozenset().union(*(r.needs for r in recipes))
+        window = window_queries_needed(recipes)
+        return prefill(model, self.info, self.context_ids, needs, self.question_ids, window_queries=window,
+                       chunk_size=chunk_size, progress=progress)
+
+    def apply(self, recipe: Recipe, dense: KVCache, pre) -> KVCache:
+        """``recipe``'s stages on the prefill's ``dense`` cache, timed, marked with the model's fingerprint."""
+        ctx = stage_context(self.info, pre.captures, recipe, self.question_ids)
+        start = time.perf_counter()
+        cache = recipe.apply(dense, ctx)
+        cache.stats.update(prefill_seconds=pre.seconds, compress_seconds=time.perf_counter() - start)
+        cache.model_fingerprint = self.fingerprint
+        return cache
 
 
 @torch.no_grad()

@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recipes", help="list every stage with its parameters", description="List every stage.")
     rec.set_defaults(func=cmd_recipes)
 
-    from kvstack.bench.cli import register as register_bench
     from kvstack.diagnose.cli import register as register_diagnose
     from kvstack.eval.cli import register as register_eval
     from kvstack.inspect.cli import register as register_inspect
+    from kvstack.linkbench.cli import register as register_bench
     from kvstack.plan.cli import register as register_plan
     from kvstack.transport.cli import register as register_transport
 

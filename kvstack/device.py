@@ -1,6 +1,6 @@
 """Checking a ``--device`` argument before anything loads onto it.
 
-Shared by ``kvstack bench`` (``bench/models.py``) and ``kvstack eval`` (``eval/runner.py``); it lives
+Shared by ``kvstack bench`` (``linkbench/models.py``) and ``kvstack eval`` (``eval/runner.py``); it lives
 below both so that neither imports the other.
 """
 

@@ -35,8 +35,8 @@ def test_registry_and_grammar_name_the_same_stages():
 
 
 def test_based_stages_accept_exactly_the_score_and_keep_methods():
-    from kvstack.stages.select_base import ScoredSelect
-    from kvstack.stages.select_based import BasedSelect
+    from kvstack.stages.select.base import ScoredSelect
+    from kvstack.stages.select.based import BasedSelect
 
     _load_builtin_stages()
     methods = {n for n, c in REGISTRY.items() if issubclass(c, ScoredSelect) and not issubclass(c, BasedSelect)}

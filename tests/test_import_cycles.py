@@ -169,11 +169,9 @@ def test_cycle_finder_reports_a_cycle() -> None:
 # Cycles that close only through an import inside a function (or `load_builtin`'s import_module of
 # STAGE_MODULES, which the graph adds as edges). They cannot fail at import time, but they still tie
 # layers together. Each is named by the modules it may span (fnmatch patterns); the list may only shrink.
-KNOWN_LAZY_CYCLES = {
-    # stack.parse_stage loads every stage module on first use, and they import stack for Stage and
-    # register. Inverting it needs the torch-free stage metadata of issue 21, deliverable 1.
-    "stage registration": ("kvstack.stack", "kvstack.stages", "kvstack.stages.*"),
-}
+# Empty since stage modules import the registry (kvstack.registry) instead of the recipe layer
+# (kvstack.stack), which loads them (issue 21, deliverable 4).
+KNOWN_LAZY_CYCLES: dict[str, tuple[str, ...]] = {}
 
 
 def lazy_graph() -> dict[str, set[str]]:
@@ -260,5 +258,59 @@ def test_hf_names_no_stage_module() -> None:
 
 
 def test_hf_stage_check_sees_a_stage_import() -> None:
-    graph = {"kvstack.hf.prefill": {"kvstack.stages.select_h2o", "kvstack.stages", "kvstack.kv"}}
-    assert hf_stage_imports(graph) == {"kvstack.hf.prefill": {"kvstack.stages.select_h2o"}}
+    graph = {"kvstack.hf.prefill": {"kvstack.stages.select.h2o", "kvstack.stages", "kvstack.kv"}}
+    assert hf_stage_imports(graph) == {"kvstack.hf.prefill": {"kvstack.stages.select.h2o"}}
+
+
+# --- explicit structure (issue 21, deliverable 4): families share helper modules, not each other's methods ---
+def test_no_stage_module_imports_another_stage_module() -> None:
+    """A method module (one listed in STAGE_MODULES) reaches shared code only through helper modules."""
+    from kvstack.stages import STAGE_MODULES
+
+    methods = {f"kvstack.stages.{name}" for name in STAGE_MODULES}
+    graph = import_graph(lazy=True)
+    assert methods <= set(graph), "a module listed in STAGE_MODULES is missing"
+    found = {m: sorted(graph[m] & methods) for m in methods}
+    assert not any(found.values()), f"stage modules importing other stage modules: {found}"
+
+
+# Which stage families may use which others' helper modules (never their method modules, checked above).
+# Each edge says why; the table may only shrink. `common` is for helpers several families share.
+FAMILY_USES = {
+    "select": set(),
+    "quant": {"common", "lowrank"},  # calibrated codebooks are stored in lowrank/calibration.py's file format
+    "lowrank": {"common"},
+    "crosslayer": {"common", "lowrank"},  # xkv is a joint low-rank encoding across layers (lowrank/fit, rows)
+    "common": set(),
+}
+
+
+def stage_family(module: str) -> str | None:
+    """``kvstack.stages.quant.kivi`` -> ``quant``; None for modules outside a family package."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["kvstack", "stages"] else None
+
+
+def family_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Per family, the other families its modules import."""
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        family = stage_family(module)
+        if family is not None:
+            used = {stage_family(t) for t in targets} - {None, family}
+            out.setdefault(family, set()).update(used)
+    return out
+
+
+def test_stage_families_use_only_the_declared_families() -> None:
+    edges = family_edges(import_graph(lazy=True))
+    assert set(edges) == set(FAMILY_USES), f"stage family packages: {sorted(edges)}"
+    extra = {f: sorted(edges[f] - FAMILY_USES[f]) for f in edges if edges[f] - FAMILY_USES[f]}
+    assert not extra, f"undeclared uses between stage families (add a helper to stages/common/?): {extra}"
+    gone = {f: sorted(FAMILY_USES[f] - edges[f]) for f in edges if FAMILY_USES[f] - edges[f]}
+    assert not gone, f"declared family uses no longer there, remove them from FAMILY_USES: {gone}"
+
+
+def test_family_check_sees_a_cross_family_import() -> None:
+    graph = {"kvstack.stages.select.h2o": {"kvstack.stages.quant.kivi", "kvstack.stages.select.base", "kvstack.kv"}}
+    assert family_edges(graph) == {"select": {"quant"}}

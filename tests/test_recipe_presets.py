@@ -91,7 +91,7 @@ def test_presets_reach_their_ratio_on_a_cache_of_the_measured_geometry(tiny_mode
     from kvstack.hf.model import model_info
     from kvstack.inspect.rope import rope_tables
     from kvstack.stack import NEED_QUESTION_QUERIES, NEED_TOKEN_NLL, StageContext
-    from kvstack.stages.lowrank_rope import NEED_ROPE
+    from kvstack.stages.common.rope import NEED_ROPE
 
     model = tiny_model("llama", num_hidden_layers=8, head_dim=64, max_position_embeddings=CONTEXT)
     info = model_info(model)

@@ -75,9 +75,8 @@ def run_job(model, tokenizer, job: SampleJob, catch: tuple[type[Exception], ...]
     exception of a type in ``catch`` gives an ``error`` row for that cell and the other recipes go
     on; any other exception propagates (the in-process default: the run stops, finished rows kept).
     """
-    from kvstack.api import generate
+    from kvstack.api import compress_many, generate
     from kvstack.eval.nll import continuation_nll
-    from kvstack.eval.shared_prefill import compress_many
     from kvstack.hf.model import check_context_window
 
     spec, prompt, sample = job.spec, job.prompt, job.sample

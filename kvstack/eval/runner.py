@@ -1,7 +1,7 @@
 """The evaluation grid: models x tasks x lengths x samples x recipes, one results row per cell.
 
 Per sample, every kvstack recipe is compressed from one shared prefill
-(:mod:`kvstack.eval.shared_prefill`); kvpress recipes are batched into one worker process at
+(:func:`kvstack.api.compress_many`); kvpress recipes are batched into one worker process at
 the end (:mod:`kvstack.eval.peers.kvpress_bridge`) on the very same token ids. Finished cells are
 appended to the results file as they complete, so a rerun skips them (resume), and samples
 are seeded, decoding greedy: the same command gives the same rows, timings aside.

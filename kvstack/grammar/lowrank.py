@@ -1,6 +1,6 @@
 """Declarations of the low-rank (``svd``, ``latent``) and cross-layer (``minicache``, ``xkv``) stages.
 
-Implementations: :mod:`kvstack.stages.lowrank` and :mod:`kvstack.stages.crosslayer`.
+Implementations: :mod:`kvstack.stages.lowrank.svd` and :mod:`kvstack.stages.crosslayer.share`.
 Sizes: :mod:`kvstack.grammar.sizes`.
 """
 

@@ -1,8 +1,8 @@
 """Declarations of the stages that store rows differently (family ``quantize``) and the identity.
 
 Implementations: :mod:`kvstack.stages.identity` (identity, fp16, bf16, fp32),
-:mod:`kvstack.stages.quantize` (int8/4/3/2), ``quant_kivi``, ``quant_gear``, ``quant_kvquant``
-and ``quant_cq``. Sizes: :mod:`kvstack.grammar.sizes`.
+:mod:`kvstack.stages.quant.uniform` (int8/4/3/2), ``quant.kivi``, ``quant.gear``, ``quant.kvquant``
+and ``quant.cq``. Sizes: :mod:`kvstack.grammar.sizes`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Declarations of the selection stages: which tokens a cache keeps (family ``select``).
 
-Implementations: :mod:`kvstack.stages.select` (streaming), ``select_attention`` (q2c, snapkv,
-tova, expected), ``select_h2o``, ``select_keys`` (knorm, keydiff, random), ``select_kvzip``,
-``select_critical``, ``select_merge`` and ``select_fastgen``. Sizes: :mod:`kvstack.grammar.sizes`.
+Implementations, in :mod:`kvstack.stages.select`: ``streaming``, ``attention`` (q2c, snapkv,
+tova, expected), ``h2o``, ``keys`` (knorm, keydiff, random), ``kvzip``, ``surprisal``,
+``critical``, ``merge`` and ``fastgen``. Sizes: :mod:`kvstack.grammar.sizes`.
 """
 
 from __future__ import annotations

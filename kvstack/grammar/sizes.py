@@ -46,7 +46,7 @@ class Size:
 
 
 def head_tokens(keep: float, tokens: int) -> int:
-    """Rows a head of ``tokens`` keeps under ``keep``: round half up, at least 1 (``select_alloc.head_request``)."""
+    """Rows a head of ``tokens`` keeps under ``keep``: round half up, at least 1 (``select.alloc.head_request``)."""
     return max(1, int(keep * tokens + 0.5)) if tokens else 0
 
 

@@ -27,7 +27,7 @@ OUTLIER_BITS = INDEX_BITS + FP16_BITS  # one sparse-table entry: int32 index + f
 
 
 def packed_bits(dim: int, bits: int) -> int:
-    """Bits one packed row of ``dim`` codes takes (``quant_pack.packed_width``: whole blocks of codes)."""
+    """Bits one packed row of ``dim`` codes takes (``kvstack.rows.pack.packed_width``: whole blocks of codes)."""
     block = 8 // math.gcd(bits, 8)
     return -(-dim // block) * block * bits
 
@@ -80,7 +80,7 @@ def channel_coefficient_bits(rows_per_segment: int, segments: int, width: int, b
 class WithSink:
     """The first ``sink`` tokens of each head kept exactly beside ``inner`` (``KeptRows``).
 
-    ``fp16``: stored as float16 when the cache dtype is wider (``quant_sink.keep_sink``); else in
+    ``fp16``: stored as float16 when the cache dtype is wider (``quant.sink.keep_sink``); else in
     the cache dtype (the low-rank stages)."""
 
     inner: Any

@@ -2,7 +2,7 @@
 
 The text is cut into sequences of ``seq_len`` tokens; each is prefilled on its own (so the
 bases see positions ``0..seq_len-1`` several times, as contexts will) and its full cache
-added to Gram matrices (:class:`~kvstack.stages.lowrank_calibration.GramAccumulator`). The
+added to Gram matrices (:class:`~kvstack.stages.lowrank.calibration.GramAccumulator`). The
 result is saved as safetensors + JSON tied to the model's fingerprint.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from kvstack.errors import InputError, ModelError
-from kvstack.stages.lowrank_calibration import GramAccumulator, save_basis
+from kvstack.stages.lowrank.calibration import GramAccumulator, save_basis
 
 
 def calibration_sequences(
@@ -41,7 +41,7 @@ def calibration_sequences(
 
 @torch.no_grad()
 def calibrate(model, sequences: list[torch.Tensor], source: str, rope: bool = True) -> tuple[dict, dict]:
-    """Tensors and JSON description of bases fitted on ``sequences`` (see ``lowrank_calibration``)."""
+    """Tensors and JSON description of bases fitted on ``sequences`` (see ``lowrank.calibration``)."""
     from kvstack.hf.model import model_info
     from kvstack.hf.prefill import prefill
     from kvstack.inspect.rope import rope_tables

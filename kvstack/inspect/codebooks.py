@@ -2,7 +2,7 @@
 
 Like :mod:`kvstack.inspect.calibrate` (same sequences, same safetensors + JSON container tied
 to the model's fingerprint), but the full caches feed
-:class:`~kvstack.stages.quant_calibration.CodebookSamples` instead of Gram matrices.
+:class:`~kvstack.stages.quant.calibration.CodebookSamples` instead of Gram matrices.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 from kvstack.errors import ModelError
 from kvstack.inspect.calibrate import calibration_sequences
-from kvstack.stages.lowrank_calibration import save_basis
-from kvstack.stages.quant_calibration import CodebookSamples, describe
+from kvstack.stages.lowrank.calibration import save_basis
+from kvstack.stages.quant.calibration import CodebookSamples, describe
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 from kvstack.errors import InputError
 from kvstack.inspect import stats
 from kvstack.kv import KVCache
-from kvstack.stages.lowrank_rope import Rotary
+from kvstack.stages.common.rope import Rotary
 
 MERGE_T = 0.15  # minicache's default threshold, so "mergeable" means what the stage would merge
 

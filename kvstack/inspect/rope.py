@@ -1,4 +1,4 @@
-"""Read a transformers model's rotary embedding as plain :class:`~kvstack.stages.lowrank_rope.Rotary` tables.
+"""Read a transformers model's rotary embedding as plain :class:`~kvstack.stages.common.rope.Rotary` tables.
 
 The low-rank stages never touch a model; this is the model side of ``svd:rope=pre`` (and of
 the pre-RoPE ranks ``kvstack inspect`` reports). Pass the result to a stage as
@@ -9,7 +9,7 @@ the pre-RoPE ranks ``kvstack inspect`` reports). Pass the result to a stage as
 from __future__ import annotations
 
 from kvstack.errors import ModelError
-from kvstack.stages.lowrank_rope import Rotary
+from kvstack.stages.common.rope import Rotary
 
 _LENGTH_DEPENDENT = ("dynamic", "longrope")
 

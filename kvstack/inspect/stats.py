@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from kvstack.stages.crosslayer_merge import angular_distance
-from kvstack.stages.lowrank_fit import rank_for_energy
+from kvstack.stages.crosslayer.merge import angular_distance
+from kvstack.stages.lowrank.fit import rank_for_energy
 
 ENERGIES = (0.90, 0.95, 0.99)
 

@@ -4,7 +4,7 @@ Two passes over the keys, each program holding one tile of logits at a time: the
 finds every query's log-sum-exp over the keys it may see (causal by true position, an
 optional sliding window, padding excluded); the second walks the queries for a tile of
 keys and adds up ``exp(logit - lse)``, the softmax weight each key got. Same result as
-:func:`kvstack.stages.select_scores.attention_received` (its reference), per query head.
+:func:`kvstack.stages.select.scores.attention_received` (its reference), per query head.
 """
 
 from __future__ import annotations

@@ -1,13 +1,22 @@
-"""The techniques, one family per module; importing a module registers its stages.
+"""The techniques, one sub-package per family; importing a method module registers its stages.
+
+Layout: ``select/`` (which rows survive), ``quant/`` (rows stored as codes), ``lowrank/``
+(rows stored as coefficients on a basis), ``crosslayer/`` (layers that share what they have in
+common), ``identity`` (keep everything, or cast), and ``common/`` for the helpers several
+families use (RoPE tables, exact rows kept beside another encoding). Inside a family, method
+modules hold the registered stages and share the family's helper modules (``select/base.py``,
+``select/scores.py``, ...); a method module never imports another method module.
 
 `STAGE_MODULES` is the one list of modules that hold registered stages, in
-registration order. `kvstack.stack` loads it lazily (`load_builtin`) the first
-time a recipe is parsed: stage modules import `kvstack.stack` for `Stage` and
-`register`, so the registry must not import them at module level. This package
-itself imports nothing at load time, so importing one helper module does not
-pull in every stage. The row containers the stages fill live beneath them, in
-`kvstack.rows`; the old `quant_rows`, `quant_pack`, `quant_split`, `quant_rotate`
-and `quant_groups` modules here only re-export them for older imports.
+registration order, as dotted names under this package. `kvstack.stack` loads it
+lazily (`load_builtin`) the first time a recipe is parsed. Stage modules import
+`kvstack.registry` (`Stage`, `StageContext`, `register`), never `kvstack.stack`, so
+no import cycle runs through the registration (tests/test_import_cycles.py). This
+package and its family packages import nothing at load time, so importing one helper
+module does not pull in every stage. The row containers the
+stages fill live beneath them, in `kvstack.rows`; the old `quant_rows`, `quant_pack`,
+`quant_split`, `quant_rotate` and `quant_groups` modules here only re-export them, for
+older imports.
 """
 
 from __future__ import annotations
@@ -16,22 +25,22 @@ from importlib import import_module
 
 STAGE_MODULES: tuple[str, ...] = (
     "identity",  # identity, fp16, bf16, fp32
-    "quant_kvquant",  # kvquant
-    "quant_cq",  # cq
-    "quant_gear",  # gear
-    "quant_kivi",  # kivi
-    "quantize",  # int8, int4, int3, int2
-    "select",  # streaming
-    "select_attention",  # q2c, snapkv, tova, expected
-    "select_critical",  # critical
-    "select_fastgen",  # fastgen
-    "select_h2o",  # h2o
-    "select_keys",  # knorm, keydiff, random
-    "select_kvzip",  # kvzip
-    "select_surprisal",  # surprisal
-    "select_merge",  # merge
-    "lowrank",  # svd, latent
-    "crosslayer",  # minicache, xkv
+    "quant.kvquant",  # kvquant
+    "quant.cq",  # cq
+    "quant.gear",  # gear
+    "quant.kivi",  # kivi
+    "quant.uniform",  # int8, int4, int3, int2
+    "select.streaming",  # streaming
+    "select.attention",  # q2c, snapkv, tova, expected
+    "select.critical",  # critical
+    "select.fastgen",  # fastgen
+    "select.h2o",  # h2o
+    "select.keys",  # knorm, keydiff, random
+    "select.kvzip",  # kvzip
+    "select.surprisal",  # surprisal
+    "select.merge",  # merge
+    "lowrank.svd",  # svd, latent
+    "crosslayer.share",  # minicache, xkv
 )
 
 

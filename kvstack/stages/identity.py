@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvstack.kv import DenseRows, KVLayer
-from kvstack.stack import Stage, StageContext, register
+from kvstack.registry import Stage, StageContext, register
 
 
 @register

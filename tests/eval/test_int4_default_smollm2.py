@@ -12,9 +12,9 @@ import statistics
 import torch
 
 import kvstack
+from kvstack.api import compress_many
 from kvstack.eval.attention_error import attention_errors
 from kvstack.eval.prompt import format_sample
-from kvstack.eval.shared_prefill import compress_many
 from kvstack.eval.tasks import get_task
 from kvstack.stack import Recipe
 

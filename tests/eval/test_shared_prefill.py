@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import kvstack
+from kvstack.api import compress_many
 from kvstack.errors import BudgetError, InputError
-from kvstack.eval.shared_prefill import compress_many
 
 RECIPES = [
     "identity", "int4", "snapkv:0.5,window=4", "q2c:0.5", "h2o:0.5", "streaming:sink=2,window=8 > int8",

@@ -25,15 +25,15 @@ def zero_values(cache):
 
 
 def destroyed(monkeypatch):
-    from kvstack.eval import shared_prefill
+    from kvstack import api
 
-    real = shared_prefill.compress_many
+    real = api.compress_many
 
     def compress_then_destroy(*args, **kwargs):
         for recipe, cache in real(*args, **kwargs):
             yield recipe, zero_values(cache)
 
-    monkeypatch.setattr(shared_prefill, "compress_many", compress_then_destroy)
+    monkeypatch.setattr(api, "compress_many", compress_then_destroy)
 
 
 def evaluate(smollm2, tmp_path, task: str, samples: int) -> list[dict]:

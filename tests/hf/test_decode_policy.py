@@ -15,8 +15,8 @@ from kvstack.errors import ConfigError
 from kvstack.hf.attention import enable
 from kvstack.hf.cache import CompressedCache
 from kvstack.hf.compat import cache_kwargs
-from kvstack.stages.quant_kivi import DECODE_QUANTIZE, KiviBlocks
-from kvstack.stages.select import DECODE_BUDGET, StreamingBudget
+from kvstack.stages.quant.kivi import DECODE_QUANTIZE, KiviBlocks
+from kvstack.stages.select.streaming import DECODE_BUDGET, StreamingBudget
 
 T = 24
 

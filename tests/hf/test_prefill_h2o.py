@@ -9,7 +9,7 @@ import torch
 import kvstack.hf.attention_scored as scored
 from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
-from kvstack.stages.select_h2o import attention_need
+from kvstack.stages.select.h2o import attention_need
 
 T, CHUNK = 50, 16
 

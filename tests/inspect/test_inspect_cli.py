@@ -12,7 +12,7 @@ import torch
 import kvstack
 from kvstack.errors import KvstackError
 from kvstack.inspect.cli import register
-from kvstack.stages.lowrank_rows import LowRankRows
+from kvstack.stages.lowrank.rows import LowRankRows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kvstack.stages.select_scores import attention_received
+from kvstack.stages.select.scores import attention_received
 
 
 def _rows(hk, length, d, window, device, g):

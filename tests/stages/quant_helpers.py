@@ -7,9 +7,9 @@ import torch
 
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import StageContext
-from kvstack.stages.lowrank_calibration import save_basis
-from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
-from kvstack.stages.quant_calibration import CodebookSamples, describe
+from kvstack.stages.common.rope import NEED_ROPE, Rotary
+from kvstack.stages.lowrank.calibration import save_basis
+from kvstack.stages.quant.calibration import CodebookSamples, describe
 
 H, T, D = 2, 50, 16
 ROT = Rotary(inv_freq=1.0 / (100.0 ** (torch.arange(0, D, 2).float() / D)))

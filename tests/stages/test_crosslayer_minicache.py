@@ -11,8 +11,8 @@ import torch
 from kvstack.errors import RecipeError
 from kvstack.kv import DenseRows, KVCache, KVLayer
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.crosslayer import MiniCache, pair_layers
-from kvstack.stages.crosslayer_merge import MergedRows, angular_distance, merge_pair, pack_bits, slerp, unpack_bits
+from kvstack.stages.crosslayer.merge import MergedRows, angular_distance, merge_pair, pack_bits, slerp, unpack_bits
+from kvstack.stages.crosslayer.share import MiniCache, pair_layers
 
 H, T, D = 2, 24, 8
 CTX = StageContext(num_query_heads=4, num_kv_heads=H, head_dim=D, num_layers=4)

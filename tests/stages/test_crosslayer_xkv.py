@@ -8,8 +8,8 @@ import torch
 from kvstack.errors import BudgetError, RecipeError
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.crosslayer import XKV
-from kvstack.stages.lowrank_rows import JointRows
+from kvstack.stages.crosslayer.share import XKV
+from kvstack.stages.lowrank.rows import JointRows
 
 H, T, D, L = 2, 40, 8, 4
 CTX = StageContext(num_query_heads=4, num_kv_heads=H, head_dim=D, num_layers=L)

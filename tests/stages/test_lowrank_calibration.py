@@ -17,9 +17,9 @@ from kvstack.inspect.calibrate import calibrate
 from kvstack.inspect.rope import rope_tables
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.lowrank_calibration import GramAccumulator, basis_paths, load_basis, save_basis
-from kvstack.stages.lowrank_rope import NEED_ROPE
-from kvstack.stages.lowrank_rows import JointRows, LowRankRows
+from kvstack.stages.common.rope import NEED_ROPE
+from kvstack.stages.lowrank.calibration import GramAccumulator, basis_paths, load_basis, save_basis
+from kvstack.stages.lowrank.rows import JointRows, LowRankRows
 
 H, D = 2, 16
 

@@ -16,10 +16,10 @@ from kvstack.hf.prefill import prefill
 from kvstack.inspect.rope import rope_tables
 from kvstack.kv import DenseRows, KVCache
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.crosslayer_merge import MergedRows
-from kvstack.stages.lowrank_keep import KeptRows
-from kvstack.stages.lowrank_rope import NEED_ROPE
-from kvstack.stages.lowrank_rows import JointRows, LowRankRows
+from kvstack.stages.common.keep import KeptRows
+from kvstack.stages.common.rope import NEED_ROPE
+from kvstack.stages.crosslayer.merge import MergedRows
+from kvstack.stages.lowrank.rows import JointRows, LowRankRows
 
 T = 80  # enough for snapkv's default 32-token window at fraction 0.5
 

@@ -9,8 +9,8 @@ import torch
 from kvstack.errors import RecipeError
 from kvstack.kv import DenseRows, KVCache, KVLayer
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.lowrank import Latent, joint_rows
-from kvstack.stages.lowrank_rows import JointRows
+from kvstack.stages.lowrank.rows import JointRows
+from kvstack.stages.lowrank.svd import Latent, joint_rows
 
 H, T, D = 2, 48, 8
 CTX = StageContext(num_query_heads=4, num_kv_heads=H, head_dim=D, num_layers=1)

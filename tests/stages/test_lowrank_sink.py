@@ -11,13 +11,14 @@ import torch
 from kvstack.kv import KVCache, KVLayer
 from kvstack.rows.quant import QuantRows
 from kvstack.stack import StageContext
-from kvstack.stages.crosslayer import XKV, MiniCache
-from kvstack.stages.crosslayer_merge import unpack_bits
-from kvstack.stages.lowrank import Latent, Svd
-from kvstack.stages.lowrank_keep import KeptRows
-from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
-from kvstack.stages.lowrank_rows import JointRows, LowRankRows, quantize_encoded
-from kvstack.stages.quantize import Int8
+from kvstack.stages.common.inner import quantize_encoded
+from kvstack.stages.common.keep import KeptRows
+from kvstack.stages.common.rope import NEED_ROPE, Rotary
+from kvstack.stages.crosslayer.merge import unpack_bits
+from kvstack.stages.crosslayer.share import XKV, MiniCache
+from kvstack.stages.lowrank.rows import JointRows, LowRankRows
+from kvstack.stages.lowrank.svd import Latent, Svd
+from kvstack.stages.quant.uniform import Int8
 
 H, T, D, S = 2, 30, 8, 3
 CTX = StageContext(num_query_heads=4, num_kv_heads=H, head_dim=D, num_layers=2)

@@ -18,7 +18,7 @@ from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
 from kvstack.inspect.rope import rope_tables
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.lowrank_rope import NEED_ROPE
+from kvstack.stages.common.rope import NEED_ROPE
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,12 @@ import torch
 from kvstack.kv import DenseRows, KVCache, KVLayer
 from kvstack.rows.quant import QuantRows
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.lowrank import Svd
-from kvstack.stages.lowrank_fit import rank_for_energy
-from kvstack.stages.lowrank_rope import NEED_ROPE, Rotary
-from kvstack.stages.lowrank_rows import LowRankRows, quantize_encoded
-from kvstack.stages.quantize import Int4
+from kvstack.stages.common.inner import quantize_encoded
+from kvstack.stages.common.rope import NEED_ROPE, Rotary
+from kvstack.stages.lowrank.fit import rank_for_energy
+from kvstack.stages.lowrank.rows import LowRankRows
+from kvstack.stages.lowrank.svd import Svd
+from kvstack.stages.quant.uniform import Int4
 
 H, T, D = 3, 40, 16
 CTX = StageContext(num_query_heads=6, num_kv_heads=H, head_dim=D, num_layers=1)

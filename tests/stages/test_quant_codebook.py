@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvstack.errors import InputError
-from kvstack.stages.quant_codebook import fit_centroids, fit_levels, nearest_centroid, nearest_level
-from kvstack.stages.quant_sparse import SparseOutliers, outlier_scores
+from kvstack.stages.quant.codebook import fit_centroids, fit_levels, nearest_centroid, nearest_level
+from kvstack.stages.quant.sparse import SparseOutliers, outlier_scores
 
 
 @settings(max_examples=40, deadline=None)

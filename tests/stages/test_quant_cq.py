@@ -10,7 +10,7 @@ from quant_helpers import CTX, D, H, T, cache_of, calibration_file, layer_of
 from kvstack.errors import RecipeError
 from kvstack.rows.pack import packed_width, unpack_codes
 from kvstack.stack import Recipe
-from kvstack.stages.quant_cq import CQRows
+from kvstack.stages.quant.cq import CQRows
 
 
 @pytest.mark.parametrize("bits, channels", [(1, 4), (2, 4), (1, 2), (2, 1), (1, 8)])

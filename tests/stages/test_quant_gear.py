@@ -12,7 +12,7 @@ from quant_helpers import CTX, D, H, T, cache_of, layer_of
 from kvstack.errors import RecipeError
 from kvstack.rows.quant import QuantRows
 from kvstack.stack import Recipe
-from kvstack.stages.quant_gear import GearRows
+from kvstack.stages.quant.gear import GearRows
 
 
 def rows(seed: int = 0) -> torch.Tensor:

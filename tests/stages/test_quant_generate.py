@@ -14,8 +14,8 @@ import kvstack
 from kvstack.hf import CompressedCache, enable
 from kvstack.hf.compat import cache_kwargs
 from kvstack.kv import DenseRows, KVCache
-from kvstack.stages.lowrank_keep import KeptRows
-from kvstack.stages.quant_rope import RotatedRows
+from kvstack.stages.common.keep import KeptRows
+from kvstack.stages.quant.rope import RotatedRows
 
 T = 96
 

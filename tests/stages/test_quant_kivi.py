@@ -14,8 +14,8 @@ from kvstack.kv import DenseRows, KVLayer
 from kvstack.rows.quant import QuantRows
 from kvstack.rows.split import SplitRows
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.quant_kivi import Kivi, recent_mask
-from kvstack.stages.select import streaming_keep
+from kvstack.stages.quant.kivi import Kivi, recent_mask
+from kvstack.stages.select.streaming import streaming_keep
 
 CTX = StageContext(num_query_heads=4, num_kv_heads=2, head_dim=64, num_layers=1)
 

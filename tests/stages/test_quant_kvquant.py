@@ -16,12 +16,12 @@ from kvstack.errors import InputError, ModelError, RecipeError
 from kvstack.kv import DenseRows, KVLayer
 from kvstack.rows.pack import packed_width, unpack_codes
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.lowrank_calibration import save_basis
-from kvstack.stages.lowrank_keep import KeptRows
-from kvstack.stages.lowrank_rope import NEED_ROPE
-from kvstack.stages.quant_kvquant import KVQuant
-from kvstack.stages.quant_nuq import NuqRows
-from kvstack.stages.quant_rope import RotatedRows
+from kvstack.stages.common.keep import KeptRows
+from kvstack.stages.common.rope import NEED_ROPE
+from kvstack.stages.lowrank.calibration import save_basis
+from kvstack.stages.quant.kvquant import KVQuant
+from kvstack.stages.quant.nuq import NuqRows
+from kvstack.stages.quant.rope import RotatedRows
 
 
 def rows_with_outliers(n: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:

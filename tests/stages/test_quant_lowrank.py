@@ -8,8 +8,8 @@ import torch
 from kvstack.kv import KVCache, KVLayer
 from kvstack.rows.quant import QuantRows
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.lowrank_keep import KeptRows
-from kvstack.stages.lowrank_rows import LowRankRows
+from kvstack.stages.common.keep import KeptRows
+from kvstack.stages.lowrank.rows import LowRankRows
 
 H, T, D, R, SINK = 2, 40, 32, 16, 4
 CTX = StageContext(num_query_heads=4, num_kv_heads=H, head_dim=D, num_layers=1)

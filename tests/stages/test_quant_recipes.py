@@ -220,7 +220,7 @@ def test_group_not_dividing_head_dim_is_a_clear_error(setup):
 
 
 def test_python_construction_is_validated():
-    from kvstack.stages.quantize import Int4, Int8
+    from kvstack.stages.quant.uniform import Int4, Int8
 
     with pytest.raises(RecipeError, match="axis"):
         Int4(axis="diagonal")

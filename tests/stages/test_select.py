@@ -254,7 +254,7 @@ def test_span_keeps_the_tokens_after_each_well_scored_token(ref, span):
 
 
 def test_spread_forward_equals_a_window_max_and_bad_spans_are_recipe_errors(ref):
-    from kvstack.stages.select_base import spread_forward
+    from kvstack.stages.select.base import spread_forward
 
     x = torch.randn(3, 20, dtype=torch.float64).float()
     x[1, 15:] = float("-inf")  # padding rows of a shorter head stay -inf

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kvstack.kv import KVLayer
-from kvstack.stages.select_alloc import adakv_keep, distribute, head_request, pyramid_weights, topk_keep
-from kvstack.stages.select_scores import LayerRows, attention_received, newest_rows
+from kvstack.stages.select.alloc import adakv_keep, distribute, head_request, pyramid_weights, topk_keep
+from kvstack.stages.select.scores import LayerRows, attention_received, newest_rows
 
 
 def test_head_request_rounds_half_up_and_keeps_one():

@@ -11,7 +11,7 @@ from test_select import HKV, HQ, Ref, T, budget, group, kept, top
 import kvstack
 from kvstack.errors import BudgetError, ModelError, RecipeError
 from kvstack.stack import Recipe, StageContext
-from kvstack.stages.select_critical import projected_value_norm
+from kvstack.stages.select.critical import projected_value_norm
 
 
 @pytest.fixture(scope="module")

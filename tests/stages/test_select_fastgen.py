@@ -13,7 +13,7 @@ from test_select import HKV, T, group, kept, top
 import kvstack
 from kvstack.errors import BudgetError, RecipeError
 from kvstack.stack import Recipe
-from kvstack.stages.select_fastgen import POLICIES, choose, punctuation_ids
+from kvstack.stages.select.fastgen import POLICIES, choose, punctuation_ids
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import kvstack
+from kvstack.api import compress_many
 from kvstack.errors import RecipeError
-from kvstack.eval.shared_prefill import compress_many
 from kvstack.grammar.select import DEFAULT_STRIDE
 from kvstack.hf.attention_scored import BAND, TAIL
-from kvstack.stages.select_h2o import attention_need, attention_strides
+from kvstack.stages.select.h2o import attention_need, attention_strides
 
 T = 150  # longer than TAIL, so a stride really samples
 

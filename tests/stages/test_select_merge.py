@@ -11,7 +11,7 @@ from test_select import HKV, T, budget, group, kept, top
 import kvstack
 from kvstack.errors import BudgetError, RecipeError
 from kvstack.stack import Recipe
-from kvstack.stages.select_merge import fold_values
+from kvstack.stages.select.merge import fold_values
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,21 @@ def _registers(path: Path) -> bool:
     )
 
 
+def _dotted(path: Path) -> str:
+    """``select/h2o.py`` -> ``select.h2o``: the name `STAGE_MODULES` lists a module by."""
+    return ".".join(path.relative_to(STAGES_DIR).with_suffix("").parts)
+
+
 def test_every_registering_module_is_listed() -> None:
-    registering = {p.stem for p in STAGES_DIR.glob("*.py") if _registers(p)}
+    registering = {_dotted(p) for p in STAGES_DIR.rglob("*.py") if _registers(p)}
+    assert {"identity", "select.h2o", "quant.kivi", "lowrank.svd", "crosslayer.share"} <= registering
     assert registering == set(STAGE_MODULES)
     assert len(STAGE_MODULES) == len(set(STAGE_MODULES))
 
 
 def test_registry_comes_from_the_listed_modules() -> None:
     load_builtin()
-    modules = {cls.__module__.rsplit(".", 1)[-1] for cls in stack.REGISTRY.values()}
+    modules = {cls.__module__.removeprefix("kvstack.stages.") for cls in stack.REGISTRY.values()}
     assert modules == set(STAGE_MODULES)
     assert {"identity", "int4", "kivi", "h2o", "kvzip", "svd", "xkv"} <= set(stack.REGISTRY)
 
