@@ -174,8 +174,8 @@ SPECS: tuple[StageSpec, ...] = (
                   "tokens, e.g. a needle, over lone rare words)"),
             Param("clip", float, 0.0, "cap each token's surprisal at this many nats before agg (0 = off): one "
                   "rare word then cannot carry a span"),
-            Param("union", as_bool, False, "rank each token by the better of this score and the default one "
-                  "(whole-context surprisal, agg=max, no clip): each half of the budget keeps what one finds"),
+            Param("union", as_bool, False, "rank each token by the better of this score and the same surprisal "
+                  "with agg=max and no clip: lone surprising words and surprising runs each get half the budget"),
             check=_check_surprisal),
     StageSpec(
         "critical", "select", "CriticalKV: refine a base score (default expected) by the value's norm through o_proj",

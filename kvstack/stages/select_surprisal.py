@@ -66,11 +66,12 @@ class Surprisal(ScoredSelect, grammar="surprisal"):
     union: bool
 
     def check_params(self) -> None:
-        own = local_nll_need(self.window) if self.window else NEED_TOKEN_NLL
-        self.needs = frozenset({own, NEED_TOKEN_NLL}) if self.union else frozenset({own})
+        self.needs = frozenset({local_nll_need(self.window) if self.window else NEED_TOKEN_NLL})
         self.spreads_itself = self.union  # the union ranks two spread scores itself
 
-    def _nll(self, ctx: StageContext, need: str) -> torch.Tensor:
+    def _token_scores(self, ctx: StageContext) -> torch.Tensor:
+        """``[T]`` the score of each context position (spread over ``span`` here only for a union)."""
+        need = next(iter(self.needs))
         nll = ctx.captures.get(need)
         if nll is None:
             raise ModelError(
@@ -78,23 +79,17 @@ class Surprisal(ScoredSelect, grammar="surprisal"):
                 "captures during the prefill when a recipe asks for it; build the cache with kvstack.compress "
                 "(or compress_many)"
             )
-        return nll.double().nan_to_num(posinf=_TOP).clamp(max=_TOP)
-
-    def _own_scores(self, ctx: StageContext) -> torch.Tensor:
-        """``[T]`` this stage's per-position score before the max-spread over ``span``."""
-        scores = self._nll(ctx, local_nll_need(self.window) if self.window else NEED_TOKEN_NLL)
+        plain = nll.double().nan_to_num(posinf=_TOP).clamp(max=_TOP)
+        own = plain
         if self.clip > 0:
-            scores = torch.cat([scores[:1], scores[1:].clamp(max=self.clip)])  # position 0 stays first
-        return span_mean(scores, self.span) if self.agg == "mean" else scores
-
-    def _token_scores(self, ctx: StageContext) -> torch.Tensor:
-        """``[T]`` the score of each context position (spread over ``span`` here only for a union)."""
-        own = self._own_scores(ctx)
+            own = torch.cat([own[:1], own[1:].clamp(max=self.clip)])  # position 0 stays first
+        if self.agg == "mean":
+            own = span_mean(own, self.span)
         if not self.union:
             return own
         mine = spread_forward(own.view(1, -1), self.span)[0]
-        default = spread_forward(self._nll(ctx, NEED_TOKEN_NLL).view(1, -1), self.span)[0]
-        return -torch.minimum(_ranks(mine), _ranks(default))
+        best = spread_forward(plain.view(1, -1), self.span)[0]  # agg=max, no clip: lone surprising words
+        return -torch.minimum(_ranks(mine), _ranks(best))
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
         scores = self._token_scores(ctx)

@@ -90,7 +90,7 @@ def test_clip_and_union_keep_the_reference_sets(ref):
     local = local_ref(ref.model, ref.ids, window).nan_to_num(posinf=1e9)
     local[1:] = local[1:].clamp(max=clip)
     mine = spread_max(torch.stack([local[max(0, j - span) : j + 1].mean() for j in range(T)]), span)
-    default = spread_max(nll_ref(ref.model, ref.ids).nan_to_num(posinf=1e9), span)
+    default = spread_max(local_ref(ref.model, ref.ids, window).nan_to_num(posinf=1e9), span)
 
     def rank(x: torch.Tensor) -> torch.Tensor:
         return torch.tensor([(x > v).sum().item() for v in x])  # 0 = best (ties share a rank)
@@ -103,9 +103,7 @@ def test_clip_and_union_keep_the_reference_sets(ref):
             # every kept token ranks at least as well as every dropped one under the union
             dropped = [j for j in range(T) if j not in h]
             assert max(best[list(h)]) <= min(best[dropped]), layer
-    assert Recipe.parse(f"surprisal:0.25,window={window},union=1").needs == frozenset(
-        {local_nll_need(window), "token_nll"}
-    )
+    assert Recipe.parse(f"surprisal:0.25,window={window},union=1").needs == frozenset({local_nll_need(window)})
 
 
 def test_the_default_is_the_global_surprisal(ref):
