@@ -12,7 +12,13 @@ local). ``--agg`` picks how a span forms its score: ``max`` (the stage's ``span`
 span's average, which favours runs of surprising tokens over lone ones).
 
     python benchmarks/surprisal_ranks.py --tasks ruler_niah_single_2 ruler_niah_multikey_1 --samples 6
-    python benchmarks/surprisal_ranks.py --seed 1 --spans 16 --scorers global local:128 minrank:128
+    python benchmarks/surprisal_ranks.py --seed 1 --spans 16 --scorers global local:128 --agg max mean --dump s1.pt
+    python benchmarks/surprisal_ranks.py --load s1.pt --spans 16 --combos global/max 128/mean@6 128/max+128/mean@6
+
+``--combos`` (on ``--dump`` files, no model): ``SRC/AGG`` with SRC ``global`` or a window, AGG
+``max``, ``mean`` or ``mean@C`` (clip at C nats), joined by ``+`` for a union (the stage's
+``union=1``; the share is the union's exact size): ``128/max+128/mean@6`` is
+``surprisal:F,span=16,window=128,agg=mean,clip=6,union=1``.
 """
 
 from __future__ import annotations
@@ -105,9 +111,9 @@ def combined_need(sample: dict, combo: str, span: int) -> float:
             nll = nll.clamp(max=float(clip))
             nll[0] = 1e9
         parts.append(ranks(spread(nll, span, agg)))
-    rank = torch.stack(parts).min(dim=0).values
-    # ties between parts: a union of k per part holds about len(parts) * k tokens
-    return max((rank[list(pos)].max().item() + 1) * len(parts) / rank.numel() for pos in sample["answers"])
+    rank = torch.stack(parts).min(dim=0).values  # what the stage's union=1 ranks by
+    # keeping every token whose best rank is at most the answer's worst: the exact union size (ties included)
+    return max((rank <= rank[list(pos)].max()).sum().item() / rank.numel() for pos in sample["answers"])
 
 
 def analyse(files: list[str], combos: list[str], span: int) -> None:
