@@ -25,7 +25,7 @@ Options (issue 17):
   surprisal with ``agg=max`` and no clip; each kind of needle is caught by one of the two.
 
 On SmolLM2-135M (RULER 4k, tuning seeds, benchmarks/surprisal_ranks.py), the share of the
-context a needle's answer needs: up to 87% for the default, up to 22% for
+context a needle's answer needs: up to 87% for the default, up to 26% for
 ``window=128,agg=mean,clip=6,union=1`` (benchmarks/RESULTS.md). The default is unchanged.
 """
 
