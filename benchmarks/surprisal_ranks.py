@@ -5,7 +5,20 @@ forward by ``span`` as the stage does, and the rank of the answer's worst-ranked
 smallest fraction ``surprisal:F,span=S`` could keep and still hold the whole answer. No generation:
 a cheap, question-free look at where the method can work before any accuracy run.
 
+``--scorers`` compares token scores (issue 17): ``global`` (the prefill's own surprisal, the stage's
+default), ``local:W`` (surprisal under only the W tokens before each token: ``surprisal:...,window=W``),
+``minrank:W`` (a token ranks by the better of its global and local ranks) and ``sum:W`` (global +
+local). ``--agg`` picks how a span forms its score: ``max`` (the stage's ``span``) or ``mean`` (the
+span's average, which favours runs of surprising tokens over lone ones).
+
     python benchmarks/surprisal_ranks.py --tasks ruler_niah_single_2 ruler_niah_multikey_1 --samples 6
+    python benchmarks/surprisal_ranks.py --seed 1 --spans 16 --scorers global local:128 --agg max mean --dump s1.pt
+    python benchmarks/surprisal_ranks.py --load s1.pt --spans 16 --combos global/max 128/mean@6 128/max+128/mean@6
+
+``--combos`` (on ``--dump`` files, no model): ``SRC/AGG`` with SRC ``global`` or a window, AGG
+``max``, ``mean`` or ``mean@C`` (clip at C nats), joined by ``+`` for a union (the stage's
+``union=1``; the share is the union's exact size): ``128/max+128/mean@6`` is
+``surprisal:F,span=16,window=128,agg=mean,clip=6,union=1``.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import torch
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
 from kvstack.grammar.needs import NEED_TOKEN_NLL
+from kvstack.hf.captures.local_nll import windowed_nll
 from kvstack.hf.model import model_info
 from kvstack.hf.prefill import prefill
 from kvstack.stages.select.base import spread_forward
@@ -40,12 +54,76 @@ def answer_tokens(tok, ids: torch.Tensor, answer: str) -> range | None:
     return range(first, last + 1)
 
 
-def needed_fraction(nll: torch.Tensor, positions: range, span: int) -> float:
-    """The share of the context a top-k by spread surprisal must keep to hold every position."""
-    scores = spread_forward(nll.nan_to_num(posinf=1e9).view(1, -1), span)[0]
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """0 for the best score, 1 for the next, ..."""
     rank = torch.empty_like(scores, dtype=torch.long)
     rank[torch.argsort(scores, descending=True)] = torch.arange(scores.numel())
-    return (rank[list(positions)].max().item() + 1) / scores.numel()
+    return rank
+
+
+def spread(scores: torch.Tensor, span: int, agg: str) -> torch.Tensor:
+    """Each position's score over the span that ends at it: the max (the stage) or the mean."""
+    if agg == "max":
+        return spread_forward(scores.view(1, -1), span)[0]
+    padded = torch.nn.functional.pad(scores.view(1, 1, -1), (span, 0), value=0.0)
+    mean = torch.nn.functional.avg_pool1d(padded, kernel_size=span + 1, stride=1).view(-1)
+    return torch.maximum(spread_forward(mean.view(1, -1), span)[0], mean)
+
+
+def needed_fraction(nll: torch.Tensor, positions: range, span: int, agg: str = "max") -> float:
+    """The share of the context a top-k by spread surprisal must keep to hold every position."""
+    scores = spread(nll.nan_to_num(posinf=1e9).clamp(max=1e9), span, agg)
+    return (ranks(scores)[list(positions)].max().item() + 1) / scores.numel()
+
+
+def scorer(name: str, model, ids: torch.Tensor, cache: dict) -> torch.Tensor:
+    """The ``[T]`` token score ``name`` stands for (higher = keep); captures are computed once per sample."""
+    def local(w: int) -> torch.Tensor:
+        if w not in cache:
+            cache[w] = windowed_nll(model, ids, w)
+        return cache[w]
+
+    glob = cache["global"]
+    kind, _, arg = name.partition(":")
+    if kind == "global":
+        return glob
+    w = int(arg)
+    if kind == "local":
+        return local(w)
+    big = 1e4  # position 0 (+inf in both) stays first
+    g, lo = glob.clamp(max=big), local(w).clamp(max=big)
+    if kind == "sum":
+        return g + lo
+    if kind == "minrank":
+        return -torch.minimum(ranks(g), ranks(lo)).float() - 1e-6 * ranks(lo).float()
+    raise SystemExit(f"unknown scorer {name!r}: global, local:W, minrank:W or sum:W")
+
+
+def combined_need(sample: dict, combo: str, span: int) -> float:
+    """Needed share for a union of scores: ``combo`` is ``SRC/AGG[+SRC/AGG...]`` with SRC ``global`` or a
+    local window (``128``) and AGG ``max`` or ``mean``; a token ranks by its best rank among the parts."""
+    parts = []
+    for part in combo.split("+"):
+        src, _, agg = part.partition("/")
+        nll = sample[src].nan_to_num(posinf=1e9).clamp(max=1e9)
+        agg, _, clip = (agg or "max").partition("@")  # mean@6: token scores capped at 6 nats before the mean
+        if clip:
+            nll = nll.clamp(max=float(clip))
+            nll[0] = 1e9
+        parts.append(ranks(spread(nll, span, agg)))
+    rank = torch.stack(parts).min(dim=0).values  # what the stage's union=1 ranks by
+    # keeping every token whose best rank is at most the answer's worst: the exact union size (ties included)
+    return max((rank <= rank[list(pos)].max()).sum().item() / rank.numel() for pos in sample["answers"])
+
+
+def analyse(files: list[str], combos: list[str], span: int) -> None:
+    """The needed share per sample of every combo, from ``--dump`` files (no model needed)."""
+    print("| task | tokens | seed | " + " | ".join(combos) + " |")
+    print("|---|---|---|" + "---|" * len(combos))
+    for f in files:
+        for smp in torch.load(f, weights_only=False):  # our own dump: ranges, tensors
+            need = [combined_need(smp, c, span) for c in combos]
+            print(f"| {smp['task']} | {smp['tokens']} | {smp['seed']} | " + " | ".join(f"{n:.1%}" for n in need) + " |")
 
 
 def main() -> None:
@@ -55,19 +133,35 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--spans", type=int, nargs="+", default=[8, 16, 24, 32])
+    ap.add_argument("--scorers", nargs="+", default=["global"], help="global, local:W, minrank:W, sum:W")
+    ap.add_argument("--agg", nargs="+", default=["max"], choices=["max", "mean"])
+    ap.add_argument("--dump", help="also save each sample's scores and answer positions (torch.save) to this file")
+    ap.add_argument("--load", nargs="+", help="analyse --dump files instead (with --combos; no model)")
+    ap.add_argument("--combos", nargs="+", default=["global/max", "128/mean", "global/max+128/mean"])
     args = ap.parse_args()
+    if args.load:
+        return analyse(args.load, args.combos, args.spans[0])
+    dumped = []
     model, tok = load("smollm2-135m")
     model = model.to(torch.bfloat16)
-    print("| task | tokens | " + " | ".join(f"span={s}" for s in args.spans) + " |")
-    print("|---|---|" + "---|" * len(args.spans))
+    cols = [(sc, agg, span) for sc in args.scorers for agg in args.agg for span in args.spans]
+    print("| task | tokens | " + " | ".join(f"{sc} {agg} span={sp}" for sc, agg, sp in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
     for task in args.tasks:
         for sample in get_task(task).samples(tok, args.tokens, args.samples, seed=args.seed):
             ids = format_sample(tok, sample).context_ids.view(-1)
-            nll = token_surprisal(model, ids)
+            cache = {"global": token_surprisal(model, ids)}
             spans = [answer_tokens(tok, ids, a) for a in sample.answers]
             spans = [s for s in spans if s is not None]
-            need = [max(needed_fraction(nll, s, span) for s in spans) for span in args.spans]
+            need = [
+                max(needed_fraction(scorer(sc, model, ids, cache), s, span, agg) for s in spans)
+                for sc, agg, span in cols
+            ]
             print(f"| {task} | {ids.numel()} | " + " | ".join(f"{n:.1%}" for n in need) + " |", flush=True)
+            if args.dump:
+                dumped.append({"task": task, "seed": args.seed, "tokens": ids.numel(), "answers": spans, **{
+                    str(k): v for k, v in cache.items()}})
+                torch.save(dumped, args.dump)
 
 
 if __name__ == "__main__":

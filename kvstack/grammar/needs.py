@@ -18,6 +18,7 @@ ATTN_PARAMS = "attn_params"  # always captured with the above: layer -> (scaling
 
 # --- supplied by the capture providers (kvstack.hf.captures) --------------------------------
 NEED_TOKEN_NLL = "token_nll"  # [T] -log p(token | earlier context) of every context token, from the prefill's logits
+NEED_LOCAL_NLL = "local_nll"  # [T] -log p(token | only the `window` tokens before it): local_nll_need(window)
 NEED_ROPE = "rope"  # layer index -> Rotary (what the model's rotary embedding applies)
 NEED_OPROJ = "o_proj"  # layer -> [Hq, D, hidden] float32, each query head's rows of W_o^T
 NEED_KVZIP = "kvzip"  # layer -> [Hkv, T] max reconstruction attention per context position
@@ -38,3 +39,13 @@ def attention_strides(needs: Iterable[str]) -> tuple[int, ...]:
         elif need.startswith(f"{NEED_ATTENTION}:stride="):
             out.add(int(need.rsplit("=", 1)[1]))
     return tuple(sorted(out))
+
+
+def local_nll_need(window: int) -> str:
+    """The capture name of windowed surprisal (each token predicted from the ``window`` tokens before it)."""
+    return f"{NEED_LOCAL_NLL}:window={window}"
+
+
+def local_nll_windows(needs: Iterable[str]) -> tuple[int, ...]:
+    """The windows of the windowed-surprisal captures named in ``needs`` (sorted)."""
+    return tuple(sorted({int(n.rsplit("=", 1)[1]) for n in needs if n.startswith(f"{NEED_LOCAL_NLL}:window=")}))

@@ -24,6 +24,7 @@ from kvstack.grammar.spec import StageSpec, checks
 
 ALLOCS = ("uniform", "pyramid", "adakv")
 DEFAULT_STRIDE = 32  # h2o: score every 32nd context query unless told otherwise
+MIN_NLL_WINDOW = 8  # surprisal: the shortest context a windowed prediction may use (shorter is noise)
 # Score-and-keep methods a based stage (critical, merge) can take its scores from.
 SCORED = ("q2c", "snapkv", "tova", "expected", "h2o", "knorm", "keydiff", "random", "kvzip", "surprisal")
 
@@ -55,6 +56,17 @@ def check_scored(s: Any) -> None:
 
 def _check_q2c(s: Any) -> None:
     check_choice(s.name, "agg", s.agg, ("sum", "max"))
+
+
+def _check_surprisal(s: Any) -> None:
+    if s.window < 0 or 0 < s.window < MIN_NLL_WINDOW:
+        raise RecipeError(
+            f"surprisal: window={s.window} must be 0 (surprisal under the whole context) or at least "
+            f"{MIN_NLL_WINDOW} tokens (each token is predicted from the N tokens before it; 128 is a good start)"
+        )
+    check_choice(s.name, "agg", s.agg, ("max", "mean"))
+    if not s.clip >= 0.0:
+        raise RecipeError(f"surprisal: clip={s.clip} must be >= 0 nats (0 = off; 6 is a good start)")
 
 
 def _check_snapkv(s: Any) -> None:
@@ -155,7 +167,16 @@ SPECS: tuple[StageSpec, ...] = (
     _scored("kvzip", "KVzip: keep the tokens the model attends to most while reconstructing the context "
             "(extra pass)"),
     _scored("surprisal", "Selective-Context surprisal: keep the tokens the model predicted worst (prefill logits, "
-            "no question)"),
+            "no question)",
+            Param("window", int, 0, "predict each token from only the N tokens before it (an extra pass; 0 = the "
+                  "whole context, the prefill's own logits)"),
+            Param("agg", str, "max", "a span's score: max (its best token) or mean (favours runs of surprising "
+                  "tokens, e.g. a needle, over lone rare words)"),
+            Param("clip", float, 0.0, "cap each token's surprisal at this many nats before agg (0 = off): one "
+                  "rare word then cannot carry a span"),
+            Param("union", as_bool, False, "rank each token by the better of this score and the same surprisal "
+                  "with agg=max and no clip: lone surprising words and surprising runs each get half the budget"),
+            check=_check_surprisal),
     StageSpec(
         "critical", "select", "CriticalKV: refine a base score (default expected) by the value's norm through o_proj",
         (

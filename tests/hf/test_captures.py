@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kvstack.errors import ConfigError
-from kvstack.grammar.needs import KVZIP_SECONDS, NEED_KVZIP, NEED_OPROJ, NEED_ROPE, NEED_TOKEN_NLL
+from kvstack.grammar.needs import KVZIP_SECONDS, NEED_KVZIP, NEED_LOCAL_NLL, NEED_OPROJ, NEED_ROPE, NEED_TOKEN_NLL
 from kvstack.hf.captures import (
     BUILTIN,
     CaptureProvider,
@@ -50,10 +50,12 @@ def extra_providers():
 
 
 def test_builtin_providers_supply_every_non_attention_need():
-    assert {NEED_TOKEN_NLL, NEED_ROPE, NEED_OPROJ, NEED_KVZIP} <= provided()
+    assert {NEED_TOKEN_NLL, NEED_LOCAL_NLL, NEED_ROPE, NEED_OPROJ, NEED_KVZIP} <= provided()
     assert [p.need for p in providers_for({NEED_KVZIP, "attention", NEED_ROPE})] == [NEED_ROPE, NEED_KVZIP]
     assert providers_for({"attention", "window_queries", "no_such_capture"}) == []
-    assert {p.need for p in BUILTIN} == {NEED_TOKEN_NLL, NEED_ROPE, NEED_OPROJ, NEED_KVZIP}
+    assert {p.need for p in BUILTIN} == {NEED_TOKEN_NLL, NEED_LOCAL_NLL, NEED_ROPE, NEED_OPROJ, NEED_KVZIP}
+    # a parameterized need (name:key=value) goes to its name's provider
+    assert [p.need for p in providers_for({"local_nll:window=64"})] == [NEED_LOCAL_NLL]
 
 
 @torch.no_grad()

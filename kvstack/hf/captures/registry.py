@@ -74,8 +74,10 @@ def unregister_provider(need: str) -> CaptureProvider | None:
 
 def providers_for(needs: Iterable[str]) -> list[CaptureProvider]:
     """The registered providers of ``needs``, in registration order (names without one are the
-    attention hook's, or are left out: the stage that needs them says so when it runs)."""
-    wanted = set(needs)
+    attention hook's, or are left out: the stage that needs them says so when it runs). A
+    parameterized need ``name:key=value`` (e.g. ``local_nll:window=128``) goes to ``name``'s provider,
+    which reads its parameters from :attr:`CaptureInputs.needs`."""
+    wanted = {n.split(":", 1)[0] for n in needs}
     return [p for name, p in _PROVIDERS.items() if name in wanted]
 
 

@@ -44,6 +44,7 @@ class ScoredSelect(Stage):
 
     family = "select"
     log_scores: ClassVar[bool] = False  # scores are logs of a mass (Ada-KV normalizes with a softmax)
+    spreads_itself: bool = False  # score() already applied span (it mixes several spread scores)
     fraction: float
     sink: int
     alloc: str
@@ -97,7 +98,9 @@ class ScoredSelect(Stage):
 
         def run(index: int, layer: KVLayer) -> KVLayer:
             rows, requests, forced = plans.pop(index)  # drop each layer's decoded rows once done
-            scores = spread_forward(self.score(index, rows, ctx, total).float().cpu(), self.span)
+            scores = self.score(index, rows, ctx, total).float().cpu()
+            if not self.spreads_itself:
+                scores = spread_forward(scores, self.span)
             free = rows.valid & ~forced
             if self.alloc == "adakv":
                 keep = adakv_keep(scores, free, forced, requests, self.log_scores)
