@@ -63,6 +63,7 @@ def plan(name: str) -> list[Job]:
         jobs = [Job(t, L, ["identity", _p("best:16x")]) for t, L in both]
         jobs += [Job(t, L, [_p("best:32x"), "int4"]) for t, L in both]
         jobs += [Job(t, "4k", [_p("best:8x"), _p("qa:8x")]) for t in (SINGLE, MULTI)]
+        jobs += [Job(t, "4k", [_p("qa:4x")]) for t in (SINGLE, MULTI)]
         jobs += [Job(t, L, [_p("best:4x"), _p("qa:16x")]) for t, L in both]
         jobs += [Job(t, L, [_p("qa:32x"), _p("best:8x")]) for t, L in both if L == "8k"]
         jobs += [Job(t, "4k", ["identity", "int4", _p("best:16x"), _p("qa:16x")]) for t in OTHER_TASKS]

@@ -88,6 +88,7 @@ def _cache_of_measured_geometry(model, tokens: int):
 
 
 def test_presets_reach_their_ratio_on_a_cache_of_the_measured_geometry(tiny_model):
+    from kvstack.grammar.needs import local_nll_need
     from kvstack.hf.model import model_info
     from kvstack.inspect.rope import rope_tables
     from kvstack.stack import NEED_QUESTION_QUERIES, NEED_TOKEN_NLL, StageContext
@@ -101,9 +102,10 @@ def test_presets_reach_their_ratio_on_a_cache_of_the_measured_geometry(tiny_mode
     g = torch.Generator().manual_seed(1)  # qa: presets score by the question's queries; random ones here
     questions = [torch.randn(info.num_query_heads, 12, 64, generator=g) for _ in range(info.num_layers)]
     surprisal = torch.rand(CONTEXT, generator=g) * 8  # best: presets score by each token's surprisal; random here
+    local = torch.rand(CONTEXT, generator=g) * 8  # ... under a local window
     ctx = StageContext(info.num_query_heads, info.num_kv_heads, info.head_dim, info.num_layers,
                        captures={NEED_ROPE: rope_tables(model), NEED_QUESTION_QUERIES: questions,
-                                 NEED_TOKEN_NLL: surprisal})
+                                 NEED_TOKEN_NLL: surprisal, local_nll_need(128): local})
     for name, preset in PRESETS.items():
         got = fp16_ratio(Recipe.parse(name).apply(cache, ctx))
         promised = preset.ratio
