@@ -174,11 +174,22 @@ def locate(name: str) -> tuple[Path, str]:
 
 
 def _source_stamp(entry: ZooModel) -> str:
-    """What a converted folder was made from (GGUF path and size): a changed package means convert again."""
+    """What a converted folder was made from: the GGUF's name, size and a digest of its first and last MiB.
+
+    A changed file means convert again; the same file installed in another venv (another path) does not:
+    the cache folder is shared by every environment of the user, so a path in the stamp made two venvs
+    convert the model again each time the other one had loaded it."""
     where = _package_dir(entry.package) if not entry.parts else cache_dir() / entry.name
     gguf = (where / entry.gguf_file) if where is not None else None
-    size = gguf.stat().st_size if gguf is not None and gguf.is_file() else -1
-    return json.dumps({"gguf": str(gguf), "size": size}, sort_keys=True)
+    if gguf is None or not gguf.is_file():
+        return json.dumps({"gguf": entry.gguf_file, "size": -1}, sort_keys=True)
+    size = gguf.stat().st_size
+    digest = hashlib.sha256()
+    with gguf.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return json.dumps({"gguf": entry.gguf_file, "size": size, "ends_sha256": digest.hexdigest()}, sort_keys=True)
 
 
 def _convert_gguf(entry: ZooModel, out: Path) -> None:

@@ -91,6 +91,24 @@ def test_a_converted_gguf_folder_is_reused_until_its_source_changes(tmp_path, mo
     assert not zoo._converted(entry, out)  # the package changed: convert again
 
 
+def test_the_same_gguf_in_another_venv_keeps_the_converted_folder(tmp_path, monkeypatch):
+    """Two environments share ~/.cache/kvstack: the same file at another path must not force a new conversion,
+    a changed file must."""
+    entry = zoo.ZOO["smollm2-135m"]
+    data = bytes(range(256)) * 12000  # ~3 MiB: the digest reads its first and last MiB
+    venvs = [tmp_path / "venv-a", tmp_path / "venv-b"]
+    for v in venvs:
+        v.mkdir()
+        (v / entry.gguf_file).write_bytes(data)
+    stamps = []
+    for v in venvs:
+        monkeypatch.setattr(zoo, "_package_dir", lambda package, v=v: v)
+        stamps.append(zoo._source_stamp(entry))
+    assert stamps[0] == stamps[1]
+    (venvs[1] / entry.gguf_file).write_bytes(data[:-1] + b"x")  # same size, last byte changed
+    assert zoo._source_stamp(entry) != stamps[0]
+
+
 def test_bundled_gguf_models_load_from_their_converted_folder(smollm2):
     model, tok = smollm2
     where = zoo.path("smollm2-135m")
