@@ -29,10 +29,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"  {name}: {params}")
     from kvstack.presets import MEASURED_ON, describe_presets
 
-    print(f"\npresets (a whole recipe by name; 4x/8x tuned on {MEASURED_ON}; best:16x/32x and qa:16x/32x "
-          "re-derived on SmolLM2-135M with RULER, held-out numbers in the real-model column (benchmarks/RESULTS.md); "
-          "question-agnostic best: presets keep most single needles but lose multi-key answers - measure on yours "
-          "with kvstack eval):")
+    print(f"\npresets (a whole recipe by name; chosen on {MEASURED_ON}: those numbers are in the real-model "
+          "column, the rest in benchmarks/RESULTS.md; question-agnostic best: presets keep most single needles but "
+          "lose multi-key answers to key confusion, and do worse on Gemma-3 - measure on yours with kvstack eval):")
     print(table(describe_presets(), ("preset", "recipe", "on a real model", "on the fixture model")))
     print(
         "\ngrammar: stages separated by '>', e.g. 'streaming:window=512 > int8:g64 > fp16@layer0'\n"
