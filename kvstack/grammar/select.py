@@ -67,6 +67,8 @@ def _check_surprisal(s: Any) -> None:
     check_choice(s.name, "agg", s.agg, ("max", "mean"))
     if not s.clip >= 0.0:
         raise RecipeError(f"surprisal: clip={s.clip} must be >= 0 nats (0 = off; 6 is a good start)")
+    if s.back < 0:
+        raise RecipeError(f"surprisal: back={s.back} must be >= 0 (tokens kept before each kept token; 0 = off)")
 
 
 def _check_snapkv(s: Any) -> None:
@@ -176,6 +178,8 @@ SPECS: tuple[StageSpec, ...] = (
                   "rare word then cannot carry a span"),
             Param("union", as_bool, False, "rank each token by the better of this score and the same surprisal "
                   "with agg=max and no clip: lone surprising words and surprising runs each get half the budget"),
+            Param("back", int, 0, "also keep the N tokens before each well-scored token (0 = off): a needle's "
+                  "key comes before its value"),
             check=_check_surprisal),
     StageSpec(
         "critical", "select", "CriticalKV: refine a base score (default expected) by the value's norm through o_proj",

@@ -120,8 +120,28 @@ def test_windowed_surprisal_drives_generate(ref):
     assert out.shape == (4,)
 
 
+def test_back_keeps_the_tokens_before_a_kept_token_too(ref):
+    """back=B: position j scores max(nll[j - span .. j + back]); the kept set is the top-k of that, and the
+    same tokens for every head; union with back spreads both of its scores the same way."""
+    fraction, span, back = 0.25, 2, 3
+    cache = kvstack.compress(ref.model, ref.ids, f"surprisal:{fraction},span={span},back={back}")
+    nll = nll_ref(ref.model, ref.ids).nan_to_num(posinf=1e9)
+    both = torch.stack([nll[max(0, j - span) : j + back + 1].max() for j in range(T)])
+    k = budget(fraction)
+    for heads in kept(cache):
+        for h in heads:
+            assert len(h) == k
+            dropped = [j for j in range(T) if j not in h]
+            assert min(both[list(h)]) >= max(both[dropped])
+    no_back = kvstack.compress(ref.model, ref.ids, f"surprisal:{fraction},span={span}")
+    assert kept(no_back) != kept(cache)  # the option changes what is kept
+    union = kvstack.compress(ref.model, ref.ids, f"surprisal:{fraction},span={span},back={back},union=1")
+    assert all(len(h) == k for heads in kept(union) for h in heads)
+
+
 @pytest.mark.parametrize(
-    "bad,match", [("window=-1", "window=-1"), ("window=4", "at least 8"), ("agg=sum", "agg"), ("clip=-2", "clip")]
+    "bad,match", [("window=-1", "window=-1"), ("window=4", "at least 8"), ("agg=sum", "agg"), ("clip=-2", "clip"),
+                  ("back=-1", "back")]
 )
 def test_bad_options_are_recipe_errors(ref, bad, match):
     with pytest.raises(RecipeError, match=match):

@@ -67,10 +67,20 @@ class Surprisal(ScoredSelect, grammar="surprisal"):
     agg: str
     clip: float
     union: bool
+    back: int
 
     def check_params(self) -> None:
         self.needs = frozenset({local_nll_need(self.window) if self.window else NEED_TOKEN_NLL})
-        self.spreads_itself = self.union  # the union ranks two spread scores itself
+        # the union ranks two spread scores itself; `back` spreads over positions both ways here
+        self.spreads_itself = self.union or self.back > 0
+
+    def _spread(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[T]`` each position's best score within ``span`` before it and ``back`` after it: the position is
+        kept with a well-scored token up to ``span`` tokens behind it or ``back`` tokens ahead of it."""
+        out = spread_forward(scores.view(1, -1), self.span)[0]
+        if self.back > 0:
+            out = spread_forward(out.flip(0).view(1, -1), self.back)[0].flip(0)
+        return out
 
     def _token_scores(self, ctx: StageContext) -> torch.Tensor:
         """``[T]`` the score of each context position (spread over ``span`` here only for a union)."""
@@ -89,9 +99,9 @@ class Surprisal(ScoredSelect, grammar="surprisal"):
         if self.agg == "mean":
             own = span_mean(own, self.span)
         if not self.union:
-            return own
-        mine = spread_forward(own.view(1, -1), self.span)[0]
-        best = spread_forward(plain.view(1, -1), self.span)[0]  # agg=max, no clip: lone surprising words
+            return self._spread(own) if self.back > 0 else own
+        mine = self._spread(own)
+        best = self._spread(plain)  # agg=max, no clip: lone surprising words
         return -torch.minimum(_ranks(mine), _ranks(best))
 
     def score(self, index: int, rows: LayerRows, ctx: StageContext, context_length: int) -> torch.Tensor:
