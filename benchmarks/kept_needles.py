@@ -13,23 +13,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from surprisal_ranks import answer_tokens  # benchmarks/ is the script's own folder
 
 import kvstack
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
 from kvstack.zoo import load
-
-
-def token_span(tok, ids: torch.Tensor, text: str, start_char: int = 0) -> range | None:
-    """Positions of ``ids`` whose decoded text covers the first occurrence of ``text`` after ``start_char``."""
-    full = tok.decode(ids)
-    start = full.find(text, start_char)
-    if start < 0:
-        return None
-    ends = [len(tok.decode(ids[: t + 1])) for t in range(ids.numel())]
-    first = next(t for t, e in enumerate(ends) if e > start)
-    last = next(t for t, e in enumerate(ends) if e >= start + len(text))
-    return range(first, last + 1)
 
 
 def kept_positions(cache) -> set[int]:
@@ -62,8 +51,9 @@ def main() -> None:
         prompt = format_sample(tok, sample)
         ids = prompt.context_ids
         key = sample.meta["keys"][0] if sample.meta.get("keys") else ""
-        key_span = token_span(tok, ids, key) if key else None
-        value_span = token_span(tok, ids, sample.answers[0], len(tok.decode(ids[: key_span.stop])) if key_span else 0)
+        key_span = answer_tokens(tok, ids, key) if key else None
+        after_key = len(tok.decode(ids[: key_span.stop])) if key_span else 0  # the value that follows this key
+        value_span = answer_tokens(tok, ids, sample.answers[0], after_key)
         cache = kvstack.compress(model, ids, args.recipe, question_ids=prompt.question_ids)
         kept = kept_positions(cache)
         print(f"| {i} | {key} | {share(key_span, kept)} | {share(value_span, kept)} |", flush=True)

@@ -42,10 +42,10 @@ def token_surprisal(model, ids: torch.Tensor) -> torch.Tensor:
     return prefill(model, model_info(model), ids, frozenset({NEED_TOKEN_NLL})).captures[NEED_TOKEN_NLL]
 
 
-def answer_tokens(tok, ids: torch.Tensor, answer: str) -> range | None:
-    """The context positions whose decoded text covers the first occurrence of ``answer``."""
+def answer_tokens(tok, ids: torch.Tensor, answer: str, start_char: int = 0) -> range | None:
+    """The context positions whose decoded text covers the first occurrence of ``answer`` (after ``start_char``)."""
     text = tok.decode(ids)
-    start = text.find(answer)
+    start = text.find(answer, start_char)
     if start < 0:
         return None
     ends = [len(tok.decode(ids[: t + 1])) for t in range(ids.numel())]
