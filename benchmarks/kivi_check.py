@@ -21,7 +21,7 @@ import statistics
 import torch
 
 import kvstack
-from kvstack.eval.attention_error import attention_errors, head_rows
+from kvstack.eval.attention_error import attention_errors, head_rows, question_queries
 from kvstack.eval.prompt import format_sample
 from kvstack.eval.tasks import get_task
 from kvstack.zoo import load
@@ -95,11 +95,12 @@ def attention_table(model, prompts, recipes: list[str]) -> None:
     print("| recipe | below model dtype | mean rel. error | worst layer (error) | top-1 changed |")
     print("|---|---|---|---|---|")
     fulls = [kvstack.compress(model, p.context_ids, "identity") for p in prompts]
+    queries = [question_queries(model, full, p.question_ids) for p, full in zip(prompts, fulls)]  # once a sample
     for r in recipes:
         per_sample = []
-        for p, full in zip(prompts, fulls):
+        for p, full, q in zip(prompts, fulls, queries):
             cache = kvstack.compress(model, p.context_ids, r)
-            per_sample.append((cache.ratio, attention_errors(model, full, cache, p.question_ids)))
+            per_sample.append((cache.ratio, attention_errors(model, full, cache, p.question_ids, q)))
         rel = [statistics.mean(errs[i].relative for _, errs in per_sample) for i in range(len(per_sample[0][1]))]
         w = max(range(len(rel)), key=rel.__getitem__)
         flips = statistics.mean(e.top1_changed for _, errs in per_sample for e in errs)

@@ -17,7 +17,6 @@ Reruns resume (finished cells are skipped by `kvstack eval`).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kvstack.eval.report import summarize
 from kvstack.grammar.presets import PRESETS
 
 K4V2 = "int4:vbits=2,vaxis=token"
@@ -104,22 +104,15 @@ def merge(parts: Path, target: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """Per task and length: each recipe's right answers (contains), ratio below bf16, share of the full cache."""
-    right: dict[tuple, list[int]] = collections.defaultdict(lambda: [0, 0])
-    ratio: dict[tuple, float] = {}
-    for r in rows:
-        if r.get("status") != "ok":
-            continue
-        recipe = r["recipe"] if r.get("dtype") in (None, "bfloat16") else f'{r["recipe"]} ({r["dtype"]} weights)'
-        key = (r["task"], r["length"], recipe)
-        right[key][0] += r.get("contains", 0) >= 1
-        right[key][1] += 1
-        ratio[key] = r.get("ratio_fp16", 0.0)
-    lines = ["| task | length | recipe | right/n | vs bf16 | of full |", "| --- | --- | --- | --- | --- | --- |"]
-    for (task, length, recipe), (a, n) in sorted(right.items()):
-        full = right.get((task, length, "identity"))
-        rel = f"{a / full[0]:.0%}" if full and full[0] and full[1] == n else "-"
-        lines.append(f"| {task} | {length} | `{recipe}` | {a}/{n} | {ratio[(task, length, recipe)]:.1f}x | {rel} |")
+    """Per task and length: each recipe's accuracy, ratio below bf16 and share of the full cache's accuracy on the
+    same samples - ``kvstack report``'s summary (which also keeps weight dtypes and seeds apart), in short."""
+    lines = ["| model | task | length | recipe | n | contains | vs bf16 | of full |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in sorted(summarize(rows), key=lambda s: (s["model"], s["task"], s["length"], s["recipe"])):
+        rel = "-" if s.get("relative") is None else f"{s['relative']:.0%}"
+        acc = "-" if s.get("contains") is None else f"{s['contains']:.0%}"
+        lines.append(f"| {s['model']} | {s['task']} | {s['length']} | `{s['recipe']}` | {s['n']} | {acc} | "
+                     f"{s['ratio_fp16'] or 0:.1f}x | {rel} |")
     return "\n".join(lines)
 
 

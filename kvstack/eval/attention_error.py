@@ -34,7 +34,23 @@ def head_rows(layer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 
 @torch.no_grad()
-def attention_errors(model, full: KVCache, cache: KVCache, question_ids: torch.Tensor) -> list[LayerError]:
+def question_queries(model, full: KVCache, question_ids: torch.Tensor) -> dict:
+    """The question's post-RoPE queries per layer and each layer's (scaling, softcap), from kvstack's own prefill
+    capture. They depend on the context and question only: compute them once and pass them to
+    :func:`attention_errors` for every cache of that context."""
+    from kvstack.grammar.needs import NEED_QUESTION_QUERIES
+    from kvstack.hf.model import model_info
+    from kvstack.hf.prefill import prefill
+
+    if question_ids.numel() == 0:
+        raise ModelError("attention_errors needs the question's tokens: their queries are what it compares")
+    return prefill(model, model_info(model), full.context_ids.long(), frozenset({NEED_QUESTION_QUERIES}),
+                   question_ids=question_ids.long()).captures
+
+
+@torch.no_grad()
+def attention_errors(model, full: KVCache, cache: KVCache, question_ids: torch.Tensor,
+                     captured: dict | None = None) -> list[LayerError]:
     """Per layer, the error of ``cache``'s attention outputs against ``full``'s for the question's queries.
 
     The queries come from kvstack's own prefill capture (post-norm, post-RoPE, at the positions right after
@@ -43,13 +59,9 @@ def attention_errors(model, full: KVCache, cache: KVCache, question_ids: torch.T
     cache holds (a sliding-window layer's window).
     """
     from kvstack.grammar.needs import ATTN_PARAMS, NEED_QUESTION_QUERIES
-    from kvstack.hf.model import model_info
-    from kvstack.hf.prefill import prefill
 
-    if question_ids.numel() == 0:
-        raise ModelError("attention_errors needs the question's tokens: their queries are what it compares")
-    captured = prefill(model, model_info(model), full.context_ids.long(), frozenset({NEED_QUESTION_QUERIES}),
-                       question_ids=question_ids.long()).captures
+    if captured is None:  # ``captured``: :func:`question_queries` of the same context and question
+        captured = question_queries(model, full, question_ids)
     out = []
     for i, (lf, lq) in enumerate(zip(full.layers, cache.layers, strict=True)):
         q = captured[NEED_QUESTION_QUERIES][i].float()  # [Hq, n, D]
