@@ -114,7 +114,8 @@ def compress_many(
     """
     if isinstance(recipes, (str, Recipe)):
         raise InputError("recipes must be a list of recipes (strings or kvstack.Recipe); for one, use kvstack.compress")
-    if (isinstance(question_ids, torch.Tensor) and question_ids.numel() == 0) or question_ids in ([], ()):
+    empty = question_ids.numel() == 0 if isinstance(question_ids, torch.Tensor) else question_ids in ([], ())
+    if empty:
         question_ids = None  # an empty question (a perplexity task) is no question
     run = _Run.of(model, context_ids, list(recipes), question_ids, fingerprint)
     return _each_recipe(model, run, chunk_size, progress, keep)
