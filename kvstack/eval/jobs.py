@@ -75,8 +75,8 @@ def run_job(model, tokenizer, job: SampleJob, catch: tuple[type[Exception], ...]
     exception of a type in ``catch`` gives an ``error`` row for that cell and the other recipes go
     on; any other exception propagates (the in-process default: the run stops, finished rows kept).
     """
-    from kvstack.api import compress_many, generate
-    from kvstack.eval.nll import continuation_nll
+    from kvstack.api import compress_many
+    from kvstack.hf.decoded_rows import reuse_decoded_rows
     from kvstack.hf.model import check_context_window
 
     spec, prompt, sample = job.spec, job.prompt, job.sample
@@ -108,15 +108,8 @@ def run_job(model, tokenizer, job: SampleJob, catch: tuple[type[Exception], ...]
         )
         start = time.perf_counter()
         try:
-            if job.kind == "nll":
-                nll, n = continuation_nll(model, cache, prompt.continuation_ids, q)
-                row.update(nll_sum=nll, nll_tokens=n)
-            else:
-                new = spec.max_new_tokens or job.max_new_tokens
-                row.update(answer_fields(tokenizer, sample, generate(model, cache, prompt.question_ids, new)))
-                if prompt.answer_ids is not None:  # how likely the gold answer stays: signal even when greedy fails
-                    nll, n = continuation_nll(model, cache, prompt.answer_ids, prompt.question_ids)
-                    row.update(answer_nll_sum=nll, answer_tokens=n)
+            with reuse_decoded_rows():  # each segment decoded once per cell: same tokens, faster (decoded_rows)
+                row.update(_answer(model, tokenizer, job, cache, q))
         except KvstackError as exc:
             yield {**row, "status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
             continue
@@ -124,3 +117,21 @@ def run_job(model, tokenizer, job: SampleJob, catch: tuple[type[Exception], ...]
             yield error_row(row, exc)
             continue
         yield {**row, "status": "ok", "generate_s": time.perf_counter() - start}
+
+
+def _answer(model, tokenizer, job: SampleJob, cache, q: torch.Tensor | None) -> dict:
+    """One cell's measured fields: the continuation's NLL (``nll`` tasks), or the greedy answer, its scores and
+    the gold answer's NLL (how likely it stays: signal even when greedy fails)."""
+    from kvstack.api import generate
+    from kvstack.eval.nll import continuation_nll
+
+    prompt, spec = job.prompt, job.spec
+    if job.kind == "nll":
+        nll, n = continuation_nll(model, cache, prompt.continuation_ids, q)
+        return {"nll_sum": nll, "nll_tokens": n}
+    new = spec.max_new_tokens or job.max_new_tokens
+    out = answer_fields(tokenizer, job.sample, generate(model, cache, prompt.question_ids, new))
+    if prompt.answer_ids is not None:
+        nll, n = continuation_nll(model, cache, prompt.answer_ids, prompt.question_ids)
+        out.update(answer_nll_sum=nll, answer_tokens=n)
+    return out

@@ -19,6 +19,7 @@ from kvstack.errors import ModelError
 from kvstack.hf.attention import RowMeta
 from kvstack.hf.compat import LayerProtocol, mask_query_length
 from kvstack.hf.decode_tail import DecodeTail
+from kvstack.hf.decoded_rows import padded_rows
 from kvstack.hf.fast_decode import FastStep, PlanHolder, fast_ready
 from kvstack.hf.graphs import GraphableCache
 from kvstack.kv import KVCache, KVLayer, tensor_nbytes
@@ -222,7 +223,7 @@ class CompressedLayer(KvstackLayerOps, CacheLayerMixin):
 
     # --- internals ---------------------------------------------------------------------
     def _materialize(self, query_pos: torch.Tensor):
-        parts = [seg.padded() for seg in self.segments]
+        parts = [padded_rows(seg) for seg in self.segments]
         tail_k, tail_v = self.tail_k, self.tail_v
         dev = tail_k.device
         h, t = tail_k.shape[0], tail_k.shape[1]
