@@ -27,7 +27,8 @@ from pathlib import Path
 from kvstack.eval.report import summarize
 from kvstack.grammar.presets import PRESETS
 
-K4V2 = "int4:vbits=2,vaxis=token"
+K4V2, K4V3 = "int4:vbits=2,vaxis=token", "int4:vbits=3,vaxis=token"
+PLANS = ("smollm2", "gemma", "smollm2-s5", "gemma-s5")
 SINGLE, MULTI = "ruler_niah_single_2", "ruler_niah_multikey_1"
 OTHER_TASKS = ("ruler_niah_single_1", "ruler_niah_single_3", "ruler_niah_multikey_2", "ruler_niah_multikey_3",
                "ruler_niah_multivalue", "ruler_niah_multiquery", "ruler_vt", "ruler_cwe", "ruler_fwe", "ruler_qa_1")
@@ -48,6 +49,13 @@ class Job:
 GEMMA_CORE = ["identity", "int4", f"surprisal:0.27,span=16 > {K4V2}", "q2c:0.125,span=16 > int4"]
 GEMMA_MORE = [f"surprisal:0.13,span=16 > {K4V2}", f"q2c:0.13,span=16 > {K4V2}", "surprisal:0.42,span=16 > int4",
               "q2c:0.42,span=16 > int4", "int4:vbits=3,vaxis=token"]
+
+
+# The fourth session's held-out run (fresh seed 5): question-agnostic candidates that also keep the 8 tokens before
+# each well-scored one (`back=8`: a needle's key precedes its value; fixed on tuning seed 1), next to the presets.
+BACK = "span=16,back=8,window=128,agg=mean,clip=6,union=1"
+B8, B16, B32 = f"surprisal:0.4,{BACK} > int4", f"surprisal:0.27,{BACK} > {K4V2}", f"surprisal:0.13,{BACK} > {K4V2}"
+QA16, QA32 = "q2c:0.125,span=16 > int4", f"q2c:0.13,span=16 > {K4V2}"
 
 
 def _p(name: str) -> str:
@@ -73,7 +81,16 @@ def plan(name: str) -> list[Job]:
         jobs += [Job(t, "4k", GEMMA_MORE) for t in (SINGLE, MULTI)]
         jobs += [Job(t, "4k", ["identity"], "float32") for t in (SINGLE, MULTI)]
         return jobs
-    raise SystemExit(f"unknown plan {name!r}: smollm2 or gemma")
+    if name == "smollm2-s5":
+        both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
+        pairs = [["identity", B16], ["int4", QA16], [B8, B32], [K4V3, QA32]]
+        jobs = [Job(t, L, recipes) for recipes in pairs for t, L in both]
+        return jobs + [Job(t, "4k", ["q2c:0.42,span=16 > int4", "q2c:0.8,span=16 > int4"]) for t in (SINGLE, MULTI)]
+    if name == "gemma-s5":
+        both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
+        jobs = [Job(t, L, recipes) for recipes in (["identity", B16], ["int4", QA16], [K4V3, B8]) for t, L in both]
+        return jobs + [Job(t, "16k", ["identity", "int4", B16, QA16]) for t in (SINGLE, MULTI)]
+    raise SystemExit(f"unknown plan {name!r}: {', '.join(PLANS)}")
 
 
 def split(jobs: list[Job], per_job: int) -> list[Job]:
@@ -88,7 +105,7 @@ def eval_command(args: argparse.Namespace, job: Job, out: Path) -> list[str]:
     return [sys.executable, "-c", "import sys; from kvstack.cli import main; sys.exit(main(sys.argv[1:]))", "eval",
             "--model", args.model, "--device", args.device, "--dtype", job.dtype or args.dtype, "--quiet", "--seed",
             str(args.seed), "--samples", str(args.samples), *new_tokens, "--tasks", job.task,
-            "--lengths", job.length, "--threads", "2", "--out", str(out), "--recipes", *job.recipes]
+            "--lengths", job.length, "--threads", str(args.threads), "--out", str(out), "--recipes", *job.recipes]
 
 
 def merge(parts: Path, target: Path) -> list[dict]:
@@ -118,7 +135,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plan", required=True, choices=["smollm2", "gemma"])
+    ap.add_argument("--plan", required=True, choices=PLANS)
     ap.add_argument("--model", default=None, help="default: smollm2-135m or gemma3-270m by plan")
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--samples", type=int, default=40)
@@ -127,12 +144,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-new-tokens", type=int, default=10, help="for the single and multi-key needles")
     ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
     ap.add_argument("--per-job", type=int, default=2, help="recipes per process (one prefill shared by them)")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds; unfinished jobs are stopped")
     ap.add_argument("--out", type=Path, required=True, help="rows.jsonl goes here")
     ap.add_argument("--scratch", type=Path, default=None, help="per-job rows and logs (default: --out)")
     args = ap.parse_args()
-    args.model = args.model or {"smollm2": "smollm2-135m", "gemma": "gemma3-270m"}[args.plan]
+    args.model = args.model or ("gemma3-270m" if args.plan.startswith("gemma") else "smollm2-135m")
     queue = split([j for j in plan(args.plan) if args.lengths is None or j.length in args.lengths], args.per_job)
     scratch = args.scratch or args.out
     parts = scratch / "parts"
