@@ -2,7 +2,8 @@
 
 For each sample, compress the context with ``--recipe`` and report, for the needle the question
 asks about, the share of its key's tokens and of its value's tokens that the cache still holds
-(layer 0's kept positions: `surprisal` keeps the same positions in every layer and head). A
+(the first full-attention layer's kept positions: `surprisal` keeps the same positions in every layer and
+head). A
 value kept without its key is what makes a model answer with another needle's value.
 
     python benchmarks/kept_needles.py --recipe best:16x --task ruler_niah_multikey_1 --seed 4 --indices 0 3 7
@@ -22,8 +23,9 @@ from kvstack.zoo import load
 
 
 def kept_positions(cache) -> set[int]:
-    """Context positions layer 0 of ``cache`` still holds (any head)."""
-    layer = cache.layers[0]
+    """Context positions the first full-attention layer of ``cache`` still holds (any head): a sliding-window
+    layer (Gemma 3's local layers) holds only the window whatever the recipe keeps."""
+    layer = next((lay for lay in cache.layers if lay.sliding_window is None), cache.layers[0])
     pos = layer.positions if layer.positions is not None else torch.arange(cache.context_length)
     return set(pos.view(-1).tolist())
 
