@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvstack.errors import ModelError
+from kvstack.errors import InputError
 from kvstack.kv import KVCache
 
 
@@ -43,7 +43,7 @@ def question_queries(model, full: KVCache, question_ids: torch.Tensor) -> dict:
     from kvstack.hf.prefill import prefill
 
     if question_ids.numel() == 0:
-        raise ModelError("attention_errors needs the question's tokens: their queries are what it compares")
+        raise InputError("attention_errors needs the question's tokens: their queries are what it compares")
     return prefill(model, model_info(model), full.context_ids.long(), frozenset({NEED_QUESTION_QUERIES}),
                    question_ids=question_ids.long()).captures
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kvstack
-from kvstack.errors import ModelError
+from kvstack.errors import InputError
 from kvstack.eval.attention_error import attention_errors, head_rows
 
 
@@ -69,5 +69,5 @@ def test_llama_errors_match_a_direct_float64_computation(tiny_model, make_ids):
 def test_no_question_is_a_typed_error(tiny_model, make_ids):
     model = tiny_model("llama")
     full = kvstack.compress(model, make_ids(32), "identity")
-    with pytest.raises(ModelError, match="question"):
+    with pytest.raises(InputError, match="question"):
         attention_errors(model, full, full, torch.empty(0, dtype=torch.long))
