@@ -56,6 +56,7 @@ GEMMA_MORE = [f"surprisal:0.13,span=16 > {K4V2}", f"q2c:0.13,span=16 > {K4V2}", 
 BACK = "span=16,back=8,window=128,agg=mean,clip=6,union=1"
 B8, B16, B32 = f"surprisal:0.4,{BACK} > int4", f"surprisal:0.27,{BACK} > {K4V2}", f"surprisal:0.13,{BACK} > {K4V2}"
 QA16, QA32 = "q2c:0.125,span=16 > int4", f"q2c:0.13,span=16 > {K4V2}"
+INT_CANDIDATES = ["int4:g32", "int8:vbits=4"]  # finer key groups (3.2x) and 8-bit keys (2.5x): is int4's loss fidelity?
 
 
 def _p(name: str) -> str:
@@ -83,12 +84,13 @@ def plan(name: str) -> list[Job]:
         return jobs
     if name == "smollm2-s5":
         both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
-        pairs = [["identity", B16], ["int4", QA16], [B8, B32], [K4V3, QA32]]
+        pairs = [["identity", B16], ["int4", QA16], [B8, B32], [K4V3, QA32], INT_CANDIDATES]
         jobs = [Job(t, L, recipes) for recipes in pairs for t, L in both]
         return jobs + [Job(t, "4k", ["q2c:0.42,span=16 > int4", "q2c:0.8,span=16 > int4"]) for t in (SINGLE, MULTI)]
     if name == "gemma-s5":
         both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
-        jobs = [Job(t, L, recipes) for recipes in (["identity", B16], ["int4", QA16], [K4V3, B8]) for t, L in both]
+        jobs = [Job(t, L, recipes) for recipes in (["identity", B16], ["int4", QA16], INT_CANDIDATES, [K4V3, B8])
+                for t, L in both]
         return jobs + [Job(t, "16k", ["identity", "int4", B16, QA16]) for t in (SINGLE, MULTI)]
     raise SystemExit(f"unknown plan {name!r}: {', '.join(PLANS)}")
 
