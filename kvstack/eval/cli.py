@@ -89,6 +89,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paired(args: argparse.Namespace) -> int:
+    from kvstack.errors import InputError
+    from kvstack.eval.paired import markdown, paired_stats
+    from kvstack.eval.results import read_rows
+
+    rows = [r for path in args.results for r in read_rows(path)[0]]
+    stats = [s for s in paired_stats(rows) if (not args.tasks or s.task in args.tasks)
+             and (not args.recipes or s.recipe in args.recipes)]
+    if not stats:
+        raise InputError("no recipe row in these files has a full-cache (identity) row of the same sample to pair "
+                         "with; run `kvstack eval` with identity among the recipes")
+    print(markdown(stats))
+    return 0
+
+
 def register(subparsers) -> None:
     """Add ``eval`` and ``report`` to kvstack's subcommands."""
     from kvstack.cli_text import DEFAULT_MODEL
@@ -156,3 +171,19 @@ def register(subparsers) -> None:
     rep.add_argument("--out", default="report", help="directory for report.md and the plots (default report/)")
     rep.add_argument("--no-plots", action="store_true", help="Markdown only (no matplotlib needed)")
     rep.set_defaults(func=cmd_report)
+
+    pa = subparsers.add_parser(
+        "paired",
+        help="each recipe vs the full cache on the same samples, pooled over files and seeds (McNemar, 95% CI)",
+        description=textwrap.fill(
+            "Pair every recipe row with the full cache's (identity) row of the same sample, pool over the given "
+            "results files and their seeds, and print per task, length and recipe: answers lost and gained, the "
+            "score relative to the full cache with a bootstrap 95% interval, the exact McNemar p-value and the "
+            "mean change of the gold answer's NLL per token - whether a loss is real or noise."
+        ),
+        epilog="example: kvstack paired seed1.jsonl seed3.jsonl.xz --tasks ruler_niah_multikey_1 --recipes int4",
+    )
+    pa.add_argument("results", nargs="+", help="results files written by `kvstack eval` (.jsonl or .jsonl.xz)")
+    pa.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="only these tasks")
+    pa.add_argument("--recipes", nargs="+", default=None, metavar="RECIPE", help="only these recipes")
+    pa.set_defaults(func=cmd_paired)
