@@ -93,7 +93,8 @@ NOT_RUN = "not run on the fixture model"
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("best:4x", K4V3, K4V3_RATIO, NOT_RUN, _real((37, 37), (19, 19), 4.0, 4)),
+        Preset("best:4x", K4V3, K4V3_RATIO, NOT_RUN,
+               f"{_real((37, 37), (19, 19), 4.0, 4)}; seed 5: single 35 (38), multi-key 19 (21)"),
         Preset("best:8x", f"surprisal:0.4,{AGNOSTIC} > int4", BEST8_RATIO, NOT_RUN, _real((34, 38), (19, 21), 8.7, 5)),
         Preset("best:16x", f"surprisal:0.27,{AGNOSTIC} > {K4V2}", BEST16_RATIO, NOT_RUN,
                _real((33, 38), (20, 21), 16.5, 5)),
@@ -103,9 +104,9 @@ PRESETS: dict[str, Preset] = {
                _real((23, 24), (12, 11), 4.2, 4, 25, " on an H100, cut by its time limit")),
         Preset("qa:8x", "q2c:0.42,span=16 > int4", QA8_RATIO, NOT_RUN, _real((36, 37), (16, 19), 8.0, 4)),
         Preset("qa:16x", "q2c:0.125,span=16 > int4", QA16_RATIO, NOT_RUN,
-               _real((36, 35), (19, 21), 26.9)),
+               f"{_real((36, 35), (19, 21), 26.9)}; seed 5: single 37 (38), multi-key 16 (21)"),
         Preset("qa:32x", f"q2c:0.13,span=16 > {K4V2}", QA32_RATIO, NOT_RUN,
-               _real((37, 35), (19, 21), 32.7)),
+               f"{_real((37, 35), (19, 21), 32.7)}; seed 5: single 36 (38), multi-key 14 (21)"),
     )
 }
 
