@@ -77,27 +77,51 @@ def bootstrap_relative(pairs: list[Pair], draws: int = 2000, seed: int = 0) -> t
     return values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]
 
 
+def same_recipe_key(text: str) -> str:
+    """Every parameter of every stage written out (defaults included), so ``int4`` and ``int4:axis=channel,g64``
+    pool as the one recipe they are (``rot=auto`` stays apart from ``rot``: it depends on the model's head_dim);
+    text that does not parse is its own key."""
+    from kvstack.errors import RecipeError
+    from kvstack.grammar.presets import expand
+    from kvstack.grammar.syntax import parse_recipe, scope_text
+
+    try:
+        stages = parse_recipe(expand(text))
+    except RecipeError:
+        return text
+    parts = []
+    for b in stages:
+        scope = scope_text(set(range(b.layers[0], b.layers[1] + 1))) if b.layers else ""
+        parts.append(f"{b.name}:{','.join(f'{k}={v}' for k, v in sorted(b.values.items()))}{scope}")
+    return " > ".join(parts)
+
+
 def _sample_key(r: dict) -> tuple:
     return r["model"], r.get("dtype"), r.get("seed"), r["task"], r["length"], r["index"], r.get("device")
 
 
 def pair_rows(rows: list[dict]) -> dict[tuple, tuple[list[Pair], set[int], list[float]]]:
     """``(model, task, length, recipe) -> (pairs, seeds, ratios)`` over every ``ok`` row that has a full-cache
-    row of the same sample; a later row of the same cell replaces an earlier one (resumed runs)."""
-    ok = {}
+    row of the same sample; a later row of the same cell replaces an earlier one (resumed runs); spellings of one
+    recipe pool (:func:`same_recipe_key`)."""
+    ok, names, keys = {}, {}, {}
     for r in rows:
         if r.get("status") == "ok" and r.get("contains") is not None:
-            ok[_sample_key(r) + (r["recipe"],)] = r
-    full = {k[:-1]: r for k, r in ok.items() if k[-1] == FULL}
+            same = keys.setdefault(r["recipe"], same_recipe_key(r["recipe"]))
+            if len(r["recipe"]) < len(names.get(same, r["recipe"] + " ")):
+                names[same] = r["recipe"]  # shown under its shortest spelling
+            ok[_sample_key(r) + (same,)] = r
+    full_key = same_recipe_key(FULL)
+    full = {k[:-1]: r for k, r in ok.items() if k[-1] == full_key}
     out: dict[tuple, tuple[list[Pair], set[int], list[float]]] = defaultdict(lambda: ([], set(), []))
     for key, r in ok.items():
         f = full.get(key[:-1])
-        if f is None or key[-1] == FULL:
+        if f is None or key[-1] == full_key:
             continue
         dnll = None
         if r.get("answer_tokens") and f.get("answer_tokens"):
             dnll = r["answer_nll_sum"] / r["answer_tokens"] - f["answer_nll_sum"] / f["answer_tokens"]
-        pairs, seeds, ratios = out[(r["model"], r["task"], r["length"], r["recipe"])]
+        pairs, seeds, ratios = out[(r["model"], r["task"], r["length"], names[key[-1]])]
         pairs.append(Pair(float(f["contains"]), float(r["contains"]), dnll))
         seeds.add(r.get("seed"))
         if r.get("ratio_fp16"):

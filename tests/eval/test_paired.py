@@ -61,3 +61,11 @@ def test_cli_prints_the_table_and_refuses_files_without_a_full_cache(tmp_path, c
     alone.write_text(json.dumps(row(1, 0, "int4", True)) + "\n")
     assert main(["paired", str(alone)]) != 0
     assert "identity" in capsys.readouterr().err
+
+
+def test_spellings_of_one_recipe_pool_and_other_recipes_do_not():
+    rows = [row(1, i, "identity", True) for i in range(2)]
+    rows += [row(1, 0, "int4", True), row(1, 1, "int4:axis=channel,g64", False), row(1, 0, "int4:group=32", True)]
+    stats = {s.recipe: s for s in paired_stats(rows)}
+    assert set(stats) == {"int4", "int4:group=32"}
+    assert (stats["int4"].n, stats["int4"].lost) == (2, 1) and stats["int4:group=32"].n == 1
