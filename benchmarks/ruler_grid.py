@@ -11,7 +11,9 @@ printed at the end gives, per task and length, each recipe's right answers, its 
     python benchmarks/ruler_grid.py --plan smollm2 --seed 4 --device cuda --procs 12 --out /tmp/grid
     python benchmarks/ruler_grid.py --plan smollm2 --seed 4 --samples 2 --lengths 1k --procs 2 --out /tmp/g
 
-Reruns resume (finished cells are skipped by `kvstack eval`).
+Plans: ``smollm2`` / ``gemma`` (the third session's runs, seed 4), ``smollm2-s5`` / ``gemma-s5`` (the fourth
+session's held-out candidates: `back=8` presets, int4 fidelity checks; seed 5 - run on the CPU that session, as
+no GPU could be started). Reruns resume (finished cells are skipped by `kvstack eval`).
 """
 
 from __future__ import annotations
