@@ -22,6 +22,7 @@ BROKEN = [
     (["eval", "--model", "kvstack-retrieval", "--recipes", "identity", "--tasks", "nosuch"], "unknown task"),
     (["eval", "--recipes", "identity", "--lengths", "abc"], "not a token count"),
     (["report", "/nonexistent.jsonl"], "does not exist"),
+    (["paired", "/nonexistent.jsonl"], "does not exist"),
     (["diagnose", "--model", "/nonexistent"], "neither a bundled name"),
     (["inspect", "--model", "/nonexistent"], "neither a bundled name"),
     (["calibrate", "--model", "/nonexistent"], "required: --out"),

@@ -174,7 +174,7 @@ def register(subparsers) -> None:
 
     pa = subparsers.add_parser(
         "paired",
-        help="each recipe vs the full cache on the same samples, pooled over files and seeds (McNemar, 95% CI)",
+        help="each recipe vs the full cache on the same samples, pooled over files and seeds (McNemar, 95%% CI)",
         description=textwrap.fill(
             "Pair every recipe row with the full cache's (identity) row of the same sample, pool over the given "
             "results files and their seeds, and print per task, length and recipe: answers lost and gained, the "
