@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kvstack.cli_text import DEFAULT_MODEL, table  # noqa: F401  (table: benchmarks import it from here)
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except KvstackError as exc:
         print(f"kvstack: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kvstack recipes | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
 
 
 if __name__ == "__main__":

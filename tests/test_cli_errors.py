@@ -54,3 +54,13 @@ def test_broken_arguments_give_one_clear_error_and_exit_2(argv, phrase, tmp_path
     assert code == 2
     assert phrase in err and "Traceback" not in err
     assert "error:" in err.strip().splitlines()[-1]  # the last line says what went wrong
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`kvstack recipes | head -1`: the pipe closes after one line; no traceback, exit 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m kvstack.cli recipes | head -1", shell=True, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.startswith("stage") and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
