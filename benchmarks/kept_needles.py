@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from surprisal_ranks import answer_tokens  # benchmarks/ is the script's own folder
+from surprisal_ranks import answer_tokens, token_text  # benchmarks/ is the script's own folder
 
 import kvstack
 from kvstack.eval.prompt import format_sample
@@ -53,9 +53,10 @@ def main() -> None:
         prompt = format_sample(tok, sample)
         ids = prompt.context_ids
         key = sample.meta["keys"][0] if sample.meta.get("keys") else ""
-        key_span = answer_tokens(tok, ids, key) if key else None
-        after_key = len(tok.decode(ids[: key_span.stop])) if key_span else 0  # the value that follows this key
-        value_span = answer_tokens(tok, ids, sample.answers[0], after_key)
+        text, ends = token_text(tok, ids)
+        key_span = answer_tokens(text, ends, key) if key else None
+        after_key = ends[key_span.stop - 1] if key_span else 0  # the value that follows this key
+        value_span = answer_tokens(text, ends, sample.answers[0], after_key)
         cache = kvstack.compress(model, ids, args.recipe, question_ids=prompt.question_ids)
         kept = kept_positions(cache)
         print(f"| {i} | {key} | {share(key_span, kept)} | {share(value_span, kept)} |", flush=True)

@@ -32,6 +32,7 @@ from kvstack.grammar.presets import PRESETS
 K4V2, K4V3 = "int4:vbits=2,vaxis=token", "int4:vbits=3,vaxis=token"
 PLANS = ("smollm2", "gemma", "smollm2-s5", "gemma-s5")
 SINGLE, MULTI = "ruler_niah_single_2", "ruler_niah_multikey_1"
+BOTH = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]  # the two needle tasks at 4k and 8k
 OTHER_TASKS = ("ruler_niah_single_1", "ruler_niah_single_3", "ruler_niah_multikey_2", "ruler_niah_multikey_3",
                "ruler_niah_multivalue", "ruler_niah_multiquery", "ruler_vt", "ruler_cwe", "ruler_fwe", "ruler_qa_1")
 
@@ -70,13 +71,12 @@ def plan(name: str) -> list[Job]:
     rows say what ran even after a preset is re-pointed. A job with a dtype of its own checks that bf16 weights
     are exact enough (the fp32 full cache on the same samples)."""
     if name == "smollm2":  # the presets as they are now, the question-agnostic ones first
-        both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
-        jobs = [Job(t, L, ["identity", _p("best:16x")]) for t, L in both]
-        jobs += [Job(t, L, [_p("best:32x"), "int4"]) for t, L in both]
+        jobs = [Job(t, L, ["identity", _p("best:16x")]) for t, L in BOTH]
+        jobs += [Job(t, L, [_p("best:32x"), "int4"]) for t, L in BOTH]
         jobs += [Job(t, "4k", [_p("best:8x"), _p("qa:8x")]) for t in (SINGLE, MULTI)]
         jobs += [Job(t, "4k", [_p("qa:4x")]) for t in (SINGLE, MULTI)]
-        jobs += [Job(t, L, [_p("best:4x"), _p("qa:16x")]) for t, L in both]
-        jobs += [Job(t, L, [_p("qa:32x"), _p("best:8x")]) for t, L in both if L == "8k"]
+        jobs += [Job(t, L, [_p("best:4x"), _p("qa:16x")]) for t, L in BOTH]
+        jobs += [Job(t, L, [_p("qa:32x"), _p("best:8x")]) for t, L in BOTH if L == "8k"]
         jobs += [Job(t, "4k", ["identity", "int4", _p("best:16x"), _p("qa:16x")]) for t in OTHER_TASKS]
         return jobs
     if name == "gemma":
@@ -85,14 +85,12 @@ def plan(name: str) -> list[Job]:
         jobs += [Job(t, "4k", ["identity"], "float32") for t in (SINGLE, MULTI)]
         return jobs
     if name == "smollm2-s5":
-        both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
         pairs = [["identity", B16], ["int4", QA16], [B8, B32], [K4V3, QA32], INT_CANDIDATES]
-        jobs = [Job(t, L, recipes) for recipes in pairs for t, L in both]
+        jobs = [Job(t, L, recipes) for recipes in pairs for t, L in BOTH]
         return jobs + [Job(t, "4k", ["q2c:0.42,span=16 > int4", "q2c:0.8,span=16 > int4"]) for t in (SINGLE, MULTI)]
     if name == "gemma-s5":
-        both = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]
         jobs = [Job(t, L, recipes) for recipes in (["identity", B16], ["int4", QA16], INT_CANDIDATES, [K4V3, B8])
-                for t, L in both]
+                for t, L in BOTH]
         return jobs + [Job(t, "16k", ["identity", "int4", B16, QA16]) for t in (SINGLE, MULTI)]
     raise SystemExit(f"unknown plan {name!r}: {', '.join(PLANS)}")
 

@@ -42,13 +42,18 @@ def token_surprisal(model, ids: torch.Tensor) -> torch.Tensor:
     return prefill(model, model_info(model), ids, frozenset({NEED_TOKEN_NLL})).captures[NEED_TOKEN_NLL]
 
 
-def answer_tokens(tok, ids: torch.Tensor, answer: str, start_char: int = 0) -> range | None:
-    """The context positions whose decoded text covers the first occurrence of ``answer`` (after ``start_char``)."""
-    text = tok.decode(ids)
+def token_text(tok, ids: torch.Tensor) -> tuple[str, list[int]]:
+    """The decoded context and, per token, the length of the decoded text through it. Decoding every prefix costs
+    O(T^2) (BPE text is not additive per token): compute it once per context, for all its answers."""
+    return tok.decode(ids), [len(tok.decode(ids[: t + 1])) for t in range(ids.numel())]
+
+
+def answer_tokens(text: str, ends: list[int], answer: str, start_char: int = 0) -> range | None:
+    """The positions (``text, ends``: :func:`token_text`) whose text covers the first occurrence of ``answer``
+    after ``start_char``."""
     start = text.find(answer, start_char)
     if start < 0:
         return None
-    ends = [len(tok.decode(ids[: t + 1])) for t in range(ids.numel())]
     first = next(t for t, e in enumerate(ends) if e > start)
     last = next(t for t, e in enumerate(ends) if e >= start + len(answer))
     return range(first, last + 1)
@@ -151,7 +156,8 @@ def main() -> None:
         for sample in get_task(task).samples(tok, args.tokens, args.samples, seed=args.seed):
             ids = format_sample(tok, sample).context_ids.view(-1)
             cache = {"global": token_surprisal(model, ids)}
-            spans = [answer_tokens(tok, ids, a) for a in sample.answers]
+            text, ends = token_text(tok, ids)
+            spans = [answer_tokens(text, ends, a) for a in sample.answers]
             spans = [s for s in spans if s is not None]
             need = [
                 max(needed_fraction(scorer(sc, model, ids, cache), s, span, agg) for s in spans)

@@ -91,12 +91,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_paired(args: argparse.Namespace) -> int:
     from kvstack.errors import InputError
-    from kvstack.eval.paired import markdown, paired_stats
+    from kvstack.eval.paired import markdown, paired_stats, same_recipe_key
     from kvstack.eval.results import read_rows
 
     rows = [r for path in args.results for r in read_rows(path)[0]]
+    wanted = {same_recipe_key(r) for r in args.recipes or ()}  # any spelling of a recipe selects it
     stats = [s for s in paired_stats(rows) if (not args.tasks or s.task in args.tasks)
-             and (not args.recipes or s.recipe in args.recipes)]
+             and (not wanted or same_recipe_key(s.recipe) in wanted)]
     if not stats:
         raise InputError("no recipe row in these files has a full-cache (identity) row of the same sample to pair "
                          "with; run `kvstack eval` with identity among the recipes")

@@ -18,7 +18,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-FULL = "identity"
+from kvstack.eval.report import FULL
 
 
 @dataclass(frozen=True)
