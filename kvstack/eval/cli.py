@@ -96,12 +96,12 @@ def cmd_paired(args: argparse.Namespace) -> int:
 
     rows = [r for path in args.results for r in read_rows(path)[0]]
     wanted = {same_recipe_key(r) for r in args.recipes or ()}  # any spelling of a recipe selects it
-    stats = [s for s in paired_stats(rows) if (not args.tasks or s.task in args.tasks)
+    stats = [s for s in paired_stats(rows, args.against) if (not args.tasks or s.task in args.tasks)
              and (not wanted or same_recipe_key(s.recipe) in wanted)]
     if not stats:
-        raise InputError("no recipe row in these files has a full-cache (identity) row of the same sample to pair "
-                         "with; run `kvstack eval` with identity among the recipes")
-    print(markdown(stats))
+        raise InputError(f"no recipe row in these files has a row of {args.against!r} for the same sample to pair "
+                         f"with; run `kvstack eval` with {args.against!r} among the recipes")
+    print(markdown(stats, args.against))
     return 0
 
 
@@ -187,4 +187,6 @@ def register(subparsers) -> None:
     pa.add_argument("results", nargs="+", help="results files written by `kvstack eval` (.jsonl or .jsonl.xz)")
     pa.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="only these tasks")
     pa.add_argument("--recipes", nargs="+", default=None, metavar="RECIPE", help="only these recipes")
+    pa.add_argument("--against", default="identity", metavar="RECIPE",
+                    help="pair with this recipe's rows instead of the full cache's (a candidate vs a preset)")
     pa.set_defaults(func=cmd_paired)

@@ -100,10 +100,10 @@ def _sample_key(r: dict) -> tuple:
     return r["model"], r.get("dtype"), r.get("seed"), r["task"], r["length"], r["index"], r.get("device")
 
 
-def pair_rows(rows: list[dict]) -> dict[tuple, tuple[list[Pair], set[int], list[float]]]:
-    """``(model, task, length, recipe) -> (pairs, seeds, ratios)`` over every ``ok`` row that has a full-cache
-    row of the same sample; a later row of the same cell replaces an earlier one (resumed runs); spellings of one
-    recipe pool (:func:`same_recipe_key`)."""
+def pair_rows(rows: list[dict], against: str = FULL) -> dict[tuple, tuple[list[Pair], set[int], list[float]]]:
+    """``(model, task, length, recipe) -> (pairs, seeds, ratios)`` over every ``ok`` row that has a row of the
+    ``against`` recipe (default: the full cache) for the same sample; a later row of the same cell replaces an
+    earlier one (resumed runs); spellings of one recipe pool (:func:`same_recipe_key`)."""
     ok, names, keys = {}, {}, {}
     for r in rows:
         if r.get("status") == "ok" and r.get("contains") is not None:
@@ -111,7 +111,7 @@ def pair_rows(rows: list[dict]) -> dict[tuple, tuple[list[Pair], set[int], list[
             if len(r["recipe"]) < len(names.get(same, r["recipe"] + " ")):
                 names[same] = r["recipe"]  # shown under its shortest spelling
             ok[_sample_key(r) + (same,)] = r
-    full_key = same_recipe_key(FULL)
+    full_key = same_recipe_key(against)
     full = {k[:-1]: r for k, r in ok.items() if k[-1] == full_key}
     out: dict[tuple, tuple[list[Pair], set[int], list[float]]] = defaultdict(lambda: ([], set(), []))
     for key, r in ok.items():
@@ -129,10 +129,11 @@ def pair_rows(rows: list[dict]) -> dict[tuple, tuple[list[Pair], set[int], list[
     return dict(out)
 
 
-def paired_stats(rows: list[dict]) -> list[PairedStats]:
-    """One :class:`PairedStats` per (model, task, length, recipe) with at least one paired sample."""
+def paired_stats(rows: list[dict], against: str = FULL) -> list[PairedStats]:
+    """One :class:`PairedStats` per (model, task, length, recipe) with at least one sample paired with a row of
+    ``against`` (default: the full cache; a preset, to ask whether a candidate beats it on the same samples)."""
     stats = []
-    for (model, task, length, recipe), (pairs, seeds, ratios) in sorted(pair_rows(rows).items()):
+    for (model, task, length, recipe), (pairs, seeds, ratios) in sorted(pair_rows(rows, against).items()):
         full, right = sum(p.full for p in pairs), sum(p.recipe for p in pairs)
         lost = sum(1 for p in pairs if p.full >= 1 and p.recipe < 1)
         gained = sum(1 for p in pairs if p.recipe >= 1 and p.full < 1)
@@ -148,9 +149,10 @@ def paired_stats(rows: list[dict]) -> list[PairedStats]:
     return stats
 
 
-def markdown(stats: list[PairedStats]) -> str:
-    """A table: one line per (model, task, length, recipe)."""
-    lines = ["| model | task | length | recipe | seeds | n | full | recipe | lost / gained | of full (95% CI) | "
+def markdown(stats: list[PairedStats], against: str = FULL) -> str:
+    """A table: one line per (model, task, length, recipe); columns name ``against`` unless it is the full cache."""
+    base = "full" if same_recipe_key(against) == same_recipe_key(FULL) else f"`{against}`"
+    lines = [f"| model | task | length | recipe | seeds | n | {base} | recipe | lost / gained | of {base} (95% CI) | "
              "McNemar p | Δ answer NLL/token | vs fp16 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in stats:
