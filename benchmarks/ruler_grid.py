@@ -28,9 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kvstack.eval.report import summarize
-from kvstack.grammar.presets import PRESETS
+from kvstack.grammar.presets import INT4, K4V2, K4V3, PRESETS
 
-K4V2, K4V3 = "int4:vbits=2,vaxis=token", "int4:vbits=3,vaxis=token"
+# Recipes below are written out (not preset names) so rows say what ran; `INT4` = `int4:g64`, the default int4 until
+# the fifth session (groups of 64 tokens; the presets keep it), `"int4"` alone is today's default (groups of 32).
 PLANS = ("smollm2", "gemma", "smollm2-s5", "gemma-s5", "smollm2-s7", "gemma-s7")
 SINGLE, MULTI = "ruler_niah_single_2", "ruler_niah_multikey_1"
 BOTH = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]  # the two needle tasks at 4k and 8k
@@ -50,26 +51,26 @@ class Job:
 
 # What the Gemma run of 2026-12-07 ran (benchmarks/reports/ruler_gemma3/gpu_seed4.jsonl.xz), written out so the
 # command reproduces it after the presets moved: the presets of that day, and 8x/4x candidates fixed before it.
-GEMMA_CORE = ["identity", "int4", f"surprisal:0.27,span=16 > {K4V2}", "q2c:0.125,span=16 > int4"]
-GEMMA_MORE = [f"surprisal:0.13,span=16 > {K4V2}", f"q2c:0.13,span=16 > {K4V2}", "surprisal:0.42,span=16 > int4",
-              "q2c:0.42,span=16 > int4", "int4:vbits=3,vaxis=token"]
+GEMMA_CORE = ["identity", INT4, f"surprisal:0.27,span=16 > {K4V2}", f"q2c:0.125,span=16 > {INT4}"]
+GEMMA_MORE = [f"surprisal:0.13,span=16 > {K4V2}", f"q2c:0.13,span=16 > {K4V2}", f"surprisal:0.42,span=16 > {INT4}",
+              f"q2c:0.42,span=16 > {INT4}", K4V3]
 
 
 # The fourth session's held-out run (fresh seed 5): question-agnostic candidates that also keep the 8 tokens before
 # each well-scored one (`back=8`: a needle's key precedes its value; fixed on tuning seed 1), next to the presets.
 BACK = "span=16,back=8,window=128,agg=mean,clip=6,union=1"
-B8, B16, B32 = f"surprisal:0.4,{BACK} > int4", f"surprisal:0.27,{BACK} > {K4V2}", f"surprisal:0.13,{BACK} > {K4V2}"
-QA16, QA32 = "q2c:0.125,span=16 > int4", f"q2c:0.13,span=16 > {K4V2}"
+B8, B16, B32 = f"surprisal:0.4,{BACK} > {INT4}", f"surprisal:0.27,{BACK} > {K4V2}", f"surprisal:0.13,{BACK} > {K4V2}"
+QA16, QA32 = f"q2c:0.125,span=16 > {INT4}", f"q2c:0.13,span=16 > {K4V2}"
 INT_CANDIDATES = ["int4:g32", "int8:vbits=4"]  # finer key groups (3.2x) and 8-bit keys (2.5x): is int4's loss fidelity?
 
-# The fifth session's fresh set (seed 7), fixed before it ran: the presets as they are, and candidates chosen on the
-# tuning seeds only - `back=4` (tuning seed 1 lost no single needle), and question-aware recipes that spend the
-# bytes qa:16x leaves unused (it is 26.9x where 16x is asked): more tokens at int4, or fewer with 8-bit keys.
+# The fifth session's fresh set (seed 7; its 4k cells ran on the CPU that session, no GPU came): the presets
+# (`back=8`), today's default int4 (groups of 32) beside the old one, and the candidates fixed on the tuning seeds -
+# `back=4`, and question-aware recipes that spend the bytes qa:16x leaves unused (26.9x where 16x is asked).
 BACK4 = BACK.replace("back=8", "back=4")
-B8_4, B16_4, B32_4 = (f"surprisal:0.4,{BACK4} > int4", f"surprisal:0.27,{BACK4} > {K4V2}",
-                      f"surprisal:0.13,{BACK4} > {K4V2}")  # the presets since the fifth session
-QA16_MORE, QA16_K8, QA32_K4 = ("q2c:0.2,span=16 > int4", "q2c:0.15,span=16 > int8:vbits=4",
-                               "q2c:0.1,span=16 > int4")  # 16.8x, 16.4x, 33.2x below bf16 (one 4k sample)
+B8_4, B16_4, B32_4 = (f"surprisal:0.4,{BACK4} > {INT4}", f"surprisal:0.27,{BACK4} > {K4V2}",
+                      f"surprisal:0.13,{BACK4} > {K4V2}")
+QA16_MORE, QA16_K8, QA32_K4 = (f"q2c:0.2,span=16 > {INT4}", "q2c:0.15,span=16 > int8:vbits=4",
+                               f"q2c:0.1,span=16 > {INT4}")  # 16.8x, 16.4x, 33.2x below bf16 (one 4k sample)
 # KVzip (context reconstruction, question-agnostic; never run on a real model): its extra pass took ~3.5 min per 4k
 # sample on this project's CPU, so it waits for a GPU.
 KVZIP = [f"kvzip:0.27,span=16 > {K4V2}", f"kvzip:0.13,span=16 > {K4V2}"]
@@ -85,12 +86,12 @@ def plan(name: str) -> list[Job]:
     are exact enough (the fp32 full cache on the same samples)."""
     if name == "smollm2":  # the presets as they are now, the question-agnostic ones first
         jobs = [Job(t, L, ["identity", _p("best:16x")]) for t, L in BOTH]
-        jobs += [Job(t, L, [_p("best:32x"), "int4"]) for t, L in BOTH]
+        jobs += [Job(t, L, [_p("best:32x"), INT4]) for t, L in BOTH]
         jobs += [Job(t, "4k", [_p("best:8x"), _p("qa:8x")]) for t in (SINGLE, MULTI)]
         jobs += [Job(t, "4k", [_p("qa:4x")]) for t in (SINGLE, MULTI)]
         jobs += [Job(t, L, [_p("best:4x"), _p("qa:16x")]) for t, L in BOTH]
         jobs += [Job(t, L, [_p("qa:32x"), _p("best:8x")]) for t, L in BOTH if L == "8k"]
-        jobs += [Job(t, "4k", ["identity", "int4", _p("best:16x"), _p("qa:16x")]) for t in OTHER_TASKS]
+        jobs += [Job(t, "4k", ["identity", INT4, _p("best:16x"), _p("qa:16x")]) for t in OTHER_TASKS]
         return jobs
     if name == "gemma":
         jobs = [Job(t, L, GEMMA_CORE) for L in ("4k", "8k", "16k") for t in (SINGLE, MULTI)]
@@ -98,19 +99,20 @@ def plan(name: str) -> list[Job]:
         jobs += [Job(t, "4k", ["identity"], "float32") for t in (SINGLE, MULTI)]
         return jobs
     if name == "smollm2-s5":
-        pairs = [["identity", B16], ["int4", QA16], [B8, B32], [K4V3, QA32], INT_CANDIDATES]
+        pairs = [["identity", B16], [INT4, QA16], [B8, B32], [K4V3, QA32], INT_CANDIDATES]
         jobs = [Job(t, L, recipes) for recipes in pairs for t, L in BOTH]
-        return jobs + [Job(t, "4k", ["q2c:0.42,span=16 > int4", "q2c:0.8,span=16 > int4"]) for t in (SINGLE, MULTI)]
+        qa = [f"q2c:0.42,span=16 > {INT4}", f"q2c:0.8,span=16 > {INT4}"]
+        return jobs + [Job(t, "4k", qa) for t in (SINGLE, MULTI)]
     if name == "gemma-s5":
-        jobs = [Job(t, L, recipes) for recipes in (["identity", B16], ["int4", QA16], INT_CANDIDATES, [K4V3, B8])
+        jobs = [Job(t, L, recipes) for recipes in (["identity", B16], [INT4, QA16], INT_CANDIDATES, [K4V3, B8])
                 for t, L in BOTH]
-        return jobs + [Job(t, "16k", ["identity", "int4", B16, QA16]) for t in (SINGLE, MULTI)]
+        return jobs + [Job(t, "16k", ["identity", INT4, B16, QA16]) for t in (SINGLE, MULTI)]
     if name in ("smollm2-s7", "gemma-s7"):
-        pairs = [["identity", B16_4], ["int4", QA16], [B32_4, QA32], [B16, QA16_MORE], [QA16_K8, "int4:g32"],
-                 [B32, QA32_K4], [B8_4, K4V3], KVZIP]
+        pairs = [["identity", B16], ["int4", QA16], [B32, QA32], [INT4, B8], [B16_4, K4V3], [QA16_MORE, QA16_K8],
+                 [B32_4, QA32_K4], KVZIP]
         jobs = [Job(t, L, recipes) for recipes in pairs for t, L in BOTH]
         if name == "gemma-s7":  # Gemma's window is 32k: the presets at 16k too
-            jobs[8:8] = [Job(t, "16k", r) for r in (["identity", B16_4], ["int4", QA16]) for t in (SINGLE, MULTI)]
+            jobs[8:8] = [Job(t, "16k", r) for r in (["identity", B16], ["int4", QA16]) for t in (SINGLE, MULTI)]
         return jobs
     raise SystemExit(f"unknown plan {name!r}: {', '.join(PLANS)}")
 

@@ -74,15 +74,19 @@ QA16_RATIO = 26.95  # on the fixture model's geometry at 4k (tests/test_recipe_p
 # values (2-bit values lose single needles at 8k); best:4x drops no token (4-bit keys, 3-bit values); qa:4x and
 # qa:8x keep 80% / 42% of the tokens by the question over the default int4. Each preset had one candidate, fixed before
 # the held-out run (seed 4; RESULTS.md); the old recipes are in RESULTS.md.
-K4V2 = "int4:vbits=2,vaxis=token"
-K4V3 = "int4:vbits=3,vaxis=token"
+# The presets keep int4's groups of 64 tokens (`g64`, the default until the fifth session): their held-out numbers
+# were measured so, and finer groups would cost bytes the ratios in their names do not have.
+INT4 = "int4:g64"
+K4V2 = "int4:g64,vbits=2,vaxis=token"
+K4V3 = "int4:g64,vbits=3,vaxis=token"
 # `back=8` (fourth session): also keep the 8 tokens before each well-scored one - a needle's key precedes its
 # value, and without it the selection kept the value of the asked needle but dropped its key (kept_needles.py).
 # Fixed on the tuning seed 1 (key kept 9/9 vs 4/9), then run held out on the fresh seed 5 beside the old recipes:
 # better on both tasks at 8x and 16x (RESULTS.md, fourth-session section). Fifth session: `back=4`, chosen on the
 # tuning seeds only (16x: seed 1 single 19 vs 18 right, gold-answer NLL -0.016 vs +0.12; seed 3 multi-key 6 vs 5,
-# single NLL -0.007 vs +0.13; 32x equal), then run held out on the fresh seed 7 beside `back=8`.
-AGNOSTIC = "span=16,back=4,window=128,agg=mean,clip=6,union=1"
+# single NLL -0.007 vs +0.13; 32x equal) was run held out on the fresh seed 7 beside `back=8` and did not beat it
+# (16x single needles: 3 lost, 0 gained against back=8; multi-key 1 / 2), so the presets keep `back=8`.
+AGNOSTIC = "span=16,back=8,window=128,agg=mean,clip=6,union=1"
 BEST16_RATIO = 16.3  # on the fixture model's geometry at 4k (tests/test_recipe_presets.py checks these)
 BEST32_RATIO = 33.79
 QA32_RATIO = 32.67
@@ -91,24 +95,26 @@ K4V3_RATIO = 4.0
 QA8_RATIO = 8.02
 QA4_RATIO = 4.2
 NOT_RUN = "not run on the fixture model"
+_S7 = "; seed 7: single %d (34), multi-key %d (15)"  # fifth session, fresh set, n = 40 (the full cache in brackets)
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("best:4x", K4V3, K4V3_RATIO, NOT_RUN,
-               f"{_real((37, 37), (19, 19), 4.0, 4)}; seed 5: single 35 (38), multi-key 19 (21)"),
-        Preset("best:8x", f"surprisal:0.4,{AGNOSTIC} > int4", BEST8_RATIO, NOT_RUN, _real((34, 38), (19, 21), 8.7, 5)),
+               f"{_real((37, 37), (19, 19), 4.0, 4)}; seed 5: single 35 (38), multi-key 19 (21){_S7 % (33, 16)}"),
+        Preset("best:8x", f"surprisal:0.4,{AGNOSTIC} > {INT4}", BEST8_RATIO, NOT_RUN,
+               _real((34, 38), (19, 21), 8.7, 5)),
         Preset("best:16x", f"surprisal:0.27,{AGNOSTIC} > {K4V2}", BEST16_RATIO, NOT_RUN,
-               _real((33, 38), (20, 21), 16.5, 5)),
+               _real((33, 38), (20, 21), 16.5, 5) + _S7 % (35, 11)),
         Preset("best:32x", f"surprisal:0.13,{AGNOSTIC} > {K4V2}", BEST32_RATIO, NOT_RUN,
-               _real((30, 38), (16, 21), 34.1, 5)),
-        Preset("qa:4x", "q2c:0.8,span=16 > int4", QA4_RATIO, NOT_RUN,
+               _real((30, 38), (16, 21), 34.1, 5) + _S7 % (33, 11)),
+        Preset("qa:4x", f"q2c:0.8,span=16 > {INT4}", QA4_RATIO, NOT_RUN,
                _real((23, 24), (12, 11), 4.2, 4, 25, " on an H100, cut by its time limit")),
-        Preset("qa:8x", "q2c:0.42,span=16 > int4", QA8_RATIO, NOT_RUN, _real((36, 37), (16, 19), 8.0, 4)),
-        Preset("qa:16x", "q2c:0.125,span=16 > int4", QA16_RATIO, NOT_RUN,
-               f"{_real((36, 35), (19, 21), 26.9)}; seed 5: single 37 (38), multi-key 16 (21)"),
+        Preset("qa:8x", f"q2c:0.42,span=16 > {INT4}", QA8_RATIO, NOT_RUN, _real((36, 37), (16, 19), 8.0, 4)),
+        Preset("qa:16x", f"q2c:0.125,span=16 > {INT4}", QA16_RATIO, NOT_RUN,
+               f"{_real((36, 35), (19, 21), 26.9)}; seed 5: single 37 (38), multi-key 16 (21){_S7 % (37, 17)}"),
         Preset("qa:32x", f"q2c:0.13,span=16 > {K4V2}", QA32_RATIO, NOT_RUN,
-               f"{_real((37, 35), (19, 21), 32.7)}; seed 5: single 36 (38), multi-key 14 (21)"),
+               f"{_real((37, 35), (19, 21), 32.7)}; seed 5: single 36 (38), multi-key 14 (21){_S7 % (37, 18)}"),
     )
 }
 

@@ -102,7 +102,7 @@ def combined_steps(base_name: str = "llama-3.1-8b") -> tuple[list[Step], list[St
         Step(f"GQA ({base.layers[0].kv_heads} KV heads, as published)", base, bf16),
         Step("+ sliding window 1024, 5:1 local:global", sliding, bf16),
         Step(f"+ last {half} layers share KV", shared, bf16),
-        Step("+ int4 (g64, fp16 scale+zero)", shared, recipe(shared, "int4")),
+        Step("+ int4 (g32, fp16 scale+zero)", shared, recipe(shared, "int4")),
         Step("+ snapkv:0.25 > int4", shared, recipe(shared, "snapkv:0.25 > int4")),
     ]
     alone = [
@@ -110,7 +110,7 @@ def combined_steps(base_name: str = "llama-3.1-8b") -> tuple[list[Step], list[St
         Step("MLA 512+64 instead of GQA", with_mla(base, 512, 64), bf16),
         Step("sliding 1024, 5:1", sliding, bf16),
         Step(f"last {half} layers share KV", with_shared_layers(base, half), bf16),
-        Step("int4 (g64, scale+zero)", base, recipe(base, "int4")),
+        Step("int4 (g32, scale+zero)", base, recipe(base, "int4")),
         Step("snapkv:0.25", base, recipe(base, "snapkv:0.25")),
         Step("streaming:sink=4,window=508", base, recipe(base, "streaming:sink=4,window=508")),
     ]

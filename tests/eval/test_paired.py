@@ -65,24 +65,24 @@ def test_cli_prints_the_table_and_refuses_files_without_a_full_cache(tmp_path, c
 
 def test_spellings_of_one_recipe_pool_and_other_recipes_do_not():
     rows = [row(1, i, "identity", True) for i in range(2)]
-    rows += [row(1, 0, "int4", True), row(1, 1, "int4:axis=channel,g64", False), row(1, 0, "int4:group=32", True)]
+    rows += [row(1, 0, "int4", True), row(1, 1, "int4:axis=channel,g32", False), row(1, 0, "int4:group=64", True)]
     stats = {s.recipe: s for s in paired_stats(rows)}
-    assert set(stats) == {"int4", "int4:group=32"}
-    assert (stats["int4"].n, stats["int4"].lost) == (2, 1) and stats["int4:group=32"].n == 1
+    assert set(stats) == {"int4", "int4:group=64"}
+    assert (stats["int4"].n, stats["int4"].lost) == (2, 1) and stats["int4:group=64"].n == 1
 
 
 def test_against_pairs_a_candidate_with_another_recipe_on_the_same_samples(tmp_path, capsys):
     rows = [row(1, i, "identity", True) for i in range(3)]
     rows += [row(1, i, "int4", i != 2) for i in range(3)]  # the preset misses sample 2
-    rows += [row(1, i, "int4:g32", i != 0) for i in range(3)] + [row(1, 3, "int4:g32", True)]  # sample 3: no int4
+    rows += [row(1, i, "int4:g64", i != 0) for i in range(3)] + [row(1, 3, "int4:g64", True)]  # sample 3: no int4
     stats = {s.recipe: s for s in paired_stats(rows, "int4")}
-    assert set(stats) == {"identity", "int4:g32"}  # the baseline itself is not a line
-    g32 = stats["int4:g32"]
-    assert (g32.n, g32.full_right, g32.right, g32.lost, g32.gained) == (3, 2, 2, 1, 1)
+    assert set(stats) == {"identity", "int4:g64"}  # the baseline itself is not a line
+    g64 = stats["int4:g64"]
+    assert (g64.n, g64.full_right, g64.right, g64.lost, g64.gained) == (3, 2, 2, 1, 1)
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["paired", str(path), "--against", "int4:axis=channel", "--recipes", "int4:g32"]) == 0
+    assert main(["paired", str(path), "--against", "int4:axis=channel", "--recipes", "int4:g64"]) == 0
     out = capsys.readouterr().out
-    assert "| `int4:axis=channel` | recipe |" in out and "| `int4:g32` | 1 | 3 | 2 | 2 | 1 / 1 | 100%" in out
+    assert "| `int4:axis=channel` | recipe |" in out and "| `int4:g64` | 1 | 3 | 2 | 2 | 1 / 1 | 100%" in out
     assert main(["paired", str(path), "--against", "int2"]) != 0
     assert "'int2'" in capsys.readouterr().err

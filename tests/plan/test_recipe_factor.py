@@ -46,10 +46,10 @@ def test_selection_fraction_default_and_keyword(llama):
 
 def test_snapkv_then_int4(llama):
     p = plan(llama, K128, recipe="snapkv:0.25 > int4")
-    # int4, group 64, scale+zero: 128 x 4 + 2 x 32 = 576 bits per vector
+    # int4 (channel groups of 32 tokens), scale+zero: 128 x 4 + 128 x 32 / 32 = 640 bits per vector
     # plus one int32 position tag per kept token per KV head
-    assert p.layers[0].bits_per_token == VECTORS * 576 + 8 * 32
-    assert p.total_bytes == 32 * 32768 * (VECTORS * 576 // 8 + 8 * 4) == 1_241_513_984
+    assert p.layers[0].bits_per_token == VECTORS * 640 + 8 * 32
+    assert p.total_bytes == 32 * 32768 * (VECTORS * 640 // 8 + 8 * 4) == 1_375_731_712
 
 
 def test_streaming_then_int8(llama):
@@ -68,7 +68,7 @@ def test_streaming_defaults_and_positional_order(llama):
 @pytest.mark.parametrize(
     ("recipe", "bits_per_vector"),
     [
-        ("int4:sym", 128 * 4 + 2 * 16),
+        ("int4:sym", 128 * 4 + 128 * 16 // 32),  # default: channel groups of 32 tokens
         ("int4:32", 128 * 4 + 4 * 32),  # positional order: group, axis, sym
         ("int4:32,channel,sym", 128 * 4 + 128 * 16 // 32),
         ("int4:g32", 128 * 4 + 4 * 32),
@@ -77,7 +77,7 @@ def test_streaming_defaults_and_positional_order(llama):
         ("int2", 128 * 2 + 2 * 32),
         ("int3", 128 * 3 + 2 * 32),
         ("int8:asym", 128 * 8 + 2 * 32),
-        ("int4:token,vbits=2", 128 * 3 + 2 * 32),  # keys 4 bits, values 2: half the vectors each
+        ("int4:token,vbits=2", 128 * 3 + 4 * 32),  # keys 4 bits, values 2: half the vectors each; groups of 32
         ("kivi:2", 128 * 2 + 4 * 32),  # fp16 scale + zero per 32 elements
         ("kivi", 128 * 2 + 4 * 32),  # kvstack's default: 2 bits
         ("kivi:4", 128 * 4 + 4 * 32),
@@ -107,7 +107,7 @@ def test_kivi_keeps_residual_tokens_in_the_cache_dtype(llama):
 def test_recipe_groups_must_tile_head_dim_as_in_kvstack():
     phi3 = load_spec("phi-3-mini")  # head_dim 96: kvstack refuses per-token g64
     with pytest.raises(RecipeError, match="does not divide head_dim=96"):
-        plan(phi3, 10, recipe="int4:token")
+        plan(phi3, 10, recipe="int4:g64,token")
     # g32: 3 groups per 96-dim vector, 64 vectors (32 K + 32 V) per token per layer
     assert plan(phi3, 10, recipe="int4:g32,token").layers[0].bytes == 10 * 64 * (96 * 4 + 3 * 32) // 8
     # the default int4 groups tokens of a channel: any head_dim; one group of 10 tokens per channel
@@ -155,7 +155,7 @@ def test_cast_stage_changes_fp32_cache():
 
 
 def test_scoped_stage_overrides_unscoped_of_same_family(llama):
-    p = plan(llama, 10, recipe="int4:token > fp16@layer0")
+    p = plan(llama, 10, recipe="int4:g64,token > fp16@layer0")
     assert p.layers[0].bytes == 10 * 4096  # layer 0 stays 16-bit
     assert p.layers[1].bytes == 10 * VECTORS * 576 // 8
 

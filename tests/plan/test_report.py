@@ -10,7 +10,7 @@ from kvstack.plan.report import combined_steps, preset_table, steps_table
 
 K128 = 131072
 LAYER_TOKEN = 4096  # llama-3.1-8b: 8 KV heads x 256 x bf16, per layer per token
-INT4_LAYER_TOKEN = 16 * 576 // 8  # 16 vectors x (128 x 4 + 2 x 32) bits = 1152 bytes
+INT4_LAYER_TOKEN = 16 * 640 // 8  # 16 vectors x (128 x 4 + 128 x 32 / 32) bits = 1280 bytes (channel groups of 32)
 TAGS = 8 * 4  # kvstack's int32 position tag per kept token per KV head (selection only)
 
 

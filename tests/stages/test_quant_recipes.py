@@ -91,26 +91,26 @@ def test_uniform_recipes_bytes_and_generate(setup, recipe, bits, expected):
     assert out.shape == (4,) and out.dtype == torch.long
 
 
-def test_default_int4_is_rotated_channel_groups_of_64_tokens(setup):
-    """The default layout (chosen on real models): rotated rows, 64 tokens of a channel per group."""
+def test_default_int4_is_rotated_channel_groups_of_32_tokens(setup):
+    """The default layout (chosen on real models): rotated rows, 32 tokens of a channel per group."""
     model, ids, question, _ = setup
     cache = kvstack.compress(model, ids, "int4")
     for layer in cache.layers:
         for rows in (layer.keys, layer.values):
             assert isinstance(rows, HadamardRows) and isinstance(rows.inner, QuantRows)
-            assert (rows.inner.bits, rows.inner.axis, rows.inner.group) == (4, "channel", 64)
-        assert layer.nbytes == 2 * (H * T * D // 2 + 4 * H * 2 * D)  # ceil(96 / 64) = 2 groups a channel
+            assert (rows.inner.bits, rows.inner.axis, rows.inner.group) == (4, "channel", 32)
+        assert layer.nbytes == 2 * (H * T * D // 2 + 4 * H * 3 * D)  # 96 / 32 = 3 groups a channel
     assert kvstack.generate(model, cache, question, max_new_tokens=3).shape == (3,)
 
 
 def test_values_can_take_their_own_axis(setup):
-    """``vaxis=token``: keys in channel groups (64 tokens), values in token groups (capped at head_dim)."""
+    """``vaxis=token``: keys in channel groups (32 tokens), values in token groups (capped at head_dim)."""
     model, ids, question, _ = setup
     cache = kvstack.compress(model, ids, "int4:vaxis=token")
     for layer in cache.layers:
         assert (layer.keys.inner.axis, layer.values.inner.axis) == ("channel", "token")
-        keys = H * T * D // 2 + 4 * H * 2 * D  # 2 groups of 64 tokens per channel
-        values = H * T * D // 2 + 4 * H * T * (D // 16)  # one group per token (g64 capped at head_dim 16)
+        keys = H * T * D // 2 + 4 * H * 3 * D  # 3 groups of 32 tokens per channel
+        values = H * T * D // 2 + 4 * H * T * (D // 16)  # one group per token (g32 capped at head_dim 16)
         assert layer.nbytes == keys + values
     assert kvstack.generate(model, cache, question, max_new_tokens=3).shape == (3,)
     with pytest.raises(RecipeError, match="vaxis"):
@@ -124,7 +124,7 @@ def test_values_can_take_their_own_bits(setup):
     cache = kvstack.compress(model, ids, "int4:vbits=2,vaxis=token,norot")
     for lf, layer in zip(full.layers, cache.layers, strict=True):
         assert (layer.keys.bits, layer.values.bits) == (4, 2)
-        keys = H * T * D // 2 + 4 * H * 2 * D  # 2 groups of 64 tokens per channel
+        keys = H * T * D // 2 + 4 * H * 3 * D  # 3 groups of 32 tokens per channel
         values = H * T * D // 4 + 4 * H * T * (D // 16)  # four codes a byte; one group per token (head_dim 16)
         assert layer.nbytes == keys + values
         (kf, vf), (kq, vq) = head_rows(lf), head_rows(layer)

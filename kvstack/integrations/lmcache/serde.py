@@ -9,7 +9,7 @@ stored (LMCache 0.5.6 stores the whole estimated buffer, whatever the serializer
 Settings (the ``serde`` JSON object, every one checked when LMCache builds the adapter, so a
 layout kvstack cannot encode fails at start-up, not at the first store):
 
-* ``recipe`` (default ``"int4"``: rotated, per-channel groups of 64 tokens) - any kvstack
+* ``recipe`` (default ``"int4"``: rotated, per-channel groups of 32 tokens) - any kvstack
   recipe of quantizers: ``int8``, ``int4``, ``int2:rot,clip=0.75``, ``kivi:2``, ...
 * ``head_dim`` (required) - the model's per-head width; LMCache flattens heads.
 * ``layout`` (optional) - ``{"shape": [2, layers, chunk_tokens, hidden], "dtype": "bfloat16"}``:
