@@ -43,7 +43,7 @@ def test_accuracy_rows_on_one_sample(smollm2):
         assert 0 <= t.right <= 1 and len(t.answers) == 1
     assert tallies[acc.FULL].ratio == 1.0 and tallies[acc.FULL].agree == 1
     assert tallies["LMCache fp8 (e4m3)"].ratio == 2.0
-    assert tallies["kvstack int4"].ratio > 3.4 and tallies["LMCache CacheGen"].ratio > 3.0
+    assert tallies["kvstack int4"].ratio > 3.1 and tallies["LMCache CacheGen"].ratio > 3.0  # int4: 5 bits an element
     assert tallies["kvstack int8"].agree == 1  # 1% relative error: the same greedy tokens
     assert "| kvstack int4 |" in acc.table(list(tallies.values()))
 
