@@ -96,6 +96,17 @@ def same_recipe_key(text: str) -> str:
     return " > ".join(parts)
 
 
+def _today(name: str) -> str | None:
+    """What a preset name stands for now (None if it is no preset any more)."""
+    from kvstack.errors import RecipeError
+    from kvstack.grammar.presets import expand
+
+    try:
+        return expand(name)
+    except RecipeError:
+        return None
+
+
 def _sample_key(r: dict) -> tuple:
     return r["model"], r.get("dtype"), r.get("seed"), r["task"], r["length"], r["index"], r.get("device")
 
@@ -103,13 +114,16 @@ def _sample_key(r: dict) -> tuple:
 def pair_rows(rows: list[dict], against: str = FULL) -> dict[tuple, tuple[list[Pair], set[int], list[float]]]:
     """``(model, task, length, recipe) -> (pairs, seeds, ratios)`` over every ``ok`` row that has a row of the
     ``against`` recipe (default: the full cache) for the same sample; a later row of the same cell replaces an
-    earlier one (resumed runs); spellings of one recipe pool (:func:`same_recipe_key`)."""
+    earlier one (resumed runs); spellings of one recipe pool (:func:`same_recipe_key`), and a row that ran a preset
+    name pools by the stages the name stood for then (its ``expanded`` field), not by today's preset."""
     ok, names, keys = {}, {}, {}
     for r in rows:
         if r.get("status") == "ok" and r.get("contains") is not None:
-            same = keys.setdefault(r["recipe"], same_recipe_key(r["recipe"]))
-            if len(r["recipe"]) < len(names.get(same, r["recipe"] + " ")):
-                names[same] = r["recipe"]  # shown under its shortest spelling
+            text = r.get("expanded") or r["recipe"]  # a preset name as it was when the row ran
+            same = keys.setdefault(text, same_recipe_key(text))
+            label = r["recipe"] if text == r["recipe"] or _today(r["recipe"]) == text else text
+            if len(label) < len(names.get(same, label + " ")):
+                names[same] = label  # shown under its shortest spelling (a preset's name while it means this)
             ok[_sample_key(r) + (same,)] = r
     full_key = same_recipe_key(against)
     full = {k[:-1]: r for k, r in ok.items() if k[-1] == full_key}

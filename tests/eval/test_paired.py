@@ -86,3 +86,17 @@ def test_against_pairs_a_candidate_with_another_recipe_on_the_same_samples(tmp_p
     assert "| `int4:axis=channel` | recipe |" in out and "| `int4:g64` | 1 | 3 | 2 | 2 | 1 / 1 | 100%" in out
     assert main(["paired", str(path), "--against", "int2"]) != 0
     assert "'int2'" in capsys.readouterr().err
+
+
+def test_a_preset_row_pools_by_what_the_name_meant_when_it_ran():
+    from kvstack.eval.jobs import preset_expansion
+    from kvstack.grammar.presets import PRESETS
+
+    assert preset_expansion("qa:16x") == {"expanded": PRESETS["qa:16x"].recipe} and preset_expansion("int4") == {}
+    rows = [row(1, i, "identity", True) for i in range(2)]
+    rows += [row(1, 0, "qa:16x", False, expanded="q2c:0.125,span=16 > gear:4"),  # an older qa:16x
+             row(1, 1, "qa:16x", True, **preset_expansion("qa:16x")), row(1, 0, PRESETS["qa:16x"].recipe, True)]
+    stats = {s.recipe: s for s in paired_stats(rows)}
+    assert set(stats) == {"qa:16x", "q2c:0.125,span=16 > gear:4"}  # the old meaning is shown as it was
+    assert (stats["qa:16x"].n, stats["qa:16x"].lost) == (2, 0)
+    assert (stats["q2c:0.125,span=16 > gear:4"].n, stats["q2c:0.125,span=16 > gear:4"].lost) == (1, 1)
