@@ -137,3 +137,19 @@ def test_without_lmcache_the_integration_says_how_to_install():
 
     with pytest.raises(MissingDependencyError, match=r"pip install kvstack\[lmcache\]"):
         main(["--help"])
+
+
+def test_a_frame_stored_under_int4s_old_default_is_refused_not_misread():
+    """`int4` meant channel groups of 64 tokens until the fifth session and 32 since: a frame an older kvstack stored
+    as "int4" carries the same recipe text in its fingerprint, so its size must give it away - a typed error, never
+    KV decoded with the wrong scales."""
+    from kvstack.integrations.lmcache.chunk_codec import HEADER
+
+    x = _chunk(layers=2, tokens=128, hidden=128, dtype=torch.bfloat16)
+    layout = Layout(2, 128, 128, torch.bfloat16)
+    old, new = ChunkCodec("int4:g64", head_dim=64), ChunkCodec("int4", head_dim=64)
+    frame = bytearray(old.encode(x))
+    magic, version, entries, _, payload = HEADER.unpack_from(frame, 0)
+    HEADER.pack_into(frame, 0, magic, version, entries, new.fingerprint(layout), payload)  # as the old text wrote it
+    with pytest.raises(CacheFormatError):
+        new.decode(bytes(frame), torch.empty_like(x))
