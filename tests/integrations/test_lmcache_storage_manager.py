@@ -89,7 +89,7 @@ def test_chunks_reload_from_l2_and_answer_like_kvstacks_own_cache(kind, kv, own_
         assert stored < len(keys) * frame_bytes  # entropy-coded below the serializer's fixed frames
     else:
         assert stored == len(keys) * frame_bytes  # exactly the frames: the estimate is tight
-    assert stored < raw / 3.4
+    assert stored < raw / 3.1  # int4: 5 bits an element (channel groups of 32 tokens), 3.2x below bf16
     own, answer = own_answer
     for chunk, reloaded in zip(kv.chunks, back, strict=True):
         expected = torch.empty_like(chunk)
