@@ -25,7 +25,7 @@ def row_errors(got: torch.Tensor, want: torch.Tensor, head_dim: int) -> torch.Te
 
 
 def int4_row_bounds(codec: ChunkCodec, chunk: torch.Tensor) -> torch.Tensor:
-    """int4's bound per row: rotated rows are quantized per channel in groups of 64 tokens, each
+    """int4's bound per row: rotated rows are quantized per channel in groups of 32 tokens, each
     element within half its group's step; the rotation is orthogonal, so a row's error norm is at
     most half the norm of its steps. Shape ``[2, layers, tokens, heads]`` like :func:`row_errors`."""
     _, layers, tokens, hidden = chunk.shape
@@ -33,10 +33,10 @@ def int4_row_bounds(codec: ChunkCodec, chunk: torch.Tensor) -> torch.Tensor:
     out = torch.empty(2, layers, tokens, heads)
     for i, pair in enumerate(codec.quantize(chunk)):
         for plane, rows in enumerate(pair):
-            inner = rows.inner  # HadamardRows -> QuantRows (axis="channel", group=64)
-            assert (inner.axis, inner.group, inner.bits) == ("channel", 64, 4)
-            steps = inner.scales.float().reshape(heads, -(-tokens // 64), codec.head_dim)
-            per_token = steps.repeat_interleave(64, dim=1)[:, :tokens]  # [heads, tokens, head_dim]
+            inner = rows.inner  # HadamardRows -> QuantRows (axis="channel", group=32)
+            assert (inner.axis, inner.group, inner.bits) == ("channel", 32, 4)
+            steps = inner.scales.float().reshape(heads, -(-tokens // 32), codec.head_dim)
+            per_token = steps.repeat_interleave(32, dim=1)[:, :tokens]  # [heads, tokens, head_dim]
             out[plane, i] = (per_token.norm(dim=-1) / 2).transpose(0, 1)
     return out
 
