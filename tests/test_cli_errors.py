@@ -23,6 +23,7 @@ BROKEN = [
     (["eval", "--recipes", "identity", "--lengths", "abc"], "not a token count"),
     (["report", "/nonexistent.jsonl"], "does not exist"),
     (["paired", "/nonexistent.jsonl"], "does not exist"),
+    (["paired", "/nonexistent.jsonl", "--against", "nosuch:1"], "unknown stage 'nosuch'"),
     (["diagnose", "--model", "/nonexistent"], "neither a bundled name"),
     (["inspect", "--model", "/nonexistent"], "neither a bundled name"),
     (["calibrate", "--model", "/nonexistent"], "required: --out"),
