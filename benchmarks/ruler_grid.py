@@ -14,7 +14,9 @@ printed at the end gives, per task and length, each recipe's right answers, its 
 Plans: ``smollm2`` / ``gemma`` (the third session's runs, seed 4), ``smollm2-s5`` / ``gemma-s5`` (the fourth
 session's held-out candidates: `back=8` presets, int4 fidelity checks; seed 5 - run on the CPU that session, as
 no GPU could be started), ``smollm2-s7`` / ``gemma-s7`` (the fifth session's fresh set: presets and candidates
-fixed on the tuning seeds, 4k and 8k, Gemma also 16k). Reruns resume (finished cells are skipped by `kvstack eval`).
+fixed on the tuning seeds, 4k and 8k, Gemma also 16k), ``smollm2-s8`` / ``gemma-s8`` (the sixth session's headline
+on a fresh set, seed 8: the presets as they are, default int4, KVzip beside). Reruns resume (finished cells are
+skipped by `kvstack eval`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from kvstack.grammar.presets import INT4, K4V2, K4V3, PRESETS
 
 # Recipes below are written out (not preset names) so rows say what ran; `INT4` = `int4:g64`, the default int4 until
 # the fifth session (groups of 64 tokens; the presets keep it), `"int4"` alone is today's default (groups of 32).
-PLANS = ("smollm2", "gemma", "smollm2-s5", "gemma-s5", "smollm2-s7", "gemma-s7")
+PLANS = ("smollm2", "gemma", "smollm2-s5", "gemma-s5", "smollm2-s7", "gemma-s7", "smollm2-s8", "gemma-s8")
 SINGLE, MULTI = "ruler_niah_single_2", "ruler_niah_multikey_1"
 BOTH = [(t, L) for L in ("4k", "8k") for t in (SINGLE, MULTI)]  # the two needle tasks at 4k and 8k
 OTHER_TASKS = ("ruler_niah_single_1", "ruler_niah_single_3", "ruler_niah_multikey_2", "ruler_niah_multikey_3",
@@ -113,6 +115,13 @@ def plan(name: str) -> list[Job]:
         jobs = [Job(t, L, recipes) for recipes in pairs for t, L in BOTH]
         if name == "gemma-s7":  # Gemma's window is 32k: the presets at 16k too
             jobs[8:8] = [Job(t, "16k", r) for r in (["identity", B16], ["int4", QA16]) for t in (SINGLE, MULTI)]
+        return jobs
+    if name in ("smollm2-s8", "gemma-s8"):  # the headline on a fresh set (seed 8): today's presets, KVzip beside
+        pairs = [["identity", "int4"], [_p("best:16x"), _p("qa:16x")], [_p("best:32x"), _p("qa:32x")], KVZIP,
+                 [_p("best:4x"), INT4], [_p("best:8x"), _p("qa:8x")]]
+        jobs = [Job(t, L, recipes) for recipes in pairs for t, L in BOTH]
+        if name == "gemma-s8":
+            jobs[8:8] = [Job(t, "16k", r) for r in pairs[:2] for t in (SINGLE, MULTI)]
         return jobs
     raise SystemExit(f"unknown plan {name!r}: {', '.join(PLANS)}")
 

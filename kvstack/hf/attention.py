@@ -151,8 +151,10 @@ def _wrap(base_name: str):
                 out = session.observe(module, query, key, kwargs, value, attention_mask, fusable, base_name == "sdpa")
                 if out is not None:
                     return out, None
-            else:  # another recorder (KVzip's reconstruction pass) only watches
-                session.observe(module, query, key, kwargs)
+            else:  # another recorder (KVzip's reconstruction pass) may attend itself, with the same kernel
+                out = session.observe(module, query, key, kwargs, value, attention_mask, base_name == "sdpa")
+                if out is not None:
+                    return out, None
         if base_name == "eager":
             base = _eager_for(module)
         else:

@@ -89,3 +89,21 @@ def test_bad_input():
     cache = kvstack.compress(model, context(1), "identity")
     with pytest.raises(ModelError, match="kvstack.compress"):
         Recipe.parse("kvzip:0.5").apply(cache, StageContext(4, 2, 16, 2))
+
+
+def test_cpu_sdpa_models_score_from_the_kernels_log_sum_exps(ref, monkeypatch):
+    # the fast path (the model's own flash kernel gives the output and log-sum-exps) is the one a CPU
+    # SDPA model takes, and matches the brute-force reference (layer 2 also checks its outputs)
+    from kvstack.hf.captures import reconstruction
+
+    want = kvzip_ref(ref.model, ref.ids, 20)  # eager: the reference needs the attention matrices
+    model = tiny_llama()  # the same weights, attending through SDPA
+    model.set_attn_implementation("sdpa")
+    calls = []
+    real = reconstruction.flash_with_lse
+    monkeypatch.setattr(reconstruction, "flash_with_lse", lambda *a: calls.append(1) or real(*a))
+    cache = kvstack.compress(model, ref.ids, "identity")
+    mine = reconstruction_scores(model, model_info(model), cache, chunk=20)
+    assert len(calls) == model.config.num_hidden_layers * -(-T // 20)
+    for layer, expected in enumerate(want):
+        assert torch.allclose(mine[layer].double(), expected, atol=1e-6), layer

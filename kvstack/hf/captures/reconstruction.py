@@ -12,13 +12,14 @@ import torch
 
 from kvstack.grammar.needs import KVZIP_SECONDS, NEED_KVZIP
 from kvstack.hf.attention import allowed, capturing, enable
+from kvstack.hf.attention_scored import flash_with_lse
 from kvstack.hf.captures.registry import CaptureInputs, CaptureProvider
 from kvstack.hf.compat import cache_kwargs
 from kvstack.hf.model import ModelInfo
 from kvstack.kv import KVCache
 
 KVZIP_CHUNK = 1024  # reconstruction tokens per pass: each chunk attends to the context plus itself
-_BLOCK = 1 << 24  # logits per scoring step
+_BLOCK = 1 << 22  # logits per scoring step (16 MB in fp32: in place, the softmax stays near the caches)
 
 
 @dataclass
@@ -29,35 +30,69 @@ class _Reconstruction:
     num_kv_heads: int
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def observe(self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> None:
+    def observe(
+        self, module, query: torch.Tensor, key: torch.Tensor, kwargs: dict,
+        value: torch.Tensor | None = None, mask: torch.Tensor | None = None, sdpa: bool = False,
+    ) -> torch.Tensor | None:
+        """Score this layer's context rows; returns the attention output ``[1, n, Hq, D]`` when it
+        came from the same CPU flash kernel the model's SDPA calls (whose log-sum-exps make the
+        scoring one product and a max), else None (the model attends)."""
         meta = getattr(key, "_kvstack", None)
         if meta is None:
-            return
-        layer = int(module.layer_idx)
-        q = query[0].float()  # [Hq, n, D]
-        k = key[0].float()  # [Hkv, S, D]
-        hq, n, d = q.shape
-        hk, s = k.shape[0], k.shape[1]
-        q = q.reshape(hk, hq // hk, n, d)
-        scaling = kwargs.get("scaling") or d**-0.5
-        softcap = kwargs.get("softcap")
+            return None
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        out = lse = None
+        if _fused(query, value, kwargs, sdpa):
+            out, lse = flash_with_lse(query, key, value, mask, scaling)
+        best = _best_log_probs(query, key, meta, scaling, kwargs.get("softcap"), lse).exp_()
         ctx_col = meta.valid & (meta.positions < self.context_length)  # [Hkv, S] rows of the context
-        best = torch.zeros(hk, s, device=k.device)
-        step = max(1, _BLOCK // max(hq * s, 1))
-        for a in range(0, n, step):
-            b = min(a + step, n)
-            logits = torch.einsum("hgqd,hsd->hgqs", q[:, :, a:b], k) * scaling
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            ok = allowed(meta.positions, meta.valid, meta.query_positions[a:b], meta.window)
-            probs = torch.softmax(logits.masked_fill(~ok.unsqueeze(1), float("-inf")), dim=-1).nan_to_num(0.0)
-            best = torch.maximum(best, probs.amax(dim=(1, 2)))
-        total = self.scores.setdefault(layer, torch.zeros(hk, self.context_length))
+        total = self.scores.setdefault(int(module.layer_idx), torch.zeros(key.shape[1], self.context_length))
         pos = meta.positions.masked_fill(~ctx_col, 0).cpu()
-        per_pos = torch.zeros(hk, self.context_length).scatter_reduce(
+        per_pos = torch.zeros(key.shape[1], self.context_length).scatter_reduce(
             1, pos, best.masked_fill(~ctx_col, 0.0).cpu(), reduce="amax"
         )
         torch.maximum(total, per_pos, out=total)
+        return out
+
+
+def _fused(query: torch.Tensor, value: torch.Tensor | None, kwargs: dict, sdpa: bool) -> bool:
+    """May this layer attend through the CPU flash kernel here (what the model's SDPA would run)?
+    Not with softcapping or attention sinks, which that kernel does not apply."""
+    plain = not kwargs.get("softcap") and "s_aux" not in kwargs and not kwargs.get("dropout")
+    return sdpa and plain and value is not None and query.device.type == "cpu" and query.shape[0] == 1
+
+
+def _best_log_probs(
+    query: torch.Tensor, key: torch.Tensor, meta, scaling: float, softcap: float | None, lse: torch.Tensor | None,
+) -> torch.Tensor:
+    """``[Hkv, S]``: per key row, the largest log attention probability any query of its KV head's
+    group gives it. With the queries' log-sum-exps ``lse [Hq, n]`` known, that is a max over
+    ``logit - lse``; without (a GPU, softcapping), a softmax in place, block by block."""
+    hq, n, d = query.shape[1:]
+    hk, s = key.shape[1], key.shape[2]
+    g = hq // hk
+    q = query[0].float().reshape(hk, g, n, d) * (1.0 if softcap else scaling)  # the scaling folded in
+    k_t = key[0].float().transpose(1, 2)  # [Hkv, D, S]
+    # rows no query may see get -inf; with lse known only a window or padding needs the mask
+    # (every context row precedes every reconstruction query; chunk rows are not scored)
+    masked = lse is None or meta.window is not None or not bool(meta.valid.all())
+    best = torch.full((hk, s), float("-inf"), device=key.device)
+    step = max(1, _BLOCK // max(hq * s, 1))
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        logits = torch.bmm(q[:, :, a:b].reshape(hk, g * (b - a), d), k_t).view(hk, g, b - a, s)
+        if softcap:
+            logits.mul_(scaling).div_(softcap).tanh_().mul_(softcap)
+        if masked:
+            blocked = ~allowed(meta.positions, meta.valid, meta.query_positions[a:b], meta.window)
+            logits.masked_fill_(blocked.unsqueeze(1), float("-inf"))
+        if lse is not None:
+            logits.sub_(lse.view(hk, g, n, 1)[:, :, a:b].to(logits.device, torch.float32))
+        else:  # log-softmax over keys, in place (a fully masked query row stays -inf, not NaN)
+            logits.sub_(logits.amax(-1, keepdim=True).clamp_min(-1e30))
+            logits.sub_(logits.exp().sum(-1, keepdim=True).clamp_min(1e-30).log_())
+        torch.maximum(best, logits.view(hk, g * (b - a), s).amax(1), out=best)
+    return best
 
 
 @torch.no_grad()
