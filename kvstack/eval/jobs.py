@@ -49,19 +49,26 @@ def base_row(spec: EvalSpec, sample: Sample, length: int, recipe: str, prompt: P
     """The fields every row of a cell has, whatever its outcome."""
     return {
         "model": spec.model, "seed": spec.seed, "task": sample.task, "length": length, "index": sample.index,
-        "recipe": recipe, **preset_expansion(recipe), "context_tokens": int(prompt.context_ids.numel()),
+        "recipe": recipe, **recipe_record(recipe), "context_tokens": int(prompt.context_ids.numel()),
         "question_tokens": int(prompt.question_ids.numel()), "answers": list(sample.answers), "mode": sample.mode,
         "device": spec.device, "dtype": spec.dtype or "stored",
     }
 
 
-def preset_expansion(recipe: str) -> dict:
-    """``{"expanded": stages}`` when ``recipe`` is a preset name: presets are re-pointed as they are re-derived, so a
-    row must say what the name meant when it ran (`kvstack paired` pools by it); ``{}`` for any other recipe."""
+def recipe_record(recipe: str) -> dict:
+    """What ``recipe`` ran, recorded with the row: ``canonical`` (every default written out) for any recipe that
+    parses, and ``expanded`` (the stages) for a preset name. Presets are re-pointed and defaults move as they are
+    re-derived; `kvstack paired` pools rows by what they ran, not by today's meaning of their text."""
+    from kvstack.errors import RecipeError
     from kvstack.grammar.presets import expand
+    from kvstack.grammar.syntax import canonical_recipe
 
+    try:
+        canonical = canonical_recipe(recipe)
+    except RecipeError:  # recorded as given; the run itself reports the error
+        return {}
     stages = expand(recipe)
-    return {"expanded": stages} if stages != recipe else {}
+    return {"canonical": canonical, **({"expanded": stages} if stages != recipe else {})}
 
 
 def answer_fields(tokenizer, sample: Sample, ids: torch.Tensor | list[int]) -> dict:

@@ -78,22 +78,16 @@ def bootstrap_relative(pairs: list[Pair], draws: int = 2000, seed: int = 0) -> t
 
 
 def same_recipe_key(text: str) -> str:
-    """Every parameter of every stage written out (defaults included), so ``int4`` and ``int4:axis=channel,g64``
-    pool as the one recipe they are (``rot=auto`` stays apart from ``rot``: it depends on the model's head_dim);
-    text that does not parse is its own key."""
+    """Spellings of one recipe share a key (``int4`` and ``int4:axis=channel,g32``): its canonical text
+    (:func:`kvstack.grammar.syntax.canonical_recipe`, read with today's defaults); text that does not parse is its
+    own key."""
     from kvstack.errors import RecipeError
-    from kvstack.grammar.presets import expand
-    from kvstack.grammar.syntax import parse_recipe, scope_text
+    from kvstack.grammar.syntax import canonical_recipe
 
     try:
-        stages = parse_recipe(expand(text))
+        return canonical_recipe(text)
     except RecipeError:
         return text
-    parts = []
-    for b in stages:
-        scope = scope_text(set(range(b.layers[0], b.layers[1] + 1))) if b.layers else ""
-        parts.append(f"{b.name}:{','.join(f'{k}={v}' for k, v in sorted(b.values.items()))}{scope}")
-    return " > ".join(parts)
 
 
 def _today(name: str) -> str | None:
@@ -114,14 +108,20 @@ def _sample_key(r: dict) -> tuple:
 def pair_rows(rows: list[dict], against: str = FULL) -> dict[tuple, tuple[list[Pair], set[int], list[float]]]:
     """``(model, task, length, recipe) -> (pairs, seeds, ratios)`` over every ``ok`` row that has a row of the
     ``against`` recipe (default: the full cache) for the same sample; a later row of the same cell replaces an
-    earlier one (resumed runs); spellings of one recipe pool (:func:`same_recipe_key`), and a row that ran a preset
-    name pools by the stages the name stood for then (its ``expanded`` field), not by today's preset."""
+    earlier one (resumed runs); spellings of one recipe pool: by the ``canonical`` text a row recorded (every
+    default written out as it was when it ran), else by :func:`same_recipe_key` of what a preset name stood for then
+    (``expanded``) or of the recipe."""
     ok, names, keys = {}, {}, {}
     for r in rows:
         if r.get("status") == "ok" and r.get("contains") is not None:
             text = r.get("expanded") or r["recipe"]  # a preset name as it was when the row ran
-            same = keys.setdefault(text, same_recipe_key(text))
-            label = r["recipe"] if text == r["recipe"] or _today(r["recipe"]) == text else text
+            # what the row ran, as it recorded it (defaults of that day); older rows are read with today's
+            today = keys.setdefault(text, same_recipe_key(text))
+            same = r.get("canonical") or today
+            if same != today:  # its text means something else now: shown as what ran
+                label = same
+            else:
+                label = r["recipe"] if text == r["recipe"] or _today(r["recipe"]) == text else text
             if len(label) < len(names.get(same, label + " ")):
                 names[same] = label  # shown under its shortest spelling (a preset's name while it means this)
             ok[_sample_key(r) + (same,)] = r

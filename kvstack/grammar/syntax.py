@@ -110,3 +110,15 @@ def parse_stage(text: str) -> BoundStage:
 def parse_recipe(text: str) -> list[BoundStage]:
     """Every stage of a recipe (or preset), parsed and checked."""
     return [parse_stage(part) for part in split_recipe(text)]
+
+
+def canonical_recipe(text: str) -> str:
+    """What a recipe runs, written out: presets expanded, every parameter of every stage with its value (defaults
+    included, sorted). Results and stored frames keyed by it stay tied to what ran when a default or a preset moves
+    (``int4`` meant groups of 64 until the fifth session). It parses back to itself. ``rot=auto`` stays as written:
+    what it means depends on the model's head_dim. RecipeError if the text does not parse."""
+    parts = []
+    for b in parse_recipe(text):
+        scope = scope_text(set(range(b.layers[0], b.layers[1] + 1))) if b.layers else ""
+        parts.append(f"{b.name}:{','.join(f'{k}={v}' for k, v in sorted(b.values.items()))}{scope}")
+    return " > ".join(parts)

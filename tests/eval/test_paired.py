@@ -89,14 +89,31 @@ def test_against_pairs_a_candidate_with_another_recipe_on_the_same_samples(tmp_p
 
 
 def test_a_preset_row_pools_by_what_the_name_meant_when_it_ran():
-    from kvstack.eval.jobs import preset_expansion
+    from kvstack.eval.jobs import recipe_record
     from kvstack.grammar.presets import PRESETS
+    from kvstack.grammar.syntax import canonical_recipe
 
-    assert preset_expansion("qa:16x") == {"expanded": PRESETS["qa:16x"].recipe} and preset_expansion("int4") == {}
+    assert recipe_record("qa:16x") == {"canonical": canonical_recipe(PRESETS["qa:16x"].recipe),
+                                       "expanded": PRESETS["qa:16x"].recipe}
+    assert recipe_record("int4") == {"canonical": canonical_recipe("int4:g32")} and recipe_record("nosuch:1") == {}
     rows = [row(1, i, "identity", True) for i in range(2)]
     rows += [row(1, 0, "qa:16x", False, expanded="q2c:0.125,span=16 > gear:4"),  # an older qa:16x
-             row(1, 1, "qa:16x", True, **preset_expansion("qa:16x")), row(1, 0, PRESETS["qa:16x"].recipe, True)]
+             row(1, 1, "qa:16x", True, **recipe_record("qa:16x")), row(1, 0, PRESETS["qa:16x"].recipe, True)]
     stats = {s.recipe: s for s in paired_stats(rows)}
     assert set(stats) == {"qa:16x", "q2c:0.125,span=16 > gear:4"}  # the old meaning is shown as it was
     assert (stats["qa:16x"].n, stats["qa:16x"].lost) == (2, 0)
     assert (stats["q2c:0.125,span=16 > gear:4"].n, stats["q2c:0.125,span=16 > gear:4"].lost) == (1, 1)
+
+
+def test_a_row_pools_by_the_defaults_it_ran_under():
+    # `int4` meant groups of 64 until the fifth session: a row that recorded so pools with `int4:g64`,
+    # not with today's `int4` (groups of 32), whatever its recipe text says
+    from kvstack.grammar.syntax import canonical_recipe
+
+    old = canonical_recipe("int4:g64")
+    assert old != canonical_recipe("int4") and canonical_recipe(old) == old  # it parses back to itself
+    rows = [row(1, i, "identity", True) for i in range(3)]
+    rows += [row(1, 0, "int4", False, canonical=old), row(1, 1, "int4:g64", False), row(1, 2, "int4", True)]
+    stats = {s.recipe: s for s in paired_stats(rows)}
+    assert (stats["int4:g64"].n, stats["int4:g64"].lost) == (2, 2)
+    assert (stats["int4"].n, stats["int4"].lost) == (1, 0)

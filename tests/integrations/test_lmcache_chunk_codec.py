@@ -139,17 +139,24 @@ def test_without_lmcache_the_integration_says_how_to_install():
         main(["--help"])
 
 
-def test_a_frame_stored_under_int4s_old_default_is_refused_not_misread():
-    """`int4` meant channel groups of 64 tokens until the fifth session and 32 since: a frame an older kvstack stored
-    as "int4" carries the same recipe text in its fingerprint, so its size must give it away - a typed error, never
-    KV decoded with the wrong scales."""
-    from kvstack.integrations.lmcache.chunk_codec import HEADER
+def test_frames_are_keyed_by_what_the_recipe_means_not_its_text():
+    """`int4` meant channel groups of 64 tokens until the fifth session and 32 since. The fingerprint hashes the
+    canonical recipe (every default written out): two spellings of one recipe read each other's frames, a frame
+    of another meaning is a typed error even where the text is the same, and a version-1 frame (its fingerprint
+    hashed the text, so its meaning cannot be checked) is refused by version - never KV decoded with wrong scales."""
+    from kvstack.integrations.lmcache.chunk_codec import HEADER, VERSION
 
     x = _chunk(layers=2, tokens=128, hidden=128, dtype=torch.bfloat16)
     layout = Layout(2, 128, 128, torch.bfloat16)
-    old, new = ChunkCodec("int4:g64", head_dim=64), ChunkCodec("int4", head_dim=64)
+    today, spelt, old = (ChunkCodec(r, head_dim=64) for r in ("int4", "int4:g32,axis=channel", "int4:g64"))
+    assert today.fingerprint(layout) == spelt.fingerprint(layout) != old.fingerprint(layout)
+    assert torch.equal(spelt.decode(today.encode(x), torch.empty_like(x)), today.decode(today.encode(x),
+                                                                                        torch.empty_like(x)))
     frame = bytearray(old.encode(x))
+    with pytest.raises(CacheFormatError, match="another recipe"):
+        today.decode(bytes(frame), torch.empty_like(x))
     magic, version, entries, _, payload = HEADER.unpack_from(frame, 0)
-    HEADER.pack_into(frame, 0, magic, version, entries, new.fingerprint(layout), payload)  # as the old text wrote it
-    with pytest.raises(CacheFormatError):
-        new.decode(bytes(frame), torch.empty_like(x))
+    assert version == VERSION == 2
+    HEADER.pack_into(frame, 0, magic, 1, entries, today.fingerprint(layout), payload)  # as version 1 wrote it
+    with pytest.raises(CacheFormatError, match="version 1, from an older kvstack"):
+        today.decode(bytes(frame), torch.empty_like(x))

@@ -21,8 +21,10 @@ Frame (little-endian)::
     payload the arrays' bytes, in table order
 
 The table lets a store (the ``plugin`` adapter, :mod:`.packing`) entropy-code the packed codes
-without knowing the recipe. The fingerprint (CRC32 of the recipe and layout) makes a frame read
-back under another recipe or layout a :class:`CacheFormatError`, never silently wrong KV.
+without knowing the recipe. The fingerprint (CRC32 of the canonical recipe - every default written
+out - and the layout) makes a frame read back under another recipe, another meaning of the same
+recipe text (a default that moved) or another layout a :class:`CacheFormatError`, never silently
+wrong KV. Version 2: version 1 hashed the recipe's text, so its frames are refused by version.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from dataclasses import dataclass
 import torch
 
 from kvstack.errors import CacheFormatError, ConfigError, RecipeError
+from kvstack.grammar.syntax import canonical_recipe
 from kvstack.kv import KVCache, KVLayer
 from kvstack.stack import Recipe, StageContext
 from kvstack.wire.encodings import Symbols, encoding_for
 
 MAGIC = b"KVLM"
-VERSION = 1
+VERSION = 2  # 1: fingerprints of the recipe text (refused: a default may have moved since)
 HEADER = struct.Struct("<4sHHII")
 ENTRY = struct.Struct("<BBHII")
 KIND_RAW, KIND_CODES = 0, 1
@@ -155,6 +158,7 @@ class ChunkCodec:
                     "with every token and channel, so use quantizers only (int8, int4, int2, kivi:2, ...)"
                 )
         self.head_dim = head_dim
+        self._canonical = f"{canonical_recipe(recipe)};head_dim={head_dim}"  # what the frames' bytes mean
         self._templates: dict[Layout, _Template] = {}
         self._lock = threading.Lock()
         # Dry run on one layer of two group-aligned tokens' worth: bad group sizes, rot on a
@@ -205,7 +209,7 @@ class ChunkCodec:
         return _Template(first, entries, nbytes)
 
     def fingerprint(self, layout: Layout) -> int:
-        return zlib.crc32(f"{self.spec};{list(layout.shape)};{layout.dtype}".encode())
+        return zlib.crc32(f"{self._canonical};{list(layout.shape)};{layout.dtype}".encode())
 
     # --- encode / decode ------------------------------------------------------------------
     def quantize(self, chunk: torch.Tensor) -> list[tuple]:
@@ -256,9 +260,14 @@ class ChunkCodec:
         tpl = self._template(layout)
         buf = frame if isinstance(frame, torch.Tensor) else torch.frombuffer(bytearray(frame), dtype=torch.uint8)
         buf = buf.reshape(-1)
-        if buf.numel() < tpl.nbytes:
+        if buf.numel() < HEADER.size:
             raise CacheFormatError(f"kvstack LMCache frame of {buf.numel()} bytes; this layout needs {tpl.nbytes}")
         magic, version, n, fp, payload = HEADER.unpack(buf[: HEADER.size].numpy().tobytes())
+        if magic == MAGIC and version < VERSION:
+            raise CacheFormatError(
+                f"kvstack LMCache frame version {version}, from an older kvstack (this one writes {VERSION}): its "
+                "recipe cannot be checked against today's defaults; drop it from the store and let LMCache recompute"
+            )
         if magic != MAGIC or version != VERSION:
             raise CacheFormatError(f"not a kvstack LMCache frame (magic {magic!r}, version {version})")
         if fp != self.fingerprint(layout) or n != len(tpl.entries) or payload != tpl.nbytes - HEADER.size:
@@ -266,6 +275,8 @@ class ChunkCodec:
                 f"this frame was written with another recipe, head_dim or layout than '{self.spec}' on "
                 f"{list(layout.shape)} {layout.dtype}; read it with the serde settings that stored it"
             )
+        if buf.numel() < tpl.nbytes:  # a frame cut short
+            raise CacheFormatError(f"kvstack LMCache frame of {buf.numel()} bytes; this layout needs {tpl.nbytes}")
         arrays = []
         offset = HEADER.size + ENTRY.size * n
         for pair in tpl.layers:
