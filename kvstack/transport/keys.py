@@ -1,12 +1,13 @@
 """Content addresses of caches: ``<model fingerprint>/<sha256 of the token prefix>/<recipe id>``.
 
-Two agents that run the same model on the same prefix compute the same key without talking
-to each other. The recipe id (16 hex digits of the recipe string's SHA-256, :func:`recipe_variant`)
-keeps two recipes' caches of one context apart: pushing ``snapkv:0.25 > int4`` after ``int8``
-adds a cache instead of silently replacing it. A key without it (``<fingerprint>/<prefix>``)
-still names the one cache of that context when there is one (and caches stored before recipe
-ids existed). Keys are checked against a strict pattern before they touch a store, so a key
-can never name a path outside the store's directory (no ``..``, no slashes of its own).
+Two agents that run the same model on the same prefix compute the same key without talking to each
+other. The recipe id (16 hex digits of the SHA-256 of the canonical recipe - every default written
+out -, :func:`recipe_variant`) keeps two recipes' caches of one context apart: pushing ``snapkv:0.25
+> int4`` after ``int8`` adds a cache instead of silently replacing it. A key without it
+(``<fingerprint>/<prefix>``) still names the one cache of that context when there is one (and caches
+stored before recipe ids existed). Keys are checked against a strict pattern before they touch a
+store, so a key can never name a path outside the store's directory (no ``..``, no slashes of its
+own).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ _VARIANT = re.compile(r"^[0-9a-f]{16}$")
 
 
 def recipe_variant(recipe: str) -> str:
-    """The recipe id in a cache's key: 16 hex digits of SHA-256 of the recipe string."""
+    """The recipe id in a cache's key: 16 hex digits of the SHA-256 of what the recipe runs (its canonical text:
+    ``int4`` and ``int4:g32,axis=channel`` name one cache, and an ``int4`` cache stored while int4 meant groups of
+    64 is not found as today's ``int4``); text that does not parse (a stage of another version) is hashed as is."""
+    from kvstack.errors import RecipeError
+    from kvstack.grammar.syntax import canonical_recipe
+
+    try:
+        recipe = canonical_recipe(recipe)
+    except RecipeError:
+        pass
     return hashlib.sha256(recipe.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 

@@ -121,3 +121,10 @@ def test_the_server_keys_weights_fingerprinted_caches_apart(serve, store_url, mo
     plain, info, pulled = run(go())
     assert info["fingerprint"] == model_fingerprint(model, "weights") != plain["fingerprint"]
     assert wire.cache_differences(pulled, marked) == []
+
+
+def test_recipe_ids_name_what_the_recipe_runs_not_its_spelling():
+    # spellings of one recipe share a cache; int4 under its old default (groups of 64) is another cache
+    assert recipe_variant("int4") == recipe_variant("int4:g32,axis=channel") != recipe_variant("int4:g64")
+    assert recipe_variant("qa:16x") == recipe_variant("q2c:0.125,span=16 > int4:g64")
+    assert len(recipe_variant("nosuch:1")) == 16  # a stage of another version: its text, hashed
