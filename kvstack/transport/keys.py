@@ -2,8 +2,8 @@
 
 Two agents that run the same model on the same prefix compute the same key without talking to each
 other. The recipe id (16 hex digits of the SHA-256 of the canonical recipe - every default written
-out -, :func:`recipe_variant`) keeps two recipes' caches of one context apart: pushing ``snapkv:0.25
-> int4`` after ``int8`` adds a cache instead of silently replacing it. A key without it
+out -, :func:`recipe_variant`) keeps two recipes' caches of one context apart: pushing
+``snapkv:0.25 > int4`` after ``int8`` adds a cache instead of silently replacing it. A key without it
 (``<fingerprint>/<prefix>``) still names the one cache of that context when there is one (and caches
 stored before recipe ids existed). Keys are checked against a strict pattern before they touch a
 store, so a key can never name a path outside the store's directory (no ``..``, no slashes of its
