@@ -6,8 +6,10 @@ attention any reconstruction query of its KV head's group gives it (softmax over
 context and the chunk so far). Unlike window or question scores this sees every token being
 *read*, which is what copying a needle digit by digit needs.
 
-Costs one extra pass over the context, every query scored in plain PyTorch (``cache.stats["kvzip_seconds"]``;
-4.5x the prefill on the retrieval model at 4k on a loaded CPU, benchmarks/RESULTS.md).
+Costs one extra pass over the context (``cache.stats["kvzip_seconds"]``): on a CPU SDPA model through the
+model's own flash kernel, every row scored from its log-sum-exps (~2.4x the prefill on SmolLM2 at 2k,
+``benchmarks/kvzip_pass.py``); elsewhere a softmax over every query in PyTorch. On SmolLM2's RULER needles it
+kept far fewer answers than windowed ``surprisal`` at the same budget (benchmarks/RESULTS.md, sixth session).
 Differences from the paper: no "Repeat the previous context" instruction before each chunk
 (a stage has no tokenizer; the chunk follows the context directly, which base models copy by
 induction anyway), and each chunk starts right after the context (positions ``T..``), as the
