@@ -106,20 +106,23 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("best:4x", K4V3, K4V3_RATIO, NOT_RUN,
-               _real((37, 37), (19, 19), 4.0, 4) + _also(5, (35, 38), (19, 21)) + _also(7, (33, 34), (16, 15))),
+               _real((37, 37), (19, 19), 4.0, 4) + _also(5, (35, 38), (19, 21)) + _also(7, (33, 34), (16, 15))
+               + _also(8, (37, 37), (19, 21))),
         Preset("best:8x", f"surprisal:0.4,{AGNOSTIC} > {INT4}", BEST8_RATIO, NOT_RUN,
-               _real((34, 38), (19, 21), 8.7, 5)),
+               _real((34, 38), (19, 21), 8.7, 5) + _also(8, (35, 37), (15, 21))),
         Preset("best:16x", f"surprisal:0.27,{AGNOSTIC} > {K4V2}", BEST16_RATIO, NOT_RUN,
-               _real((33, 38), (20, 21), 16.5, 5) + _also(7, (35, 34), (11, 15))),
+               _real((33, 38), (20, 21), 16.5, 5) + _also(7, (35, 34), (11, 15)) + _also(8, (36, 37), (14, 21))),
         Preset("best:32x", f"surprisal:0.13,{AGNOSTIC} > {K4V2}", BEST32_RATIO, NOT_RUN,
-               _real((30, 38), (16, 21), 34.1, 5) + _also(7, (33, 34), (11, 15))),
+               _real((30, 38), (16, 21), 34.1, 5) + _also(7, (33, 34), (11, 15)) + _also(8, (31, 37), (7, 21))),
         Preset("qa:4x", f"q2c:0.8,span=16 > {INT4}", QA4_RATIO, NOT_RUN,
                _real((23, 24), (12, 11), 4.2, 4, 25, " on an H100, cut by its time limit")),
         Preset("qa:8x", f"q2c:0.42,span=16 > {INT4}", QA8_RATIO, NOT_RUN, _real((36, 37), (16, 19), 8.0, 4)),
         Preset("qa:16x", f"q2c:0.125,span=16 > {INT4}", QA16_RATIO, NOT_RUN,
-               _real((36, 35), (19, 21), 26.9) + _also(5, (37, 38), (16, 21)) + _also(7, (37, 34), (17, 15))),
+               _real((36, 35), (19, 21), 26.9) + _also(5, (37, 38), (16, 21)) + _also(7, (37, 34), (17, 15))
+               + _also(8, (38, 37), (14, 21))),
         Preset("qa:32x", f"q2c:0.13,span=16 > {K4V2}", QA32_RATIO, NOT_RUN,
-               _real((37, 35), (19, 21), 32.7) + _also(5, (36, 38), (14, 21)) + _also(7, (37, 34), (18, 15))),
+               _real((37, 35), (19, 21), 32.7) + _also(5, (36, 38), (14, 21)) + _also(7, (37, 34), (18, 15))
+               + _also(8, (34, 37), (15, 21))),
     )
 }
 
