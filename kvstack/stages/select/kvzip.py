@@ -7,7 +7,7 @@ context and the chunk so far). Unlike window or question scores this sees every 
 *read*, which is what copying a needle digit by digit needs.
 
 Costs one extra pass over the context (``cache.stats["kvzip_seconds"]``): on a CPU SDPA model through the
-model's own flash kernel, every row scored from its log-sum-exps (~2.4x the prefill on SmolLM2 at 2k,
+model's own flash kernel, every row scored from its log-sum-exps (~3x the prefill on SmolLM2 at 2k,
 ``benchmarks/kvzip_pass.py``); elsewhere a softmax over every query in PyTorch. On SmolLM2's RULER needles it
 kept far fewer answers than windowed ``surprisal`` at the same budget (benchmarks/RESULTS.md, sixth session).
 Differences from the paper: no "Repeat the previous context" instruction before each chunk
