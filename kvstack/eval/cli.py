@@ -93,10 +93,9 @@ def cmd_paired(args: argparse.Namespace) -> int:
     from kvstack.errors import InputError
     from kvstack.eval.paired import markdown, paired_stats, same_recipe_key
     from kvstack.eval.results import read_rows
-    from kvstack.grammar.presets import expand
     from kvstack.grammar.syntax import parse_recipe
 
-    parse_recipe(expand(args.against))  # a misspelt --against is a RecipeError naming the stages, before any file
+    parse_recipe(args.against)  # a misspelt --against is a RecipeError naming the stages, before any file
     rows = [r for path in args.results for r in read_rows(path)[0]]
     wanted = {same_recipe_key(r) for r in args.recipes or ()}  # any spelling of a recipe selects it
     stats = [s for s in paired_stats(rows, args.against) if (not args.tasks or s.task in args.tasks)

@@ -59,13 +59,11 @@ def recipe_record(recipe: str) -> dict:
     """What ``recipe`` ran, recorded with the row: ``canonical`` (every default written out) for any recipe that
     parses, and ``expanded`` (the stages) for a preset name. Presets are re-pointed and defaults move as they are
     re-derived; `kvstack paired` pools rows by what they ran, not by today's meaning of their text."""
-    from kvstack.errors import RecipeError
     from kvstack.grammar.presets import expand
-    from kvstack.grammar.syntax import canonical_recipe
+    from kvstack.grammar.syntax import canonical_or_none
 
-    try:
-        canonical = canonical_recipe(recipe)
-    except RecipeError:  # recorded as given; the run itself reports the error
+    canonical = canonical_or_none(recipe)
+    if canonical is None:  # recorded as given; the run itself reports the error
         return {}
     stages = expand(recipe)
     return {"canonical": canonical, **({"expanded": stages} if stages != recipe else {})}

@@ -81,13 +81,9 @@ def same_recipe_key(text: str) -> str:
     """Spellings of one recipe share a key (``int4`` and ``int4:axis=channel,g32``): its canonical text
     (:func:`kvstack.grammar.syntax.canonical_recipe`, read with today's defaults); text that does not parse is its
     own key."""
-    from kvstack.errors import RecipeError
-    from kvstack.grammar.syntax import canonical_recipe
+    from kvstack.grammar.syntax import canonical_or_none
 
-    try:
-        return canonical_recipe(text)
-    except RecipeError:
-        return text
+    return canonical_or_none(text) or text
 
 
 def _today(name: str) -> str | None:

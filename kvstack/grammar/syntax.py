@@ -122,3 +122,12 @@ def canonical_recipe(text: str) -> str:
         scope = scope_text(set(range(b.layers[0], b.layers[1] + 1))) if b.layers else ""
         parts.append(f"{b.name}:{','.join(f'{k}={v}' for k, v in sorted(b.values.items()))}{scope}")
     return " > ".join(parts)
+
+
+def canonical_or_none(text: str) -> str | None:
+    """:func:`canonical_recipe`, or None for text that does not parse (a stage of another version, a typo):
+    for the callers that key or record recipes and must not fail on one they cannot read."""
+    try:
+        return canonical_recipe(text)
+    except RecipeError:
+        return None

@@ -27,13 +27,9 @@ def recipe_variant(recipe: str) -> str:
     """The recipe id in a cache's key: 16 hex digits of the SHA-256 of what the recipe runs (its canonical text:
     ``int4`` and ``int4:g32,axis=channel`` name one cache, and an ``int4`` cache stored while int4 meant groups of
     64 is not found as today's ``int4``); text that does not parse (a stage of another version) is hashed as is."""
-    from kvstack.errors import RecipeError
-    from kvstack.grammar.syntax import canonical_recipe
+    from kvstack.grammar.syntax import canonical_or_none
 
-    try:
-        recipe = canonical_recipe(recipe)
-    except RecipeError:
-        pass
+    recipe = canonical_or_none(recipe) or recipe
     return hashlib.sha256(recipe.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 

@@ -27,7 +27,6 @@ class _Reconstruction:
     """Attention hook session: per layer, the max attention each context position gets."""
 
     context_length: int
-    num_kv_heads: int
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def observe(
@@ -104,7 +103,7 @@ def reconstruction_scores(model, info: ModelInfo, cache: KVCache, chunk: int = K
 
     ids = cache.context_ids.long()
     device = next(model.parameters()).device
-    session = _Reconstruction(cache.context_length, info.num_kv_heads)
+    session = _Reconstruction(cache.context_length)
     with enable(model), capturing(session):
         for a in range(0, ids.numel(), chunk):
             part = ids[a : a + chunk].view(1, -1).to(device)
